@@ -1,0 +1,105 @@
+//! An order's state, folded from its events.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::events::{OrderEvent, OrderLine};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Statuses only move forward: pending -> confirmed -> cancelled, pending -> rejected.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Confirmed => 1,
+            Self::Rejected | Self::Cancelled => 2,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Rejected | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OrderState {
+    #[default]
+    NotPlaced,
+    Placed(PlacedOrder),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub currency: String,
+    pub payment_token: String,
+    pub lines: Vec<OrderLine>,
+    pub total_cents: u64,
+    pub deadline: DateTime<Utc>,
+    pub status: OrderStatus,
+    /// Skus whose reservation the order has recorded.
+    pub reserved: BTreeSet<String>,
+    pub ready_for_payment: bool,
+}
+
+impl PlacedOrder {
+    pub fn has_line(&self, sku: &str) -> bool {
+        self.lines.iter().any(|l| l.sku == sku)
+    }
+}
+
+pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
+    match (state, event) {
+        (
+            OrderState::NotPlaced,
+            OrderEvent::OrderPlaced {
+                order_id,
+                customer_id,
+                currency,
+                payment_token,
+                lines,
+                total_cents,
+                deadline,
+                ..
+            },
+        ) => OrderState::Placed(PlacedOrder {
+            order_id: *order_id,
+            customer_id: customer_id.clone(),
+            currency: currency.clone(),
+            payment_token: payment_token.clone(),
+            lines: lines.clone(),
+            total_cents: *total_cents,
+            deadline: *deadline,
+            status: OrderStatus::Pending,
+            reserved: BTreeSet::new(),
+            ready_for_payment: false,
+        }),
+        (OrderState::Placed(mut order), event) => {
+            match event {
+                OrderEvent::OrderPlaced { .. } => {}
+                OrderEvent::OrderLineReserved { sku } => {
+                    order.reserved.insert(sku.clone());
+                }
+                OrderEvent::OrderReadyForPayment { .. } => order.ready_for_payment = true,
+                OrderEvent::OrderConfirmed { .. } => order.status = OrderStatus::Confirmed,
+                OrderEvent::OrderRejected { .. } => order.status = OrderStatus::Rejected,
+                OrderEvent::OrderCancelled { .. } => order.status = OrderStatus::Cancelled,
+            }
+            OrderState::Placed(order)
+        }
+        // Only OrderPlaced can start a stream; anything else before it is ignored.
+        (OrderState::NotPlaced, _) => OrderState::NotPlaced,
+    }
+}
