@@ -1,0 +1,189 @@
+//! The PostgreSQL event store.
+//!
+//! Appends are one call to the `es_append` SQL function (one round trip, one
+//! transaction; see `migrations/`). The global log is ordered by
+//! `(transaction_id, position)` and read only below the oldest transaction
+//! still open in this database (`es_read_horizon()`, after
+//! `pg_snapshot_xmin`): a transaction that took a position earlier but
+//! commits later cannot slip behind a reader, so a subscriber never skips an
+//! event and writers never wait for each other. The price: a transaction held
+//! open in this database holds the log back until it ends
+//! ([`LogStats::held_back_events`] shows by how much). Transactions in other
+//! databases of the cluster do not.
+//!
+//! Live tailing wakes on LISTEN/NOTIFY. NOTIFY takes a cluster-wide lock at
+//! commit, so appends never send it themselves: after a commit they signal a
+//! background task that sends one coalesced `pg_notify` for all the appends
+//! since its last one. Subscribers in this process are woken directly, and
+//! every subscriber also polls as a fallback.
+
+mod notify;
+mod queries;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::subscription::{self, Page, SubscriptionConfig, Tail};
+use crate::{
+    append, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent,
+    StoreError,
+};
+
+/// The migrations of the whole system (event store and read models), applied with sqlx.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The NOTIFY channel that announces appends.
+pub const CHANNEL: &str = "es_events";
+
+/// Tuning of the PostgreSQL backend; the defaults suit most deployments.
+#[derive(Debug, Clone)]
+pub struct PgStoreConfig {
+    /// Longest time one store operation may take before it fails as unavailable.
+    pub operation_timeout: Duration,
+    pub subscription: SubscriptionConfig,
+}
+
+impl Default for PgStoreConfig {
+    fn default() -> Self {
+        Self { operation_timeout: Duration::from_secs(10), subscription: SubscriptionConfig::default() }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    config: PgStoreConfig,
+    /// Bumped when new events may be readable; subscriptions wait on it.
+    wake: Arc<watch::Sender<u64>>,
+    notifier: OnceLock<notify::Notifier>,
+    listener: OnceLock<notify::Listener>,
+}
+
+impl PgEventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, PgStoreConfig::default())
+    }
+
+    pub fn with_config(pool: PgPool, config: PgStoreConfig) -> Self {
+        let inner = Inner {
+            pool,
+            config,
+            wake: Arc::new(watch::Sender::new(0)),
+            notifier: OnceLock::new(),
+            listener: OnceLock::new(),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.inner.pool).await
+    }
+
+    async fn timed<T>(&self, work: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let limit = self.inner.config.operation_timeout;
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
+    }
+
+    fn announce_append(&self) {
+        self.inner.wake.send_modify(|n| *n += 1);
+        self.inner.notifier.get_or_init(|| notify::Notifier::start(self.inner.pool.clone())).signal();
+    }
+
+    async fn resolve_duplicate(&self, stream_id: &str, events: &[NewEvent]) -> Result<AppendResult, StoreError> {
+        let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+        let stored = queries::events_by_id(&self.inner.pool, &ids).await?;
+        append::replayed_result(stream_id, events, stored)
+    }
+}
+
+/// Appends inside the caller's transaction (the events become readable when
+/// it commits). The conformance suite uses it to hold appends open and roll
+/// them back.
+#[cfg(feature = "testing")]
+pub(crate) async fn append_within(
+    conn: &mut sqlx::PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendResult, StoreError> {
+    append::validate(stream_id, events)?;
+    match queries::append(&mut *conn, stream_id, expected, events).await? {
+        queries::Appended::Done(result) => Ok(result),
+        queries::Appended::Conflict { actual } => {
+            Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
+        }
+        queries::Appended::Duplicate => {
+            let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+            append::replayed_result(stream_id, events, queries::events_by_id(&mut *conn, &ids).await?)
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    #[tracing::instrument(skip_all, fields(stream_id, events = events.len()), err)]
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        append::validate(stream_id, &events)?;
+        let outcome = self.timed(queries::append(&self.inner.pool, stream_id, expected, &events)).await?;
+        match outcome {
+            queries::Appended::Done(result) => {
+                self.announce_append();
+                Ok(result)
+            }
+            queries::Appended::Conflict { actual } => {
+                Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
+            }
+            queries::Appended::Duplicate => self.timed(self.resolve_duplicate(stream_id, &events)).await,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(stream_id), err)]
+    async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.timed(queries::read_stream(&self.inner.pool, stream_id, from_version)).await
+    }
+
+    async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.timed(queries::read_all(&self.inner.pool, after, limit)).await
+    }
+
+    fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
+        subscription::follow(self.clone(), after, self.inner.config.subscription.clone())
+    }
+
+    async fn stats(&self) -> Result<LogStats, StoreError> {
+        self.timed(queries::stats(&self.inner.pool)).await
+    }
+}
+
+impl Tail for PgEventStore {
+    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
+        let events = self.read_all(after, limit).await?;
+        let held_back = events.is_empty() && self.timed(queries::anything_after(&self.inner.pool, after)).await?;
+        Ok(Page { events, held_back })
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.listener.get_or_init(|| notify::Listener::start(self.inner.pool.clone(), self.inner.wake.clone()));
+        self.inner.wake.subscribe()
+    }
+}

@@ -1,0 +1,155 @@
+//! Test support: a fresh, migrated PostgreSQL database per test, and the
+//! harnesses through which the conformance suite drives each backend.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::{AppendResult, EventStore, ExpectedVersion, MemoryEventStore, NewEvent, PgEventStore, StoreError};
+
+/// Test databases are named `estest_<unix seconds>_<random>`.
+const PREFIX: &str = "estest_";
+/// Test databases older than this are left over from a killed run and are dropped.
+const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
+
+fn server_options() -> PgConnectOptions {
+    let url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must name a PostgreSQL server for the tests (see .cargo/config.toml)");
+    url.parse::<PgConnectOptions>().expect("DATABASE_URL is not a valid PostgreSQL URL")
+}
+
+async fn admin() -> PgConnection {
+    server_options().connect().await.expect("cannot connect to DATABASE_URL")
+}
+
+async fn drop_database(admin: &mut PgConnection, name: &str) {
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    if let Err(error) = sqlx::query(&sql).execute(&mut *admin).await {
+        tracing::warn!(%error, name, "could not drop a test database");
+    }
+}
+
+async fn drop_stale_databases(admin: &mut PgConnection) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(PREFIX)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+    for name in names {
+        let created = name[PREFIX.len()..].split('_').next().and_then(|s| s.parse::<u64>().ok());
+        if created.is_some_and(|t| now.saturating_sub(t) > STALE_AFTER.as_secs()) {
+            drop_database(admin, &name).await;
+        }
+    }
+}
+
+/// Runs `test` against a new migrated database of its own, then drops the
+/// database, also when the test panics. The pool has `max_connections`.
+pub async fn with_database<F, Fut>(max_connections: u32, test: F)
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut admin = admin().await;
+    drop_stale_databases(&mut admin).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let name = format!("{PREFIX}{now}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("cannot create a test database");
+
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(server_options().database(&name))
+        .await
+        .expect("cannot connect to the test database");
+    crate::postgres::MIGRATOR.run(&pool).await.expect("migrations failed");
+
+    let outcome = AssertUnwindSafe(test(pool.clone())).catch_unwind().await;
+    pool.close().await;
+    drop_database(&mut admin, &name).await;
+    let _ = admin.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// How the conformance suite drives a backend.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    fn store(&self) -> Arc<dyn EventStore>;
+
+    /// Appends, then waits `hold` before it commits (or rolls back, when
+    /// `commit` is false) — inside one transaction where the backend has them.
+    async fn append_held_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<Option<AppendResult>, StoreError>;
+}
+
+pub struct MemoryHarness(pub MemoryEventStore);
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.0.clone())
+    }
+
+    async fn append_held_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        tokio::time::sleep(hold).await;
+        if commit {
+            self.0.append(stream_id, expected, events).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+pub struct PgHarness(pub PgEventStore);
+
+#[async_trait]
+impl Harness for PgHarness {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.0.clone())
+    }
+
+    async fn append_held_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let mut tx = self.0.pool().begin().await?;
+        let result = crate::postgres::append_within(&mut tx, stream_id, expected, &events).await?;
+        tokio::time::sleep(hold).await;
+        if commit {
+            tx.commit().await?;
+            Ok(Some(result))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The event store's integration tests: the conformance suite against every
+//! backend, and what only PostgreSQL can show (open transactions, outages).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_store::conformance::{self, assert_quiet, event, take};
+use event_store::testing::{with_database, Harness, MemoryHarness, PgHarness};
+use event_store::{EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+
+/// Connections per test database: enough for the stress test's 8 writers,
+/// its subscriber and the store's LISTEN and NOTIFY tasks.
+const POOL_SIZE: u32 = 16;
+
+mod memory {
+    use super::*;
+
+    macro_rules! memory_cases {
+        ($($case:ident),+ $(,)?) => {$(
+            #[tokio::test]
+            async fn $case() {
+                conformance::$case(Arc::new(MemoryHarness(MemoryEventStore::new()))).await;
+            }
+        )+};
+    }
+    event_store::conformance_cases!(memory_cases);
+}
+
+mod postgres {
+    use super::*;
+
+    macro_rules! postgres_cases {
+        ($($case:ident),+ $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                with_database(POOL_SIZE, |pool| conformance::$case(Arc::new(PgHarness(PgEventStore::new(pool))))).await;
+            }
+        )+};
+    }
+    event_store::conformance_cases!(postgres_cases);
+
+    /// A transaction that stays open for 30 seconds holds the log back; when
+    /// it commits, a subscriber catches up within 2 seconds and skips nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_open_transaction_stalls_subscribers_instead_of_making_them_skip() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = PgEventStore::new(pool.clone());
+            let harness = PgHarness(store.clone());
+            let mut subscription = store.subscribe(None);
+            store.append("order-before", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            assert_eq!(take(&mut subscription, 1).await[0].stream_id, "order-before");
+
+            // The slow append takes its position first, then others commit after it.
+            let slow = tokio::spawn(async move {
+                let batch = vec![event("Slow", json!({}))];
+                harness
+                    .append_held_open("order-slow", ExpectedVersion::NoStream, batch, Duration::from_secs(30), true)
+                    .await
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for i in 0..5 {
+                let stream = format!("order-fast{i}");
+                store.append(&stream, ExpectedVersion::NoStream, vec![event("Fast", json!({}))]).await.unwrap();
+            }
+            assert_quiet(&mut subscription, Duration::from_secs(2)).await;
+            let stats = store.stats().await.unwrap();
+            assert_eq!(stats.held_back_events, 5, "the horizon lag is visible: {stats:?}");
+
+            let slow_position = slow.await.unwrap().unwrap().unwrap().log_position;
+            let committed_at = Instant::now();
+            let delivered = take(&mut subscription, 6).await;
+            let waited = committed_at.elapsed();
+            assert!(waited < Duration::from_secs(2), "caught up only after {waited:?}");
+            let types: Vec<&str> = delivered.iter().map(|e| e.event_type.as_str()).collect();
+            assert_eq!(types.iter().filter(|t| **t == "Slow").count(), 1);
+            assert_eq!(types.iter().filter(|t| **t == "Fast").count(), 5);
+            assert!(delivered.iter().any(|e| e.log_position == slow_position));
+            assert_quiet(&mut subscription, Duration::from_millis(300)).await;
+            assert_eq!(store.stats().await.unwrap().held_back_events, 0);
+        })
+        .await;
+    }
+
+    /// A transaction open in another database of the same cluster cannot
+    /// write to this event store, so it holds nothing back.
+    #[tokio::test]
+    async fn a_transaction_open_in_another_database_holds_nothing_back() {
+        use sqlx::Connection;
+        let url = std::env::var("DATABASE_URL").unwrap();
+        let mut elsewhere = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut open = elsewhere.begin().await.unwrap();
+        let _: i64 =
+            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *open).await.unwrap();
+        with_database(4, |pool| async move {
+            let store = PgEventStore::new(pool);
+            store.append("order-1", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+            assert_eq!(store.stats().await.unwrap().held_back_events, 0);
+        })
+        .await;
+        open.rollback().await.unwrap();
+    }
+
+    /// Positions of rolled-back appends are gaps in the sequence; the log
+    /// reads past them and a later reader sees only what committed.
+    #[tokio::test]
+    async fn rolled_back_appends_leave_gaps_that_readers_pass() {
+        with_database(4, |pool| async move {
+            let store = PgEventStore::new(pool);
+            let harness = PgHarness(store.clone());
+            let batch = vec![event("Lost", json!({}))];
+            let rolled_back =
+                harness.append_held_open("order-x", ExpectedVersion::Any, batch, Duration::ZERO, false).await.unwrap();
+            assert_eq!(rolled_back, None);
+            store.append("order-x", ExpectedVersion::NoStream, vec![event("Kept", json!({}))]).await.unwrap();
+            let log = store.read_all(None, 10).await.unwrap();
+            assert_eq!(log.len(), 1);
+            assert_eq!(log[0].event_type, "Kept");
+            assert_eq!(log[0].stream_version, 1);
+            assert!(log[0].log_position.position > 1, "the rolled-back append took position 1");
+        })
+        .await;
+    }
+
+    /// Subscribers in another process are woken by NOTIFY, not by polling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_on_another_store_instance_is_woken_by_notify() {
+        with_database(8, |pool| async move {
+            let writer = PgEventStore::new(pool.clone());
+            let slow_poll = PgStoreConfig {
+                subscription: event_store::SubscriptionConfig {
+                    idle_poll: Duration::from_secs(30),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let reader = PgEventStore::with_config(pool, slow_poll);
+            let mut subscription = reader.subscribe(None);
+            assert_quiet(&mut subscription, Duration::from_millis(500)).await;
+            let started = Instant::now();
+            writer.append("order-n", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            take(&mut subscription, 1).await;
+            assert!(started.elapsed() < Duration::from_secs(5), "woken only after {:?}", started.elapsed());
+        })
+        .await;
+    }
+
+    /// With the database unreachable every operation fails fast with a typed
+    /// error, and a subscription yields the error instead of hanging.
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_typed_error_not_a_hang() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"))
+            .unwrap();
+        let store = PgEventStore::new(pool);
+        fn unavailable<T>(result: Result<T, StoreError>) -> bool {
+            matches!(result, Err(StoreError::Unavailable(_)))
+        }
+        let started = Instant::now();
+        assert!(unavailable(store.append("order-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await));
+        assert!(unavailable(store.read_stream("order-1", 1).await));
+        assert!(unavailable(store.read_all(None, 10).await));
+        assert!(unavailable(store.stats().await));
+        let mut subscription = store.subscribe(None);
+        let item =
+            tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut subscription)).await;
+        assert!(matches!(item, Ok(Some(Err(StoreError::Unavailable(_))))), "{item:?}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
