@@ -18,9 +18,9 @@ pub(crate) fn validate(stream_id: &str, events: &[NewEvent]) -> Result<(), Store
     if events.is_empty() || events.len() > MAX_EVENTS_PER_APPEND {
         return invalid(format!("an append carries 1 to {MAX_EVENTS_PER_APPEND} events"));
     }
-    let mut ids = HashSet::with_capacity(events.len());
+    let mut ids = HashSet::with_capacity(if events.len() > 1 { events.len() } else { 0 });
     for event in events {
-        if !ids.insert(event.event_id) {
+        if events.len() > 1 && !ids.insert(event.event_id) {
             return invalid(format!("event id {} appears twice in one append", event.event_id));
         }
         if event.event_type.is_empty() || event.schema_version == 0 {

@@ -141,15 +141,25 @@ impl Harness for PgHarness {
         hold: Duration,
         commit: bool,
     ) -> Result<Option<AppendResult>, StoreError> {
-        let mut tx = self.0.pool().begin().await?;
-        let result = crate::postgres::append_within(&mut tx, stream_id, expected, &events).await?;
-        tokio::time::sleep(hold).await;
-        if commit {
-            tx.commit().await?;
-            Ok(Some(result))
-        } else {
-            tx.rollback().await?;
-            Ok(None)
+        // A racing append that takes the same version aborts this
+        // transaction: start it again, as a writer would.
+        loop {
+            let mut tx = self.0.pool().begin().await?;
+            let Some(result) = crate::postgres::append_within(&mut tx, stream_id, expected, &events).await? else {
+                tx.rollback().await?;
+                if expected != ExpectedVersion::Any {
+                    return Err(StoreError::InvalidAppend("the held-open append was refused".into()));
+                }
+                continue;
+            };
+            tokio::time::sleep(hold).await;
+            return if commit {
+                tx.commit().await?;
+                Ok(Some(result))
+            } else {
+                tx.rollback().await?;
+                Ok(None)
+            };
         }
     }
 }

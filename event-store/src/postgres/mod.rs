@@ -1,7 +1,8 @@
 //! The PostgreSQL event store.
 //!
-//! Appends are one call to the `es_append` SQL function (one round trip, one
-//! transaction; see `migrations/`). The global log is ordered by
+//! An append is one SQL statement (one round trip, one transaction, see
+//! `queries.rs`); the unique index on `(stream_id, stream_version)` is the
+//! optimistic concurrency check. The global log is ordered by
 //! `(transaction_id, position)` and read only below the oldest transaction
 //! still open in this database (`es_read_horizon()`, after
 //! `pg_snapshot_xmin`): a transaction that took a position earlier but
@@ -39,17 +40,28 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// The NOTIFY channel that announces appends.
 pub const CHANNEL: &str = "es_events";
 
+/// How often an append with `ExpectedVersion::Any` retries after losing a
+/// race for the same version before it gives up with a conflict.
+const MAX_APPEND_ATTEMPTS: usize = 20;
+
 /// Tuning of the PostgreSQL backend; the defaults suit most deployments.
 #[derive(Debug, Clone)]
 pub struct PgStoreConfig {
     /// Longest time one store operation may take before it fails as unavailable.
     pub operation_timeout: Duration,
+    /// Shortest time between two NOTIFYs: appends in between share one.
+    /// Subscribers in other processes learn of an append up to this late.
+    pub notify_interval: Duration,
     pub subscription: SubscriptionConfig,
 }
 
 impl Default for PgStoreConfig {
     fn default() -> Self {
-        Self { operation_timeout: Duration::from_secs(10), subscription: SubscriptionConfig::default() }
+        Self {
+            operation_timeout: Duration::from_secs(10),
+            notify_interval: Duration::from_millis(2),
+            subscription: SubscriptionConfig::default(),
+        }
     }
 }
 
@@ -99,20 +111,48 @@ impl PgEventStore {
             .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
     }
 
-    fn announce_append(&self) {
-        self.inner.wake.send_modify(|n| *n += 1);
-        self.inner.notifier.get_or_init(|| notify::Notifier::start(self.inner.pool.clone())).signal();
+    /// One append statement; when it writes nothing, finds out why: a replay
+    /// of stored events (the original result), a version conflict, or, for
+    /// `Any`, a racing append that took the version first (try again).
+    async fn append_resolving_races(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let mut actual = 0;
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            if let queries::Appended::Done(result) =
+                queries::append(&self.inner.pool, stream_id, expected, events).await?
+            {
+                self.announce_append();
+                return Ok(result);
+            }
+            let mut conn = self.inner.pool.acquire().await?;
+            match queries::explain_rejection(&mut conn, stream_id, events).await? {
+                queries::Rejection::Stored(stored) => return append::replayed_result(stream_id, events, stored),
+                queries::Rejection::Version(version) => actual = version,
+            }
+            if expected.required().is_some_and(|required| required != actual) {
+                break;
+            }
+        }
+        Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
     }
 
-    async fn resolve_duplicate(&self, stream_id: &str, events: &[NewEvent]) -> Result<AppendResult, StoreError> {
-        let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-        let stored = queries::events_by_id(&self.inner.pool, &ids).await?;
-        append::replayed_result(stream_id, events, stored)
+    fn announce_append(&self) {
+        self.inner.wake.send_modify(|n| *n += 1);
+        let inner = &self.inner;
+        inner
+            .notifier
+            .get_or_init(|| notify::Notifier::start(inner.pool.clone(), inner.config.notify_interval))
+            .signal();
     }
 }
 
 /// Appends inside the caller's transaction (the events become readable when
-/// it commits). The conformance suite uses it to hold appends open and roll
+/// it commits); `None` when the append was refused, which aborts the
+/// transaction. The conformance suite uses it to hold appends open and roll
 /// them back.
 #[cfg(feature = "testing")]
 pub(crate) async fn append_within(
@@ -120,18 +160,12 @@ pub(crate) async fn append_within(
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
-) -> Result<AppendResult, StoreError> {
+) -> Result<Option<AppendResult>, StoreError> {
     append::validate(stream_id, events)?;
-    match queries::append(&mut *conn, stream_id, expected, events).await? {
-        queries::Appended::Done(result) => Ok(result),
-        queries::Appended::Conflict { actual } => {
-            Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
-        }
-        queries::Appended::Duplicate => {
-            let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-            append::replayed_result(stream_id, events, queries::events_by_id(&mut *conn, &ids).await?)
-        }
-    }
+    Ok(match queries::append(&mut *conn, stream_id, expected, events).await? {
+        queries::Appended::Done(result) => Some(result),
+        queries::Appended::Rejected => None,
+    })
 }
 
 #[async_trait]
@@ -144,17 +178,8 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         append::validate(stream_id, &events)?;
-        let outcome = self.timed(queries::append(&self.inner.pool, stream_id, expected, &events)).await?;
-        match outcome {
-            queries::Appended::Done(result) => {
-                self.announce_append();
-                Ok(result)
-            }
-            queries::Appended::Conflict { actual } => {
-                Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
-            }
-            queries::Appended::Duplicate => self.timed(self.resolve_duplicate(stream_id, &events)).await,
-        }
+        let result = self.timed(self.append_resolving_races(stream_id, expected, &events)).await?;
+        Ok(result)
     }
 
     #[tracing::instrument(skip_all, fields(stream_id), err)]

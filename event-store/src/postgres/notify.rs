@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -27,9 +27,9 @@ pub(super) struct Notifier {
 }
 
 impl Notifier {
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: PgPool, min_interval: Duration) -> Self {
         let pending = Arc::new(Notify::new());
-        let task = tokio::spawn(notify_loop(pool, pending.clone()));
+        let task = tokio::spawn(notify_loop(pool, pending.clone(), min_interval));
         Self { pending, _task: TaskGuard(task) }
     }
 
@@ -39,12 +39,39 @@ impl Notifier {
     }
 }
 
-async fn notify_loop(pool: PgPool, pending: Arc<Notify>) {
+/// Sends the NOTIFYs, at most one per `min_interval`, on a connection of its
+/// own with `synchronous_commit` off: a NOTIFY transaction takes a
+/// transaction id, and its commit need not wait for a disk flush (a lost
+/// notification is covered by polling).
+async fn notify_loop(pool: PgPool, pending: Arc<Notify>, min_interval: Duration) {
+    let mut connection: Option<PgConnection> = None;
     loop {
         pending.notified().await;
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await {
+        if connection.is_none() {
+            connection = connect_for_notify(&pool).await;
+        }
+        let Some(conn) = connection.as_mut() else { continue };
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await {
             // Subscribers elsewhere fall back to polling; nothing is lost.
             tracing::debug!(%error, "could not send the append notification");
+            connection = None;
+        }
+        // Appends during the pause share the next notification.
+        tokio::time::sleep(min_interval).await;
+    }
+}
+
+async fn connect_for_notify(pool: &PgPool) -> Option<PgConnection> {
+    let connect = async {
+        let mut conn = pool.connect_options().connect().await?;
+        sqlx::query("SET synchronous_commit TO off").execute(&mut conn).await?;
+        Ok::<_, sqlx::Error>(conn)
+    };
+    match connect.await {
+        Ok(conn) => Some(conn),
+        Err(error) => {
+            tracing::debug!(%error, "could not connect to send append notifications");
+            None
         }
     }
 }

@@ -10,18 +10,48 @@ use crate::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewE
 const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS commit_id, event_id, stream_id, \
      stream_version, event_type, schema_version, payload, metadata, recorded_at";
 
-/// The outcome of `es_append`.
+/// The outcome of one append statement.
 pub(super) enum Appended {
     Done(AppendResult),
-    Conflict {
-        actual: u64,
-    },
-    /// Some event ids are stored already; nothing was written.
-    Duplicate,
+    /// Nothing was written: the stream was not at the expected version, a
+    /// racing append took the same version first, or an event id is stored
+    /// already. [`explain_rejection`] tells which.
+    Rejected,
 }
 
-/// `es_append`'s answer: result, new version, transaction id, last position.
-type AppendRow = (String, Option<i64>, Option<i64>, Option<i64>);
+/// The append, one statement: read the stream's version from the unique
+/// index, and insert the events at the following versions if it is the
+/// expected one (`$2` NULL: any). A racing append that read the same version
+/// fails on `es_events_stream_version_key`; one whose event ids are stored
+/// fails on `es_events_event_id_key`. Either way nothing is written.
+const APPEND_MANY: &str = "
+WITH current AS (
+    SELECT coalesce(max(stream_version), 0) AS version FROM es_events WHERE stream_id = $1
+), inserted AS (
+    INSERT INTO es_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+    SELECT e.event_id, $1, current.version + e.ord, e.event_type, e.schema_version, e.payload, e.metadata
+    FROM current,
+         unnest($3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
+             WITH ORDINALITY AS e (event_id, event_type, schema_version, payload, metadata, ord)
+    WHERE $2::bigint IS NULL OR current.version = $2
+    ORDER BY e.ord
+    RETURNING position, stream_version
+)
+SELECT max(stream_version), max(position), pg_current_xact_id()::text::bigint
+FROM inserted HAVING count(*) > 0";
+
+/// The same for the most common case, one event, without arrays.
+const APPEND_ONE: &str = "
+WITH current AS (
+    SELECT coalesce(max(stream_version), 0) AS version FROM es_events WHERE stream_id = $1
+), inserted AS (
+    INSERT INTO es_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+    SELECT $3, $1, current.version + 1, $4, $5, $6, $7
+    FROM current
+    WHERE $2::bigint IS NULL OR current.version = $2
+    RETURNING position, stream_version, transaction_id
+)
+SELECT stream_version, position, transaction_id::text::bigint FROM inserted";
 
 pub(super) async fn append(
     executor: impl sqlx::PgExecutor<'_>,
@@ -29,45 +59,74 @@ pub(super) async fn append(
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<Appended, StoreError> {
-    let mut ids = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    let mut metadata = Vec::with_capacity(events.len());
-    for event in events {
-        ids.push(event.event_id);
-        types.push(event.event_type.as_str());
-        versions.push(i32::from(event.schema_version));
-        payloads.push(Json(&event.payload));
-        metadata.push(Json(&event.metadata));
-    }
-    let expected = expected.required().map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-    let row: Result<AppendRow, _> = sqlx::query_as(
-        "SELECT result, new_version, commit_id, last_position FROM es_append($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(stream_id)
-    .bind(expected)
-    .bind(&ids)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .fetch_one(executor)
-    .await;
+    let expected = expected.required().map(to_i64);
+    let row: Result<Option<(i64, i64, i64)>, _> = if let [event] = events {
+        sqlx::query_as(APPEND_ONE)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(event.event_id)
+            .bind(&event.event_type)
+            .bind(i32::from(event.schema_version))
+            .bind(Json(&event.payload))
+            .bind(Json(&event.metadata))
+            .fetch_optional(executor)
+            .await
+    } else {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = events.iter().map(|e| i32::from(e.schema_version)).collect();
+        let payloads: Vec<_> = events.iter().map(|e| Json(&e.payload)).collect();
+        let metadata: Vec<_> = events.iter().map(|e| Json(&e.metadata)).collect();
+        sqlx::query_as(APPEND_MANY)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metadata)
+            .fetch_optional(executor)
+            .await
+    };
     match row {
-        Ok((result, version, commit, position)) => match (result.as_str(), version, commit, position) {
-            ("appended", Some(version), Some(commit), Some(position)) => Ok(Appended::Done(AppendResult {
-                stream_version: version as u64,
-                log_position: LogPosition { commit: commit as u64, position: position as u64 },
-            })),
-            ("conflict", Some(actual), _, _) => Ok(Appended::Conflict { actual: actual as u64 }),
-            ("duplicate", _, _, _) => Ok(Appended::Duplicate),
-            other => Err(StoreError::Backend(format!("es_append answered {other:?}").into())),
-        },
-        // Two appends with the same new ids raced past the duplicate check.
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some("es_events_event_id_key") => Ok(Appended::Duplicate),
+        Ok(Some((version, position, commit))) => Ok(Appended::Done(AppendResult {
+            stream_version: version as u64,
+            log_position: LogPosition { commit: commit as u64, position: position as u64 },
+        })),
+        Ok(None) => Ok(Appended::Rejected),
+        Err(sqlx::Error::Database(db))
+            if matches!(db.constraint(), Some("es_events_event_id_key" | "es_events_stream_version_key")) =>
+        {
+            Ok(Appended::Rejected)
+        }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Why an append wrote nothing.
+pub(super) enum Rejection {
+    /// Some of its event ids are stored: these are the stored events.
+    Stored(Vec<RecordedEvent>),
+    /// The stream is at this version now.
+    Version(u64),
+}
+
+pub(super) async fn explain_rejection(
+    conn: &mut sqlx::PgConnection,
+    stream_id: &str,
+    events: &[NewEvent],
+) -> Result<Rejection, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let stored = events_by_id(&mut *conn, &ids).await?;
+    if !stored.is_empty() {
+        return Ok(Rejection::Stored(stored));
+    }
+    let version: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(stream_version), 0) FROM es_events WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Rejection::Version(version as u64))
 }
 
 #[derive(sqlx::FromRow)]
@@ -110,7 +169,9 @@ pub(super) async fn events_by_id(
     ids: &[Uuid],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ANY($1)");
-    let rows: Vec<EventRow> = sqlx::query_as(&sql).bind(ids).fetch_all(executor).await?;
+    // Not a prepared statement: a generic plan of `= ANY($1)` made while the
+    // table was small would scan the whole table once it is large.
+    let rows: Vec<EventRow> = sqlx::query_as(&sql).bind(ids).persistent(false).fetch_all(executor).await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
