@@ -1,0 +1,107 @@
+//! Building the command service from its configuration, and running it
+//! until shutdown. Tests build the same app on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use event_store::PgEventStore;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+use tokio::net::TcpListener;
+
+use crate::http::{self, AppState};
+use crate::{idempotency, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot reach the database (DATABASE_URL): {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply the migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+    idempotency_key_ttl: Duration,
+}
+
+/// Connects to the configured database, creating it first if it does not
+/// exist (convenient locally; in production it exists already).
+async fn connect(config: &Config) -> Result<PgPool, StartupError> {
+    let url = config.database_url.expose();
+    if !Postgres::database_exists(url).await? {
+        tracing::info!("creating the database");
+        Postgres::create_database(url).await?;
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
+}
+
+/// Applies every pending migration (`command-side migrate`).
+pub async fn migrate(config: &Config) -> Result<PgPool, StartupError> {
+    let pool = connect(config).await?;
+    event_store::postgres::MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+impl App {
+    /// Connects, migrates and binds, as configured.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = connect(&config).await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Migrates and binds with a pool of the caller's (the tests' own database).
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        event_store::postgres::MIGRATOR.run(&pool).await?;
+        let state = AppState {
+            store: Arc::new(PgEventStore::new(pool.clone())),
+            pool: pool.clone(),
+            command_max_attempts: config.command_max_attempts,
+            order_deadline: chrono::Duration::from_std(config.order_deadline)
+                .unwrap_or_else(|_| chrono::Duration::minutes(15)),
+        };
+        let router = service_kit::http::layers(http::router(state, config.body_limit), config.request_timeout);
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
+        Ok(Self { listener, router, pool, idempotency_key_ttl: config.idempotency_key_ttl })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let janitor = tokio::spawn(forget_expired_keys(self.pool.clone(), self.idempotency_key_ttl));
+        tracing::info!(addr = %self.local_addr(), "command API listening");
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        janitor.abort();
+        tracing::info!("command API stopped");
+        served
+    }
+}
+
+async fn forget_expired_keys(pool: PgPool, ttl: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        match idempotency::forget_expired(&pool, ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "expired idempotency keys removed"),
+            Err(error) => tracing::warn!(%error, "could not remove expired idempotency keys"),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The command side's configuration, from environment variables. See the
+//! table in the README; every value is checked before the service starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use service_kit::config::{self, ConfigError, Secret, Source};
+use service_kit::telemetry::LogFormat;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: the PostgreSQL database of the event store.
+    pub database_url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS`
+    pub database_max_connections: u32,
+    /// `COMMAND_HTTP_ADDR`: where the API listens.
+    pub http_addr: SocketAddr,
+    /// `HTTP_BODY_LIMIT`: largest request body in bytes (larger: 413).
+    pub body_limit: usize,
+    /// `HTTP_REQUEST_TIMEOUT`: longest a request may take (longer: 503).
+    pub request_timeout: Duration,
+    /// `COMMAND_MAX_ATTEMPTS`: how often a command is decided again after a concurrency conflict.
+    pub command_max_attempts: u32,
+    /// `ORDER_DEADLINE`: how long an order may stay pending before it is cancelled.
+    pub order_deadline: Duration,
+    /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` and its response are remembered.
+    pub idempotency_key_ttl: Duration,
+    /// `LOG_LEVEL`: a tracing filter directive (`info`, `info,command_side=debug`).
+    pub log_level: String,
+    /// `LOG_FORMAT`: `json` (default) or `pretty`.
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+pub const DEFAULT_LOG_LEVEL: &str = "info,sqlx=warn";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&config::Environment)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let database_url = source.get("DATABASE_URL").filter(|v| !v.trim().is_empty());
+        let database_url = database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        // The URL may hold a password: name the setting, never its value.
+        let postgres = database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+        if !postgres {
+            return Err(ConfigError::new("DATABASE_URL", "***", "must be a postgres:// URL"));
+        }
+        database_url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(|e| ConfigError::new("DATABASE_URL", "***", format!("not a PostgreSQL URL: {e}")))?;
+        let log_level =
+            source.get("LOG_LEVEL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
+        service_kit::telemetry::parse_level(&log_level).map_err(|e| ConfigError::new("LOG_LEVEL", &log_level, e))?;
+        Ok(Self {
+            database_url: Secret::new(database_url),
+            database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 1, 1000)?,
+            http_addr: config::parsed(source, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            body_limit: config::ranged(source, "HTTP_BODY_LIMIT", 64 * 1024, 1024, 16 * 1024 * 1024)?,
+            request_timeout: nonzero(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            command_max_attempts: config::ranged(source, "COMMAND_MAX_ATTEMPTS", 5, 1, 100)?,
+            order_deadline: nonzero(source, "ORDER_DEADLINE", Duration::from_secs(15 * 60))?,
+            idempotency_key_ttl: nonzero(source, "IDEMPOTENCY_KEY_TTL", Duration::from_secs(24 * 3600))?,
+            log_level,
+            log_format: config::parsed(source, "LOG_FORMAT", LogFormat::Json)?,
+        })
+    }
+}
+
+fn nonzero(source: &dyn Source, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = config::duration(source, name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(name, "0", "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::config::Vars;
+
+    #[test]
+    fn defaults_suit_a_local_machine() {
+        let config = Config::from_source(&Vars(&[])).unwrap();
+        assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(config.http_addr.port(), 8080);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (name, value) in [
+            ("DATABASE_URL", "mysql://nope"),
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("COMMAND_HTTP_ADDR", "localhost"),
+            ("HTTP_BODY_LIMIT", "ten"),
+            ("HTTP_REQUEST_TIMEOUT", "0s"),
+            ("COMMAND_MAX_ATTEMPTS", "-1"),
+            ("ORDER_DEADLINE", "tomorrow"),
+            ("IDEMPOTENCY_KEY_TTL", "1 fortnight"),
+            ("LOG_LEVEL", "info,[[["),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let error = Config::from_source(&Vars(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name, name, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_database_url_is_not_echoed() {
+        let error = Config::from_source(&Vars(&[("DATABASE_URL", "mysql://user:hunter2@host/db")])).unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}

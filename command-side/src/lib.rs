@@ -1,0 +1,16 @@
+//! The command side: an HTTP API whose handlers load an aggregate's stream,
+//! let the domain decide, and append the resulting events.
+//!
+//! - `http/`: the routes, one file per aggregate, and the problem+json mapping.
+//! - `commands`: load, decide, append, retry on a concurrency conflict.
+//! - `idempotency`: `Idempotency-Key` handling.
+//! - `app`: building and running the service (`main.rs` only calls it).
+
+mod app;
+pub mod commands;
+pub mod config;
+mod http;
+pub mod idempotency;
+
+pub use app::{migrate, App, StartupError};
+pub use config::Config;

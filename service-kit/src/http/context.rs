@@ -1,0 +1,97 @@
+//! Request and correlation ids, and the middleware stack every API shares.
+//!
+//! - `x-request-id`: one per request, made here unless a proxy set one; on every response.
+//! - `x-correlation-id`: the client's (or a new one); shared by all the work a
+//!   request causes, across services. Echoed on the response and recorded in
+//!   every event the request appends.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::Problem;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// The ids of the request being handled.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+}
+
+fn valid_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?.trim();
+    let ok = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| text.to_owned())
+}
+
+/// Takes the client's correlation id (or makes one; an unusable one is
+/// replaced, not refused) and echoes it on the response.
+pub async fn correlation_layer(mut request: Request, next: Next) -> Response {
+    let correlation_id =
+        request.headers().get(&CORRELATION_ID).and_then(valid_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| valid_id(id.header_value()))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestContext { request_id, correlation_id: correlation_id.clone() });
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_ID, value);
+    }
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<RequestContext>().cloned().ok_or_else(|| {
+            tracing::error!("RequestContext missing: the router lacks service_kit::http::layers");
+            Problem::internal()
+        })
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::internal().into_response()
+}
+
+/// Wraps a router in the shared stack, outermost first: request id,
+/// correlation id, a tracing span per request, request-id echo, a timeout
+/// (503 problem), and a panic catcher (500 problem).
+pub fn layers(router: Router, timeout: Duration) -> Router {
+    let trace = TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)).make_span_with(
+        |request: &Request| {
+            let context = request.extensions().get::<RequestContext>();
+            tracing::info_span!(
+                "http",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id = context.map_or("", |c| c.request_id.as_str()),
+                correlation_id = context.map_or("", |c| c.correlation_id.as_str()),
+            )
+        },
+    );
+    router
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(trace)
+        .layer(axum::middleware::from_fn(correlation_layer))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}

@@ -1,0 +1,7 @@
+//! HTTP pieces every API shares.
+
+mod context;
+mod problem;
+
+pub use context::{correlation_layer, layers, RequestContext, CORRELATION_ID, REQUEST_ID};
+pub use problem::{not_found_route, FieldProblem, Problem, PROBLEM_JSON};

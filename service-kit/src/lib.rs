@@ -1,0 +1,9 @@
+//! Process plumbing shared by every service of the order system:
+//! configuration from the environment, telemetry, shutdown, and the HTTP
+//! pieces every API has (problem+json errors, request and correlation ids).
+//! Thin on purpose: anything domain-specific lives in the services.
+
+pub mod config;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
