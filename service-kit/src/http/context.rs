@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -66,13 +65,26 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     }
 }
 
+/// Answers 503 problem+json when a request takes longer than `limit`. The
+/// handler is dropped at that point: a command it was running may or may not
+/// have been applied, which a retry with the same Idempotency-Key resolves.
+async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?limit, "request timed out");
+            Problem::unavailable(format!("the request took longer than {limit:?}"), 1).into_response()
+        }
+    }
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     Problem::internal().into_response()
 }
 
 /// Wraps a router in the shared stack, outermost first: request id,
-/// correlation id, a tracing span per request, request-id echo, a timeout
+/// correlation id, a tracing span per request, request-id echo, a time limit
 /// (503 problem), and a panic catcher (500 problem).
 pub fn layers(router: Router, timeout: Duration) -> Router {
     let trace = TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)).make_span_with(
@@ -89,9 +101,64 @@ pub fn layers(router: Router, timeout: Duration) -> Router {
     );
     router
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::middleware::from_fn(move |request, next| time_limit(timeout, request, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(axum::middleware::from_fn(correlation_layer))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn panics() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    fn app() -> Router {
+        let router = Router::new()
+            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }))
+            .route("/panic", get(panics))
+            .route("/ok", get(|| async { "ok" }));
+        layers(router, Duration::from_millis(50))
+    }
+
+    async fn call(path: &str, correlation: Option<&str>) -> Response {
+        let mut request = axum::http::Request::get(path);
+        if let Some(id) = correlation {
+            request = request.header("x-correlation-id", id);
+        }
+        app().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_is_a_503_problem_with_retry_after() {
+        let response = call("/slow", None).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["content-type"], super::super::PROBLEM_JSON);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_problem_that_keeps_the_ids() {
+        let response = call("/panic", Some("corr-1")).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], super::super::PROBLEM_JSON);
+        assert!(response.headers().contains_key("x-request-id"));
+        assert_eq!(response.headers()["x-correlation-id"], "corr-1");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_correlation_id_is_replaced() {
+        let response = call("/ok", Some("has spaces in it")).await;
+        let id = response.headers()["x-correlation-id"].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    }
 }
