@@ -40,40 +40,29 @@ impl Config {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let database_url = source.get("DATABASE_URL").filter(|v| !v.trim().is_empty());
-        let database_url = database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        // The URL may hold a password: name the setting, never its value.
-        let postgres = database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
-        if !postgres {
-            return Err(ConfigError::new("DATABASE_URL", "***", "must be a postgres:// URL"));
-        }
+        let database_url = config::database_url(source, DEFAULT_DATABASE_URL)?;
         database_url
+            .expose()
             .parse::<sqlx::postgres::PgConnectOptions>()
             .map_err(|e| ConfigError::new("DATABASE_URL", "***", format!("not a PostgreSQL URL: {e}")))?;
-        let log_level =
-            source.get("LOG_LEVEL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
-        service_kit::telemetry::parse_level(&log_level).map_err(|e| ConfigError::new("LOG_LEVEL", &log_level, e))?;
+        let (log_level, log_format) = config::logging(source, DEFAULT_LOG_LEVEL)?;
         Ok(Self {
-            database_url: Secret::new(database_url),
+            database_url,
             database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 1, 1000)?,
             http_addr: config::parsed(source, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             body_limit: config::ranged(source, "HTTP_BODY_LIMIT", 64 * 1024, 1024, 16 * 1024 * 1024)?,
-            request_timeout: nonzero(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             command_max_attempts: config::ranged(source, "COMMAND_MAX_ATTEMPTS", 5, 1, 100)?,
-            order_deadline: nonzero(source, "ORDER_DEADLINE", Duration::from_secs(15 * 60))?,
-            idempotency_key_ttl: nonzero(source, "IDEMPOTENCY_KEY_TTL", Duration::from_secs(24 * 3600))?,
+            order_deadline: config::nonzero_duration(source, "ORDER_DEADLINE", Duration::from_secs(15 * 60))?,
+            idempotency_key_ttl: config::nonzero_duration(
+                source,
+                "IDEMPOTENCY_KEY_TTL",
+                Duration::from_secs(24 * 3600),
+            )?,
             log_level,
-            log_format: config::parsed(source, "LOG_FORMAT", LogFormat::Json)?,
+            log_format,
         })
     }
-}
-
-fn nonzero(source: &dyn Source, name: &str, default: Duration) -> Result<Duration, ConfigError> {
-    let value = config::duration(source, name, default)?;
-    if value.is_zero() {
-        return Err(ConfigError::new(name, "0", "must be longer than zero"));
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

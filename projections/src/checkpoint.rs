@@ -44,6 +44,8 @@ pub(crate) async fn advance(
     .bind(events as i64)
     .execute(&mut *tx)
     .await?;
+    // Wakes queries waiting for `min_position` (query-side/src/progress.rs) when this commits.
+    sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
     Ok(moved.rows_affected() == 1)
 }
 

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod orders;
 pub mod payments;
 mod runtime;
+pub mod service;
 
 use std::sync::Arc;
 

@@ -77,6 +77,32 @@ where
     Ok(value)
 }
 
+/// `DATABASE_URL`: a postgres:// URL. The value is never echoed (it may hold a password).
+pub fn database_url(source: &dyn Source, default: &str) -> Result<Secret, ConfigError> {
+    let url = source.get("DATABASE_URL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned());
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::new("DATABASE_URL", "***", "must be a postgres:// URL"));
+    }
+    Ok(Secret::new(url))
+}
+
+/// `LOG_LEVEL` (a tracing filter directive) and `LOG_FORMAT` (`json` or `pretty`).
+pub fn logging(source: &dyn Source, default_level: &str) -> Result<(String, crate::telemetry::LogFormat), ConfigError> {
+    let level = source.get("LOG_LEVEL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default_level.to_owned());
+    crate::telemetry::parse_level(&level).map_err(|e| ConfigError::new("LOG_LEVEL", &level, e))?;
+    let format = parsed(source, "LOG_FORMAT", crate::telemetry::LogFormat::Json)?;
+    Ok((level, format))
+}
+
+/// A duration longer than zero.
+pub fn nonzero_duration(source: &dyn Source, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = duration(source, name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(name, "0", "must be longer than zero"));
+    }
+    Ok(value)
+}
+
 /// A secret (a URL with a password, a key): never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

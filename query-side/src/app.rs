@@ -1,0 +1,58 @@
+//! Building the query service and running it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::http::{self, AppState};
+use crate::progress::Progress;
+use crate::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot reach the database (DATABASE_URL): {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot listen on {addr} (QUERY_HTTP_ADDR): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database_max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(config.database_url.expose())
+            .await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// The read-model tables are created by the migrations the other services apply.
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        let state =
+            AppState { progress: Progress::start(pool.clone()), pool, min_position_wait: config.min_position_wait };
+        let router = service_kit::http::layers(http::router(state), config.request_timeout);
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
+        Ok(Self { listener, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "query API listening");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}

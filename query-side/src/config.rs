@@ -1,0 +1,44 @@
+//! The query side's configuration, from environment variables (see the README).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use service_kit::config::{self, ConfigError, Secret, Source};
+use service_kit::telemetry::LogFormat;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: the database of the read models.
+    pub database_url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS`
+    pub database_max_connections: u32,
+    /// `QUERY_HTTP_ADDR`: where the API listens.
+    pub http_addr: SocketAddr,
+    /// `HTTP_REQUEST_TIMEOUT`
+    pub request_timeout: Duration,
+    /// `MIN_POSITION_WAIT`: longest a query waits for `min_position` before 503.
+    pub min_position_wait: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&config::Environment)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
+        Ok(Self {
+            database_url: config::database_url(source, DEFAULT_DATABASE_URL)?,
+            database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 2, 1000)?,
+            http_addr: config::parsed(source, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
+            request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            min_position_wait: config::nonzero_duration(source, "MIN_POSITION_WAIT", Duration::from_secs(2))?,
+            log_level,
+            log_format,
+        })
+    }
+}

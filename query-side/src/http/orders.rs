@@ -1,0 +1,138 @@
+//! `GET /v1/orders/{order_id}` and `GET /v1/orders` (filters, cursor pagination).
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use service_kit::http::Problem;
+use uuid::Uuid;
+
+use super::{database_error, AppState, Freshness};
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct OrderView {
+    order_id: Uuid,
+    customer_id: String,
+    status: String,
+    payment_status: String,
+    reason: Option<String>,
+    currency: String,
+    total_cents: i64,
+    lines: serde_json::Value,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "order_id, customer_id, status, payment_status, reason, currency, total_cents, lines, \
+                       version, created_at, updated_at";
+
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    order_id: Result<Path<Uuid>, PathRejection>,
+    freshness: Result<Query<Freshness>, QueryRejection>,
+) -> Result<Json<OrderView>, Problem> {
+    let Path(order_id) = order_id?;
+    let Query(freshness) = freshness?;
+    state.fresh_enough("orders", &freshness).await?;
+    let sql = format!("SELECT {COLUMNS} FROM rm_orders WHERE order_id = $1");
+    let order: Option<OrderView> =
+        sqlx::query_as(&sql).bind(order_id).fetch_optional(&state.pool).await.map_err(database_error)?;
+    order.map(Json).ok_or_else(|| Problem::not_found(format!("no order {order_id}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Page {
+    items: Vec<OrderView>,
+    next_cursor: Option<String>,
+}
+
+const STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "cancelled"];
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+/// Newest first. The cursor is the (created_at, order_id) of the last item,
+/// so pages stay stable while new orders arrive.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, Problem> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    if let Some(status) = query.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(Problem::bad_request(format!("status {status:?} is not one of {}", STATUSES.join(", "))));
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM rm_orders \
+         WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2) \
+           AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4)) \
+         ORDER BY created_at DESC, order_id DESC LIMIT $5"
+    );
+    let mut items: Vec<OrderView> = sqlx::query_as(&sql)
+        .bind(&query.customer_id)
+        .bind(&query.status)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(database_error)?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| encode_cursor(last.created_at, last.order_id))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Opaque to clients: hex of `<microseconds>.<order id>`.
+fn encode_cursor(created_at: DateTime<Utc>, order_id: Uuid) -> String {
+    let plain = format!("{}.{}", created_at.timestamp_micros(), order_id.simple());
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), Problem> {
+    let bad = || Problem::bad_request("the cursor is not one this API gave out");
+    if cursor.len() % 2 != 0 || cursor.len() > 200 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (micros, id) = plain.split_once('.').ok_or_else(bad)?;
+    let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let at = DateTime::from_timestamp_micros(1_767_225_600_123_456).unwrap();
+        let id = Uuid::from_u128(42);
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        for bad in ["", "zz", "abc", "00", &"ab".repeat(101)] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `GET /v1/payments/{order_id}`.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Serialize;
+use service_kit::http::Problem;
+use uuid::Uuid;
+
+use super::{database_error, AppState, Freshness};
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct PaymentView {
+    order_id: Uuid,
+    status: String,
+    amount_cents: i64,
+    currency: String,
+    provider_ref: Option<String>,
+}
+
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    order_id: Result<Path<Uuid>, PathRejection>,
+    freshness: Result<Query<Freshness>, QueryRejection>,
+) -> Result<Json<PaymentView>, Problem> {
+    let Path(order_id) = order_id?;
+    let Query(freshness) = freshness?;
+    state.fresh_enough("payments", &freshness).await?;
+    let payment: Option<PaymentView> = sqlx::query_as(
+        "SELECT order_id, status, amount_cents, currency, provider_ref FROM rm_payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(database_error)?;
+    payment.map(Json).ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))
+}

@@ -1,0 +1,15 @@
+//! The query side: an HTTP API that reads the read-model tables the
+//! projections write. It depends on no other crate of the system: tables
+//! are its whole interface.
+//!
+//! - `http/`: the routes, one file per read model.
+//! - `progress`: waiting (bounded, woken by NOTIFY) until a read model has
+//!   applied a global position, for `?min_position=`.
+
+mod app;
+pub mod config;
+mod http;
+pub mod progress;
+
+pub use app::{App, StartupError};
+pub use config::Config;

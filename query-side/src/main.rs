@@ -1,0 +1,14 @@
+//! `query-side`: the query API, until SIGTERM.
+
+use anyhow::Context;
+use query_side::{App, Config};
+use service_kit::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    telemetry::init(&config.log_level, config.log_format);
+    let app = App::build(config).await.context("the query API cannot start")?;
+    app.run_until(shutdown::signal()).await?;
+    Ok(())
+}

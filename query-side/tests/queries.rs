@@ -1,0 +1,255 @@
+//! The query API over real HTTP, reading read models that the real
+//! projections build from events in a fresh database.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use domain::inventory::InventoryEvent;
+use domain::order::{OrderEvent, OrderLine};
+use domain::payment::PaymentEvent;
+use domain::EventPayload;
+use event_store::testing::with_database;
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
+use projections::ProjectorConfig;
+use query_side::{App, Config};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+struct TestApp {
+    base: String,
+    client: Client,
+    pool: PgPool,
+    store: PgEventStore,
+}
+
+async fn with_app<F, Fut>(test: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    service_kit::telemetry::init_for_tests();
+    with_database(12, |pool| async move {
+        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "400ms")];
+        let config = Config::from_source(&service_kit::config::Vars(&env)).unwrap();
+        let app = App::build_with_pool(config, pool.clone()).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let store = PgEventStore::new(pool.clone());
+        test(TestApp { base, client: Client::new(), pool, store }).await;
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+impl TestApp {
+    async fn get(&self, path: &str) -> Response {
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.unwrap()
+    }
+
+    /// Appends domain events; returns the global position of the last.
+    async fn append(&self, stream: &str, events: &[impl EventPayload]) -> u64 {
+        let batch = events
+            .iter()
+            .map(|e| NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: e.event_type().to_owned(),
+                schema_version: e.schema_version(),
+                payload: e.to_payload(),
+                metadata: Metadata::default(),
+            })
+            .collect();
+        self.store.append(stream, ExpectedVersion::Any, batch).await.unwrap().log_position.position
+    }
+
+    /// Runs the projections until the returned sender is dropped or fired.
+    fn project(&self) -> oneshot::Sender<()> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            projections::service::run_all(pool, ProjectorConfig::default(), async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        stop
+    }
+}
+
+async fn problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    response.json().await.unwrap()
+}
+
+fn placed(order_id: Uuid, customer: &str, minute: u32) -> OrderEvent {
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 12, minute, 0).unwrap();
+    OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: customer.into(),
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+        lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
+        total_cents: 3998,
+        placed_at: at,
+        deadline: at + chrono::Duration::minutes(15),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_inventory_item_and_payment_read_as_the_api_says() {
+    with_app(|app| async move {
+        let order_id = Uuid::new_v4();
+        app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 50 }]).await;
+        app.append(&format!("order-{order_id}"), &[placed(order_id, "c-42", 0)]).await;
+        app.append("inventory-SKU-1", &[InventoryEvent::StockReserved { sku: "SKU-1".into(), order_id, quantity: 2 }])
+            .await;
+        let last = app
+            .append(
+                &format!("payment-{order_id}"),
+                &[PaymentEvent::PaymentRequested {
+                    order_id,
+                    amount_cents: 3998,
+                    currency: "EUR".into(),
+                    payment_token: "tok_visa".into(),
+                }],
+            )
+            .await;
+        let _projecting = app.project();
+
+        let order = app.json(&format!("/v1/orders/{order_id}?min_position={last}")).await;
+        assert_eq!(order["order_id"], json!(order_id));
+        assert_eq!(order["customer_id"], "c-42");
+        assert_eq!(order["status"], "pending");
+        assert_eq!(order["payment_status"], "pending");
+        assert_eq!(order["reason"], Value::Null);
+        assert_eq!(order["currency"], "EUR");
+        assert_eq!(order["total_cents"], 3998);
+        assert_eq!(order["lines"], json!([{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}]));
+        assert_eq!(order["version"], 1);
+        assert!(order["created_at"].is_string() && order["updated_at"].is_string());
+
+        let item = app.json(&format!("/v1/inventory/SKU-1?min_position={last}")).await;
+        assert_eq!(item, json!({"sku": "SKU-1", "on_hand": 50, "reserved": 2, "available": 48, "version": 2}));
+        let payment = app.json(&format!("/v1/payments/{order_id}?min_position={last}")).await;
+        assert_eq!(
+            payment,
+            json!({"order_id": order_id, "status": "pending", "amount_cents": 3998, "currency": "EUR", "provider_ref": null})
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_404_and_bad_parameters_400() {
+    with_app(|app| async move {
+        problem(app.get(&format!("/v1/orders/{}", Uuid::new_v4())).await, StatusCode::NOT_FOUND).await;
+        problem(app.get("/v1/inventory/NOPE").await, StatusCode::NOT_FOUND).await;
+        problem(app.get(&format!("/v1/payments/{}", Uuid::new_v4())).await, StatusCode::NOT_FOUND).await;
+        for bad in [
+            "/v1/orders/not-a-uuid",
+            "/v1/payments/123",
+            "/v1/orders?limit=0",
+            "/v1/orders?limit=201",
+            "/v1/orders?limit=ten",
+            "/v1/orders?status=shipped",
+            "/v1/orders?cursor=zz",
+            "/v1/orders?cursor=",
+            "/v1/orders?colour=red",
+            "/v1/inventory/SKU-1?min_position=soon",
+            "/v1/inventory/SKU-1?min_position=-1",
+        ] {
+            let response = app.get(bad).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(response.headers()["content-type"], "application/problem+json", "{bad}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_list_filters_and_pages_newest_first_stably_under_inserts() {
+    with_app(|app| async move {
+        let mut mine = Vec::new();
+        for minute in 0..5 {
+            let id = Uuid::new_v4();
+            app.append(&format!("order-{id}"), &[placed(id, "c-1", minute)]).await;
+            mine.push(id);
+        }
+        let mut last = 0;
+        for minute in 0..3 {
+            let id = Uuid::new_v4();
+            last = app.append(&format!("order-{id}"), &[placed(id, "c-2", minute)]).await;
+        }
+        let _projecting = app.project();
+        app.json(&format!("/v1/orders/{}?min_position={last}", mine[0])).await;
+
+        let first = app.json("/v1/orders?customer_id=c-1&limit=2").await;
+        let ids = |page: &Value| -> Vec<Uuid> {
+            page["items"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().parse().unwrap()).collect()
+        };
+        assert_eq!(ids(&first), [mine[4], mine[3]]);
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+
+        // A new order between two pages shows up on no later page.
+        let newer = Uuid::new_v4();
+        let position = app.append(&format!("order-{newer}"), &[placed(newer, "c-1", 30)]).await;
+        app.json(&format!("/v1/orders/{newer}?min_position={position}")).await;
+
+        let second = app.json(&format!("/v1/orders?customer_id=c-1&limit=2&cursor={cursor}")).await;
+        assert_eq!(ids(&second), [mine[2], mine[1]]);
+        let cursor = second["next_cursor"].as_str().unwrap().to_owned();
+        let third = app.json(&format!("/v1/orders?customer_id=c-1&limit=2&cursor={cursor}")).await;
+        assert_eq!(ids(&third), [mine[0]]);
+        assert_eq!(third["next_cursor"], Value::Null);
+
+        let everyone = app.json("/v1/orders").await;
+        assert_eq!(everyone["items"].as_array().unwrap().len(), 9);
+        let pending = app.json("/v1/orders?status=pending&customer_id=c-2").await;
+        assert_eq!(pending["items"].as_array().unwrap().len(), 3);
+        let none = app.json("/v1/orders?status=confirmed").await;
+        assert_eq!(none, json!({"items": [], "next_cursor": null}));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_position_waits_for_the_read_model_then_answers_503_with_retry_after() {
+    with_app(|app| async move {
+        let position =
+            app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity: 5 }]).await;
+        // No projection runs yet: the wait is bounded (400 ms here), then 503.
+        let started = Instant::now();
+        let response = app.get(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+        assert_eq!(response.headers()["retry-after"], "1");
+        problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        // With the projections running, the same query waits and answers.
+        let _projecting = app.project();
+        let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+        assert_eq!(item["on_hand"], 5);
+
+        // A write followed at once by a read of it: the read sees the write.
+        for quantity in 1..=5u64 {
+            let position =
+                app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity }]).await;
+            let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+            assert_eq!(item["version"], quantity + 1);
+        }
+    })
+    .await;
+}
