@@ -7,6 +7,7 @@
 //! 3. Apply each batch in one transaction that also moves the checkpoint, from
 //!    where this instance last left it: a crash anywhere loses or doubles
 //!    nothing, and an instance that lost its lock cannot write (the move fails).
+//!    Cancelling the runner never leaves a batch's transaction half done.
 //! 4. An event the projection cannot apply stops it: what came before is
 //!    committed, the event and the error are recorded, the others run on.
 
@@ -83,7 +84,19 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        checkpoint = Some(apply_batch(&*projection, &pool, checkpoint, &batch).await?);
+        // The batch's transaction runs in a task of its own: if this future
+        // is cancelled, the transaction still commits or rolls back instead
+        // of lingering, idle and holding locks, on a pooled connection. A
+        // successor that started meanwhile is fenced off by the checkpoint.
+        let batch_task = {
+            let (projection, pool) = (projection.clone(), pool.clone());
+            tokio::spawn(async move { apply_batch(&*projection, &pool, checkpoint, &batch).await })
+        };
+        checkpoint = Some(match batch_task.await {
+            Ok(result) => result?,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => break, // the runtime is shutting down
+        });
     }
     tracing::info!(projection = name, "stopped");
     Ok(())
