@@ -3,7 +3,8 @@
 # started by scripts/services.sh), then every service as its own process,
 # with readable logs. Ctrl-C stops them all.
 #
-# Services so far: command-side (http://127.0.0.1:8080).
+# Services: command-side (http://127.0.0.1:8080), projections (no HTTP yet),
+# query-side (http://127.0.0.1:8081).
 # Configuration: the environment variables in the README's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ trap stop EXIT INT TERM
 
 ./target/debug/command-side migrate
 ./target/debug/command-side serve & pids+=($!)
+./target/debug/projections serve & pids+=($!)
+./target/debug/query-side & pids+=($!)
 
-echo "[dev] command API on http://${COMMAND_HTTP_ADDR:-127.0.0.1:8080} — Ctrl-C stops everything" >&2
+echo "[dev] commands on http://${COMMAND_HTTP_ADDR:-127.0.0.1:8080}, queries on http://${QUERY_HTTP_ADDR:-127.0.0.1:8081} — Ctrl-C stops everything" >&2
 wait -n
