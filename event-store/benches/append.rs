@@ -23,8 +23,8 @@ use sqlx::types::Json;
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-const ROUNDS: usize = 5;
-const MEASURE: Duration = Duration::from_secs(4);
+const ROUNDS: usize = 7;
+const MEASURE: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_millis(500);
 
 /// `BENCH_QUICK=1` runs one short round of each configuration and leaves BENCHMARKS.md alone.
