@@ -103,7 +103,14 @@ pub async fn claim(pool: &PgPool, principal: &str, key: &str, fingerprint: &[u8]
         .bind(key)
         .fetch_optional(pool)
         .await?;
-        let Some(row) = row else { continue }; // expired and removed meanwhile: claim afresh
+        let Some(row) = row else {
+            // Expired and removed between the two statements: claim afresh.
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Claim::StillRunning);
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
         if row.fingerprint != fingerprint {
             return Ok(Claim::Mismatch);
         }

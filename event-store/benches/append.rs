@@ -218,8 +218,11 @@ async fn main() {
     sqlx::query("CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)").execute(&pool).await.expect("baseline table");
     let facts = server_facts(&pool).await;
 
+    // `BENCH_CONFIG=<part of a name>` measures only the matching configurations
+    // (and, like BENCH_QUICK, leaves BENCHMARKS.md alone).
+    let only = std::env::var("BENCH_CONFIG").ok();
     let mut rows = Vec::new();
-    for config in &CONFIGS {
+    for config in CONFIGS.iter().filter(|c| only.as_deref().is_none_or(|part| c.name.contains(part))) {
         let (mut store_runs, mut raw_runs) = (Vec::new(), Vec::new());
         for _ in 0..if quick() { 1 } else { ROUNDS } {
             raw_runs.push(measure(&store, config, Side::RawInsert).await);
@@ -270,7 +273,7 @@ async fn main() {
         MEASURE.as_secs(),
         rows.join("\n")
     );
-    if !quick() {
+    if !quick() && only.is_none() {
         write_section(&section);
     }
 
