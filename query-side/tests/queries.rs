@@ -33,7 +33,7 @@ where
 {
     service_kit::telemetry::init_for_tests();
     with_database(12, |pool| async move {
-        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "400ms")];
+        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s")];
         let config = Config::from_source(&service_kit::config::Vars(&env)).unwrap();
         let app = App::build_with_pool(config, pool.clone()).await.unwrap();
         let base = format!("http://{}", app.local_addr());
@@ -231,12 +231,12 @@ async fn min_position_waits_for_the_read_model_then_answers_503_with_retry_after
     with_app(|app| async move {
         let position =
             app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity: 5 }]).await;
-        // No projection runs yet: the wait is bounded (400 ms here), then 503.
+        // No projection runs yet: the wait is bounded (2 s), then 503.
         let started = Instant::now();
         let response = app.get(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
         assert_eq!(response.headers()["retry-after"], "1");
         problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
-        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(4));
 
         // With the projections running, the same query waits and answers.
         let _projecting = app.project();
@@ -249,6 +249,46 @@ async fn min_position_waits_for_the_read_model_then_answers_503_with_retry_after
                 app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity }]).await;
             let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
             assert_eq!(item["version"], quantity + 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
+    with_app(|app| async move {
+        let mut last = 0;
+        for quantity in 1..=3u64 {
+            last =
+                app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity }]).await;
+        }
+        let projecting = app.project();
+        let mut caught_up = false;
+        for _ in 0..200 {
+            let admin = app.json("/v1/admin/projections").await;
+            let projections = admin["projections"].as_array().unwrap();
+            if projections.len() == 3 && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0) {
+                caught_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(caught_up, "the projections did not catch up");
+        let _ = projecting.send(());
+        // Stopped: new events show up as lag.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let newest =
+            app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 9 }]).await;
+        let admin = app.json("/v1/admin/projections").await;
+        let projections = admin["projections"].as_array().unwrap();
+        let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["inventory", "orders", "payments"]);
+        for projection in projections {
+            assert_eq!(projection["checkpoint"], last, "{projection}");
+            assert_eq!(projection["head"], newest, "{projection}");
+            assert_eq!(projection["lag"], 1, "{projection}");
+            assert_eq!(projection["state"], "running");
+            assert_eq!(projection["failure"], Value::Null);
         }
     })
     .await;

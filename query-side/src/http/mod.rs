@@ -1,6 +1,7 @@
 //! The query API's routes, and what every query shares: `min_position`, and
 //! problem+json for bad parameters and unknown ids.
 
+mod admin;
 mod inventory;
 mod orders;
 mod payments;
@@ -29,6 +30,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/orders/{order_id}", get(orders::get_one))
         .route("/v1/inventory/{sku}", get(inventory::get_one))
         .route("/v1/payments/{order_id}", get(payments::get_one))
+        .route("/v1/admin/projections", get(admin::list))
         .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
