@@ -16,8 +16,9 @@ struct TestApp {
     pool: PgPool,
 }
 
-fn test_config() -> Config {
-    let env = [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("HTTP_BODY_LIMIT", "4096"), ("COMMAND_MAX_ATTEMPTS", "20")];
+fn test_config(max_attempts: &str) -> Config {
+    let env =
+        [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("HTTP_BODY_LIMIT", "4096"), ("COMMAND_MAX_ATTEMPTS", max_attempts)];
     Config::from_source(&service_kit::config::Vars(&env)).unwrap()
 }
 
@@ -27,9 +28,17 @@ where
     F: FnOnce(TestApp) -> Fut,
     Fut: Future<Output = ()>,
 {
+    with_app_config(test_config("20"), test).await;
+}
+
+async fn with_app_config<F, Fut>(config: Config, test: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()>,
+{
     service_kit::telemetry::init_for_tests();
     with_database(12, |pool| async move {
-        let app = App::build_with_pool(test_config(), pool.clone()).await.unwrap();
+        let app = App::build_with_pool(config, pool.clone()).await.unwrap();
         let base = format!("http://{}", app.local_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
@@ -315,6 +324,41 @@ async fn the_same_idempotency_key_with_another_body_is_422() {
         problem(elsewhere, StatusCode::UNPROCESSABLE_ENTITY).await;
         problem(app.post_with("/v1/orders", order(), &[("idempotency-key", "")]).await, StatusCode::BAD_REQUEST).await;
         assert_eq!(app.event_count().await, 1);
+    })
+    .await;
+}
+
+/// Contention is transient: its 409 carries Retry-After and is not
+/// remembered under the key, so the client's retry with the key runs again.
+#[tokio::test]
+async fn a_contended_request_is_not_remembered_under_its_idempotency_key() {
+    with_app_config(test_config("1"), |app| async move {
+        let mut contended = Vec::new();
+        for round in 0..20 {
+            let keys: Vec<String> = (0..8).map(|i| format!("r{round}-{i}")).collect();
+            let headers: Vec<[(&str, &str); 1]> = keys.iter().map(|key| [("idempotency-key", key.as_str())]).collect();
+            let requests =
+                headers.iter().map(|h| app.post_with("/v1/inventory/SKU-3/receipts", json!({"quantity": 1}), h));
+            for (key, response) in keys.iter().zip(futures_util::future::join_all(requests).await) {
+                if response.status() == StatusCode::CONFLICT {
+                    assert_eq!(response.headers()["retry-after"], "1");
+                    contended.push(key.clone());
+                } else {
+                    assert_eq!(response.status(), StatusCode::ACCEPTED);
+                }
+            }
+            if !contended.is_empty() {
+                break;
+            }
+        }
+        assert!(!contended.is_empty(), "no request met contention with one attempt each");
+        for key in &contended {
+            let retry = app
+                .post_with("/v1/inventory/SKU-3/receipts", json!({"quantity": 1}), &[("idempotency-key", key)])
+                .await;
+            assert_eq!(retry.status(), StatusCode::ACCEPTED, "key {key}");
+            assert!(!retry.headers().contains_key("idempotent-replayed"));
+        }
     })
     .await;
 }

@@ -171,26 +171,39 @@ where
         expected_version,
         max_attempts: state.command_max_attempts,
     };
-    let stored = match handler(invocation, now).await {
-        Ok(accepted) => StoredResponse { status: 202, body: accepted.body, location: Some(accepted.location) },
-        Err(problem) => StoredResponse {
-            status: problem.status,
-            body: serde_json::to_value(&problem).unwrap_or_default(),
-            location: None,
-        },
-    };
+    let outcome = handler(invocation, now).await;
     if let Some(key) = key {
-        let remembered = if stored.status >= 500 {
-            idempotency::release(&state.pool, principal, key).await
-        } else {
-            idempotency::complete(&state.pool, principal, key, &stored).await
+        // A failure of ours (5xx) or a transient one (sent with Retry-After,
+        // such as contention) is not remembered: the client's retry runs again.
+        let remembered = match &outcome {
+            Err(problem) if problem.status >= 500 || problem.retry_after.is_some() => {
+                idempotency::release(&state.pool, principal, key).await
+            }
+            _ => idempotency::complete(&state.pool, principal, key, &stored_form(&outcome)).await,
         };
         if let Err(error) = remembered {
             // The command's outcome stands; a retry with the key finds its events.
             tracing::warn!(%error, "could not record the idempotency key's outcome");
         }
     }
-    respond(&stored, false)
+    match outcome {
+        Ok(_) => respond(&stored_form(&outcome), false),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// What is remembered of an answer under an idempotency key.
+fn stored_form(outcome: &Result<Accepted, Problem>) -> StoredResponse {
+    match outcome {
+        Ok(accepted) => {
+            StoredResponse { status: 202, body: accepted.body.clone(), location: Some(accepted.location.clone()) }
+        }
+        Err(problem) => StoredResponse {
+            status: problem.status,
+            body: serde_json::to_value(problem).unwrap_or_default(),
+            location: None,
+        },
+    }
 }
 
 fn store_unavailable() -> Response {

@@ -170,7 +170,7 @@ pub(crate) async fn append_within(
 
 #[async_trait]
 impl EventStore for PgEventStore {
-    #[tracing::instrument(skip_all, fields(stream_id, events = events.len()), err)]
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id, events = events.len()), err)]
     async fn append(
         &self,
         stream_id: &str,
@@ -178,11 +178,10 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         append::validate(stream_id, &events)?;
-        let result = self.timed(self.append_resolving_races(stream_id, expected, &events)).await?;
-        Ok(result)
+        self.timed(self.append_resolving_races(stream_id, expected, &events)).await
     }
 
-    #[tracing::instrument(skip_all, fields(stream_id), err)]
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err)]
     async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         self.timed(queries::read_stream(&self.inner.pool, stream_id, from_version)).await
     }
