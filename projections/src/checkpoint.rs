@@ -1,10 +1,24 @@
-//! The `projection_checkpoints` table: where each projection stands, and why
-//! it stopped if it failed.
+//! Where each projection stands: `projection_checkpoints` for the live
+//! tables, `projection_rebuilds` for a rebuild's shadow tables; and why it
+//! stopped if it failed.
 
 use event_store::LogPosition;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// Which tables a batch writes, and so which checkpoint moves with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The live tables in `public`; checkpoint in `projection_checkpoints`.
+    Live,
+    /// A rebuild's shadow tables in schema `rebuild_<name>`; checkpoint in `projection_rebuilds`.
+    Shadow,
+}
+
+pub(crate) fn position_of(commit: i64, position: i64) -> Option<LogPosition> {
+    (position > 0).then_some(LogPosition { commit: commit as u64, position: position as u64 })
+}
 
 pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<LogPosition>, sqlx::Error> {
     sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
@@ -16,58 +30,80 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<LogPosition
             .bind(name)
             .fetch_one(pool)
             .await?;
-    Ok((position > 0).then_some(LogPosition { commit: commit as u64, position: position as u64 }))
+    Ok(position_of(commit, position))
 }
 
 /// Moves the checkpoint from `from` to `to`, in the batch's transaction.
-/// `false` if it was not at `from`: another instance moved it, and this one
-/// must stop (its lock was lost).
+/// `false` if it was not at `from`: something else moved it (another
+/// instance, or a rebuild swapped in), and this batch must not commit.
 pub(crate) async fn advance(
     tx: &mut PgConnection,
+    target: Target,
     name: &str,
     from: Option<LogPosition>,
     to: LogPosition,
     events: usize,
 ) -> Result<bool, sqlx::Error> {
     let from = from.unwrap_or(LogPosition::START);
-    let moved = sqlx::query(
-        "UPDATE projection_checkpoints \
-         SET commit_id = $4, position = $5, events_processed = events_processed + $6, \
-             state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, updated_at = now() \
-         WHERE name = $1 AND commit_id = $2 AND position = $3",
-    )
-    .bind(name)
-    .bind(from.commit as i64)
-    .bind(from.position as i64)
-    .bind(to.commit as i64)
-    .bind(to.position as i64)
-    .bind(events as i64)
-    .execute(&mut *tx)
-    .await?;
-    // Wakes queries waiting for `min_position` (query-side/src/progress.rs) when this commits.
-    sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
+    let sql = match target {
+        Target::Live => {
+            "UPDATE projection_checkpoints \
+             SET commit_id = $4, position = $5, events_processed = events_processed + $6, \
+                 state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, updated_at = now() \
+             WHERE name = $1 AND commit_id = $2 AND position = $3"
+        }
+        Target::Shadow => {
+            "UPDATE projection_rebuilds \
+             SET commit_id = $4, position = $5, events_done = events_done + $6, \
+                 events_total = greatest(events_total, events_done + $6), updated_at = now() \
+             WHERE name = $1 AND commit_id = $2 AND position = $3 AND state = 'running'"
+        }
+    };
+    let moved = sqlx::query(sql)
+        .bind(name)
+        .bind(from.commit as i64)
+        .bind(from.position as i64)
+        .bind(to.commit as i64)
+        .bind(to.position as i64)
+        .bind(events as i64)
+        .execute(&mut *tx)
+        .await?;
+    if target == Target::Live {
+        // Wakes queries waiting for `min_position` (query-side/src/progress.rs) when this commits.
+        sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
+    }
     Ok(moved.rows_affected() == 1)
 }
 
+/// Records that `name` stopped at an event it cannot apply.
 pub(crate) async fn record_failure(
     pool: &PgPool,
+    target: Target,
     name: &str,
     event_id: Uuid,
     position: u64,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE projection_checkpoints \
-         SET state = 'failed', failed_event_id = $2, failed_position = $3, error = $4, updated_at = now() \
-         WHERE name = $1",
-    )
-    .bind(name)
-    .bind(event_id)
-    .bind(position as i64)
-    .bind(error)
-    .execute(pool)
-    .await?;
+    let sql = match target {
+        Target::Live => {
+            "UPDATE projection_checkpoints \
+             SET state = 'failed', failed_event_id = $2, failed_position = $3, error = $4, updated_at = now() \
+             WHERE name = $1"
+        }
+        Target::Shadow => {
+            "UPDATE projection_rebuilds \
+             SET state = 'failed', failed_event_id = $2, failed_position = $3, error = $4, \
+                 finished_at = now(), updated_at = now() \
+             WHERE name = $1"
+        }
+    };
+    sqlx::query(sql).bind(name).bind(event_id).bind(position as i64).bind(error).execute(pool).await?;
     Ok(())
+}
+
+/// The live checkpoint's state: `running`, or `failed` until a rebuild or a restart.
+pub(crate) async fn state(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM projection_checkpoints WHERE name = $1").bind(name).fetch_optional(pool).await
 }
 
 /// Where a projection stands, for the admin API and metrics.
@@ -91,7 +127,7 @@ pub async fn status(pool: &PgPool, name: &str) -> Result<Option<ProjectionStatus
     .await?;
     Ok(row.map(|(commit, position, applied, state, event_id, failed_position, error)| ProjectionStatus {
         name: name.to_owned(),
-        checkpoint: (position > 0).then_some(LogPosition { commit: commit as u64, position: position as u64 }),
+        checkpoint: position_of(commit, position),
         events_processed: applied as u64,
         state,
         failure: error.map(|e| serde_json::json!({"event_id": event_id, "position": failed_position, "error": e})),

@@ -3,16 +3,23 @@
 //! - `runtime`: runs one projection: one live instance (advisory lock, the
 //!   others wait as hot standbys), events in batches, each batch's writes and
 //!   its checkpoint in one transaction, a failing event stops it and is reported.
-//! - `orders`, `inventory`, `payments`: the projectors, one small file each.
-//!   To add a read model: a table in `migrations/`, a file like these, and
-//!   its name in [`all`].
+//! - `rows`: most read models are a pure fold of events into rows; a
+//!   [`RowModel`] says how, and becomes a [`Projection`] that reads and writes
+//!   each batch's rows with one statement each.
+//! - `orders`, `inventory`, `payments`: the read models, one small file each.
+//!   To add one: a table in `migrations/`, a file like these, and its name in [`all`].
+//! - `rebuild`: replays the whole log into shadow tables and swaps them in.
 
 mod checkpoint;
 pub mod inventory;
 pub mod orders;
 pub mod payments;
+pub mod rebuild;
+mod rows;
 mod runtime;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 
@@ -21,18 +28,25 @@ use event_store::RecordedEvent;
 use sqlx::PgConnection;
 
 pub use checkpoint::{status, ProjectionStatus};
+pub use rows::{RowModel, Rows};
 pub use runtime::{run, ProjectorConfig, RunError};
 
-/// A read model: how one event changes its tables.
+/// A read model: how a batch of events changes its tables.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// Stable name; the checkpoint and the advisory lock are keyed by it.
     fn name(&self) -> &'static str;
 
-    /// Applies one event inside the batch's transaction. Events of no
-    /// interest are ignored. Writes must not depend on anything but the
-    /// event and the tables, so a replay builds the same rows.
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent) -> Result<(), ApplyError>;
+    /// The tables this projection alone writes, in schema `public`. A rebuild
+    /// builds copies of them and swaps the copies in.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies events, in log order, inside the batch's transaction. Events
+    /// of no interest are ignored. Table names must not be schema-qualified
+    /// (a rebuild points `search_path` at its shadow tables), and writes must
+    /// depend on nothing but the events and the tables, so a replay builds
+    /// the same rows.
+    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), BatchError>;
 }
 
 /// An event a projection cannot apply.
@@ -42,15 +56,25 @@ pub enum ApplyError {
     Decode(#[from] domain::DecodeError),
     #[error("the event does not fit the read model: {0}")]
     Inconsistent(String),
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The event at `index` in the batch cannot be applied.
+    #[error("{source}")]
+    Event { index: usize, source: ApplyError },
+    /// The batch's writes failed; which event caused it is not known.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
 /// Every projection of the system.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![
-        Arc::new(orders::OrdersProjection),
-        Arc::new(inventory::InventoryProjection),
-        Arc::new(payments::PaymentsProjection),
-    ]
+    vec![Arc::new(Rows(orders::Orders)), Arc::new(Rows(inventory::Inventory)), Arc::new(Rows(payments::Payments))]
+}
+
+/// The projection called `name`.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all().into_iter().find(|projection| projection.name() == name)
 }

@@ -2,6 +2,7 @@
 //! Folds `order-*` events, and `payment-*` events for `payment_status`.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::order::OrderEvent;
 use domain::payment::PaymentEvent;
 use domain::EventPayload;
@@ -9,96 +10,215 @@ use event_store::RecordedEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{ApplyError, Projection};
+use crate::rows::id_of_stream;
+use crate::{ApplyError, RowModel};
 
-pub struct OrdersProjection;
+pub struct Orders;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: String,
+    pub payment_status: String,
+    pub reason: Option<String>,
+    pub currency: String,
+    pub total_cents: i64,
+    pub lines: serde_json::Value,
+    /// The order stream's version.
+    pub version: i64,
+    /// The payment stream's version.
+    pub payment_version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub enum OrderChange {
+    Placed(OrderRow),
+    Order { version: i64, status: Option<&'static str>, reason: Option<String>, at: DateTime<Utc> },
+    Payment { version: i64, payment_status: &'static str, at: DateTime<Utc> },
+}
 
 #[async_trait]
-impl Projection for OrdersProjection {
-    fn name(&self) -> &'static str {
-        "orders"
-    }
+impl RowModel for Orders {
+    const NAME: &'static str = "orders";
+    const TABLES: &'static [&'static str] = &["rm_orders"];
+    type Key = Uuid;
+    type Row = OrderRow;
+    type Change = OrderChange;
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent) -> Result<(), ApplyError> {
-        match event.category() {
-            "order" => {
-                let decoded = OrderEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())?;
-                apply_order(tx, event, decoded).await
-            }
+    fn change(event: &RecordedEvent) -> Result<Option<(Uuid, OrderChange)>, ApplyError> {
+        let version = event.stream_version as i64;
+        let at = event.recorded_at;
+        let change = match event.category() {
+            "order" => match OrderEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())? {
+                OrderEvent::OrderPlaced { order_id, customer_id, currency, lines, total_cents, placed_at, .. } => {
+                    let lines = serde_json::to_value(&lines).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
+                    let row = OrderRow {
+                        order_id,
+                        customer_id,
+                        status: "pending".into(),
+                        payment_status: "none".into(),
+                        reason: None,
+                        currency,
+                        total_cents: total_cents as i64,
+                        lines,
+                        version,
+                        payment_version: 0,
+                        created_at: placed_at,
+                        updated_at: at,
+                    };
+                    return Ok(Some((order_id, OrderChange::Placed(row))));
+                }
+                OrderEvent::OrderConfirmed { .. } => {
+                    OrderChange::Order { version, status: Some("confirmed"), reason: None, at }
+                }
+                OrderEvent::OrderRejected { reason, .. } => {
+                    OrderChange::Order { version, status: Some("rejected"), reason: Some(reason), at }
+                }
+                OrderEvent::OrderCancelled { reason, .. } => {
+                    OrderChange::Order { version, status: Some("cancelled"), reason: Some(reason), at }
+                }
+                OrderEvent::OrderLineReserved { .. } | OrderEvent::OrderReadyForPayment { .. } => {
+                    OrderChange::Order { version, status: None, reason: None, at }
+                }
+            },
             "payment" => {
-                let decoded =
-                    PaymentEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())?;
-                apply_payment(tx, event, &decoded).await
+                let payment_status =
+                    match PaymentEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())? {
+                        PaymentEvent::PaymentRequested { .. } => "pending",
+                        PaymentEvent::PaymentCaptured { .. } => "captured",
+                        PaymentEvent::PaymentDeclined { .. } => "declined",
+                        PaymentEvent::PaymentRefunded { .. } => "refunded",
+                        // Voided before any money moved: no payment.
+                        PaymentEvent::PaymentVoided { .. } => "none",
+                    };
+                OrderChange::Payment { version, payment_status, at }
             }
-            _ => Ok(()),
+            _ => return Ok(None),
+        };
+        Ok(Some((id_of_stream(event)?, change)))
+    }
+
+    fn apply(_: &Uuid, row: Option<OrderRow>, change: OrderChange) -> Option<OrderRow> {
+        match (row, change) {
+            (None, OrderChange::Placed(placed)) => Some(placed),
+            (Some(mut row), OrderChange::Order { version, status, reason, at }) if version > row.version => {
+                if let Some(status) = status {
+                    status.clone_into(&mut row.status);
+                }
+                if reason.is_some() {
+                    row.reason = reason;
+                }
+                row.version = version;
+                row.updated_at = at;
+                Some(row)
+            }
+            (Some(mut row), OrderChange::Payment { version, payment_status, at }) if version > row.payment_version => {
+                payment_status.clone_into(&mut row.payment_status);
+                row.payment_version = version;
+                row.updated_at = row.updated_at.max(at);
+                Some(row)
+            }
+            // Already applied, or about an order this read model never saw placed.
+            (row, _) => row,
         }
+    }
+
+    async fn load(tx: &mut PgConnection, keys: &[Uuid]) -> Result<Vec<(Uuid, OrderRow)>, sqlx::Error> {
+        let rows: Vec<OrderRow> = sqlx::query_as(
+            "SELECT order_id, customer_id, status, payment_status, reason, currency, total_cents, lines, \
+                    version, payment_version, created_at, updated_at \
+             FROM rm_orders WHERE order_id = ANY($1)",
+        )
+        .bind(keys)
+        .persistent(false) // see RowModel::load
+        .fetch_all(tx)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.order_id, row)).collect())
+    }
+
+    async fn save(tx: &mut PgConnection, rows: Vec<OrderRow>) -> Result<(), sqlx::Error> {
+        let mut columns = OrderColumns::default();
+        for row in rows {
+            columns.push(row);
+        }
+        let OrderColumns {
+            order_id,
+            customer_id,
+            status,
+            payment_status,
+            reason,
+            currency,
+            total_cents,
+            lines,
+            version,
+            payment_version,
+            created_at,
+            updated_at,
+        } = columns;
+        sqlx::query(
+            "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, reason, currency, total_cents, \
+                                    lines, version, payment_version, created_at, updated_at) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                  $7::int8[], $8::jsonb[], $9::int8[], $10::int8[], $11::timestamptz[], \
+                                  $12::timestamptz[]) \
+             ON CONFLICT (order_id) DO UPDATE SET \
+                 customer_id = excluded.customer_id, status = excluded.status, \
+                 payment_status = excluded.payment_status, reason = excluded.reason, \
+                 currency = excluded.currency, total_cents = excluded.total_cents, lines = excluded.lines, \
+                 version = excluded.version, payment_version = excluded.payment_version, \
+                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+        )
+        .bind(order_id)
+        .bind(customer_id)
+        .bind(status)
+        .bind(payment_status)
+        .bind(reason)
+        .bind(currency)
+        .bind(total_cents)
+        .bind(lines)
+        .bind(version)
+        .bind(payment_version)
+        .bind(created_at)
+        .bind(updated_at)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 }
 
-pub(crate) fn id_of_stream(event: &RecordedEvent) -> Result<Uuid, ApplyError> {
-    let id = event.stream_id.split_once('-').map(|(_, id)| id).unwrap_or_default();
-    Uuid::parse_str(id).map_err(|_| ApplyError::Inconsistent(format!("stream {} has no uuid", event.stream_id)))
+/// Rows as one array per column, for `unnest`.
+#[derive(Default)]
+struct OrderColumns {
+    order_id: Vec<Uuid>,
+    customer_id: Vec<String>,
+    status: Vec<String>,
+    payment_status: Vec<String>,
+    reason: Vec<Option<String>>,
+    currency: Vec<String>,
+    total_cents: Vec<i64>,
+    lines: Vec<serde_json::Value>,
+    version: Vec<i64>,
+    payment_version: Vec<i64>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
 }
 
-async fn apply_order(tx: &mut PgConnection, event: &RecordedEvent, decoded: OrderEvent) -> Result<(), ApplyError> {
-    let version = event.stream_version as i64;
-    let (status, reason) = match decoded {
-        OrderEvent::OrderPlaced { order_id, customer_id, currency, lines, total_cents, placed_at, .. } => {
-            let lines = serde_json::to_value(&lines).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, currency, total_cents, lines, \
-                                        version, created_at, updated_at) \
-                 VALUES ($1, $2, 'pending', 'none', $3, $4, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(customer_id)
-            .bind(currency)
-            .bind(total_cents as i64)
-            .bind(lines)
-            .bind(version)
-            .bind(placed_at)
-            .bind(event.recorded_at)
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
-        }
-        OrderEvent::OrderConfirmed { .. } => (Some("confirmed"), None),
-        OrderEvent::OrderRejected { reason, .. } => (Some("rejected"), Some(reason)),
-        OrderEvent::OrderCancelled { reason, .. } => (Some("cancelled"), Some(reason)),
-        OrderEvent::OrderLineReserved { .. } | OrderEvent::OrderReadyForPayment { .. } => (None, None),
-    };
-    sqlx::query(
-        "UPDATE rm_orders SET status = coalesce($3, status), reason = coalesce($4, reason), version = $2, updated_at = $5 \
-         WHERE order_id = $1 AND version < $2",
-    )
-    .bind(id_of_stream(event)?)
-    .bind(version)
-    .bind(status)
-    .bind(reason)
-    .bind(event.recorded_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-async fn apply_payment(tx: &mut PgConnection, event: &RecordedEvent, decoded: &PaymentEvent) -> Result<(), ApplyError> {
-    let payment_status = match decoded {
-        PaymentEvent::PaymentRequested { .. } => "pending",
-        PaymentEvent::PaymentCaptured { .. } => "captured",
-        PaymentEvent::PaymentDeclined { .. } => "declined",
-        PaymentEvent::PaymentRefunded { .. } => "refunded",
-        // Voided before any money moved: no payment.
-        PaymentEvent::PaymentVoided { .. } => "none",
-    };
-    sqlx::query(
-        "UPDATE rm_orders SET payment_status = $3, payment_version = $2, updated_at = greatest(updated_at, $4) \
-         WHERE order_id = $1 AND payment_version < $2",
-    )
-    .bind(id_of_stream(event)?)
-    .bind(event.stream_version as i64)
-    .bind(payment_status)
-    .bind(event.recorded_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+impl OrderColumns {
+    fn push(&mut self, row: OrderRow) {
+        self.order_id.push(row.order_id);
+        self.customer_id.push(row.customer_id);
+        self.status.push(row.status);
+        self.payment_status.push(row.payment_status);
+        self.reason.push(row.reason);
+        self.currency.push(row.currency);
+        self.total_cents.push(row.total_cents);
+        self.lines.push(row.lines);
+        self.version.push(row.version);
+        self.payment_version.push(row.payment_version);
+        self.created_at.push(row.created_at);
+        self.updated_at.push(row.updated_at);
+    }
 }

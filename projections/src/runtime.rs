@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{checkpoint, ApplyError, Projection};
+use crate::checkpoint::{self, Target};
+use crate::{rebuild, BatchError, Projection};
 
 /// Advisory lock class of projections (the key is `hashtext(name)`).
 const LOCK_CLASS: i32 = 0x5052_4f4a; // "PROJ"
@@ -41,13 +42,13 @@ impl Default for ProjectorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("projection {name} stopped at event {event_id} (position {position}): {source}")]
-    Failed { name: &'static str, event_id: Uuid, position: u64, source: ApplyError },
+    #[error("projection {name} stopped at event {event_id} (position {position}): {error}")]
+    Failed { name: &'static str, event_id: Uuid, position: u64, error: String },
     #[error("projection {0} lost its lock: another instance moved the checkpoint")]
     LostLock(&'static str),
     /// The database failed under the projection: run it again (after a pause).
     #[error("projection {name} was interrupted: {source}")]
-    Interrupted { name: &'static str, source: ApplyError },
+    Interrupted { name: &'static str, source: sqlx::Error },
     #[error("projection database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -62,44 +63,58 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let name = projection.name();
     tokio::pin!(shutdown);
-    let Some(_lock) = become_live(&pool, name, &config, &mut shutdown).await? else { return Ok(()) };
+    let Some(mut lock) = become_live(&pool, name, &config, &mut shutdown).await? else { return Ok(()) };
     tracing::info!(projection = name, "live");
 
-    let mut checkpoint = checkpoint::load(&pool, name).await?;
-    let mut events = store.subscribe(checkpoint).ready_chunks(config.batch_size.max(1));
-    loop {
-        let chunk = tokio::select! {
-            () = &mut shutdown => break,
-            chunk = events.next() => chunk,
-        };
-        let Some(chunk) = chunk else { break };
-        // A failed read is retried by the subscription from its last event,
-        // so the events around an error still follow each other.
-        let batch: Vec<RecordedEvent> = chunk
-            .into_iter()
-            .filter_map(|item| {
-                item.map_err(|error| tracing::warn!(projection = name, %error, "reading the log failed")).ok()
-            })
-            .collect();
-        if batch.is_empty() {
-            continue;
+    'from_checkpoint: loop {
+        let mut checkpoint = checkpoint::load(&pool, name).await?;
+        let mut events = store.subscribe(checkpoint).ready_chunks(config.batch_size.max(1));
+        loop {
+            let chunk = tokio::select! {
+                () = &mut shutdown => break 'from_checkpoint,
+                chunk = events.next() => chunk,
+            };
+            let Some(chunk) = chunk else { break 'from_checkpoint };
+            // A failed read is retried by the subscription from its last event,
+            // so the events around an error still follow each other.
+            let batch: Vec<RecordedEvent> = chunk
+                .into_iter()
+                .filter_map(|item| {
+                    item.map_err(|error| tracing::warn!(projection = name, %error, "reading the log failed")).ok()
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            // The batch's transaction runs in a task of its own: if this future
+            // is cancelled, the transaction still commits or rolls back instead
+            // of lingering, idle and holding locks, on a pooled connection. A
+            // successor that started meanwhile is fenced off by the checkpoint.
+            let batch_task = {
+                let (projection, pool) = (projection.clone(), pool.clone());
+                tokio::spawn(async move { apply_batch(&*projection, &pool, Target::Live, checkpoint, &batch).await })
+            };
+            checkpoint = Some(match batch_task.await {
+                Ok(Ok(position)) => position,
+                // Holding the lock, only a rebuild's swap moves the checkpoint:
+                // the tables and the checkpoint are the rebuild's now.
+                Ok(Err(RunError::LostLock(_))) if still_connected(&mut lock).await => {
+                    tracing::info!(projection = name, "a rebuild was swapped in; following on from its checkpoint");
+                    continue 'from_checkpoint;
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(_) => break 'from_checkpoint, // the runtime is shutting down
+            });
         }
-        // The batch's transaction runs in a task of its own: if this future
-        // is cancelled, the transaction still commits or rolls back instead
-        // of lingering, idle and holding locks, on a pooled connection. A
-        // successor that started meanwhile is fenced off by the checkpoint.
-        let batch_task = {
-            let (projection, pool) = (projection.clone(), pool.clone());
-            tokio::spawn(async move { apply_batch(&*projection, &pool, checkpoint, &batch).await })
-        };
-        checkpoint = Some(match batch_task.await {
-            Ok(result) => result?,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(_) => break, // the runtime is shutting down
-        });
     }
     tracing::info!(projection = name, "stopped");
     Ok(())
+}
+
+/// Whether the connection holding the advisory lock (and so the lock) is alive.
+async fn still_connected(lock: &mut PgConnection) -> bool {
+    lock.ping().await.is_ok()
 }
 
 /// Waits for the advisory lock; `None` if shut down first. The returned
@@ -135,52 +150,68 @@ async fn become_live(
     }
 }
 
-/// Applies a batch and moves the checkpoint, in one transaction. On an event
-/// the projection cannot apply, commits the events before it, records the
-/// failure and stops.
-async fn apply_batch(
+/// Applies a batch to `target` and moves its checkpoint, in one transaction.
+/// On an event the projection cannot apply, commits the events before it,
+/// records the failure and stops. A database error that is not transient is
+/// narrowed down to its event by splitting the batch.
+pub(crate) async fn apply_batch(
     projection: &dyn Projection,
     pool: &PgPool,
+    target: Target,
     checkpoint: Option<LogPosition>,
     batch: &[RecordedEvent],
 ) -> Result<LogPosition, RunError> {
     let name = projection.name();
-    let failed_at = {
-        let mut tx = pool.begin().await?;
-        let mut failed = None;
-        for (index, event) in batch.iter().enumerate() {
-            if let Err(error) = projection.apply(&mut tx, event).await {
-                failed = Some((index, error));
-                break;
-            }
+    let (index, error) = match try_batch(projection, pool, target, checkpoint, batch).await {
+        Ok(Some(position)) => return Ok(position),
+        Ok(None) => return Err(RunError::LostLock(name)),
+        Err(BatchError::Database(error)) if is_transient(&error) => {
+            return Err(RunError::Interrupted { name, source: error })
         }
-        match failed {
-            None => {
-                let last = batch[batch.len() - 1].log_position;
-                if !checkpoint::advance(&mut tx, name, checkpoint, last, batch.len()).await? {
-                    return Err(RunError::LostLock(name));
-                }
-                tx.commit().await?;
-                return Ok(last);
-            }
-            Some(failure) => failure, // the transaction rolls back when dropped
+        Err(BatchError::Database(error)) if batch.len() > 1 => {
+            tracing::debug!(projection = name, %error, events = batch.len(), "batch failed; splitting it");
+            let (first, second) = batch.split_at(batch.len() / 2);
+            let checkpoint = Box::pin(apply_batch(projection, pool, target, checkpoint, first)).await?;
+            return Box::pin(apply_batch(projection, pool, target, Some(checkpoint), second)).await;
         }
+        Err(BatchError::Database(error)) => (0, error.to_string()),
+        Err(BatchError::Event { index, source }) => (index, source.to_string()),
     };
-    let (index, error) = failed_at;
-    if matches!(&error, ApplyError::Database(db) if is_transient(db)) {
-        return Err(RunError::Interrupted { name, source: error });
-    }
     if index > 0 {
         // Keep the progress before the failing event.
-        Box::pin(apply_batch(projection, pool, checkpoint, &batch[..index])).await?;
+        Box::pin(apply_batch(projection, pool, target, checkpoint, &batch[..index])).await?;
     }
     let event = &batch[index];
-    tracing::error!(projection = name, event_id = %event.event_id, position = event.log_position.position, %error, "projection stopped");
-    checkpoint::record_failure(pool, name, event.event_id, event.log_position.position, &error.to_string()).await?;
-    Err(RunError::Failed { name, event_id: event.event_id, position: event.log_position.position, source: error })
+    let position = event.log_position.position;
+    tracing::error!(projection = name, ?target, event_id = %event.event_id, position, %error, "projection stopped");
+    checkpoint::record_failure(pool, target, name, event.event_id, position, &error).await?;
+    Err(RunError::Failed { name, event_id: event.event_id, position, error })
+}
+
+/// One transaction: the batch's writes and the checkpoint's move. `None` if
+/// the checkpoint was not where this runner left it (nothing is written).
+async fn try_batch(
+    projection: &dyn Projection,
+    pool: &PgPool,
+    target: Target,
+    checkpoint: Option<LogPosition>,
+    batch: &[RecordedEvent],
+) -> Result<Option<LogPosition>, BatchError> {
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    if target == Target::Shadow {
+        rebuild::use_shadow_tables(&mut tx, name).await?;
+    }
+    projection.apply(&mut tx, batch).await?;
+    let last = batch[batch.len() - 1].log_position;
+    if !checkpoint::advance(&mut tx, target, name, checkpoint, last, batch.len()).await? {
+        return Ok(None); // rolled back when dropped
+    }
+    tx.commit().await?;
+    Ok(Some(last))
 }
 
 /// Connection trouble is not the event's fault: the runner is restarted, the event retried.
-fn is_transient(error: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }

@@ -1,8 +1,11 @@
-//! The projections service: every projection, each supervised. A projection
-//! interrupted by the database, or that lost its lock, starts again after a
-//! pause (as a standby if another instance is live now); one that failed on
-//! an event stays stopped, reported in `projection_checkpoints`, until the
-//! service restarts.
+//! The projections service: every projection, each supervised, and the
+//! rebuilds asked for through the admin API.
+//!
+//! A projection interrupted by the database, or that lost its lock, starts
+//! again after a pause (as a standby if another instance is live now). One
+//! that failed on an event stays stopped, reported in
+//! `projection_checkpoints`, until a rebuild replaces its tables (or the
+//! service restarts).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,25 +15,35 @@ use event_store::{EventStore, PgEventStore};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::{run, Projection, ProjectorConfig, RunError};
+use crate::rebuild::{self, RebuildError, RebuildOptions};
+use crate::{checkpoint, run, Projection, ProjectorConfig, RunError};
 
 /// Pause before a supervised projection starts again.
 const RESTART_PAUSE: Duration = Duration::from_secs(2);
 
-/// Runs every projection until `shutdown` completes.
-pub async fn run_all(pool: PgPool, config: ProjectorConfig, shutdown: impl Future<Output = ()>) {
+/// How often a failed projection, and the rebuild requests, are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Runs every projection, and the rebuilds requested, until `shutdown` completes.
+pub async fn run_all(
+    pool: PgPool,
+    config: ProjectorConfig,
+    rebuild_options: RebuildOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let store: Arc<dyn EventStore> = Arc::new(PgEventStore::new(pool.clone()));
     let (stop, stopping) = watch::channel(false);
-    let supervisors: Vec<_> = crate::all()
+    let mut tasks: Vec<_> = crate::all()
         .into_iter()
         .map(|projection| {
             tokio::spawn(supervise(projection, store.clone(), pool.clone(), config.clone(), stopping.clone()))
         })
         .collect();
+    tasks.push(tokio::spawn(rebuild_on_request(store, pool, rebuild_options, stopping)));
     shutdown.await;
     let _ = stop.send(true);
-    for supervisor in supervisors {
-        let _ = supervisor.await;
+    for task in tasks {
+        let _ = task.await;
     }
 }
 
@@ -51,14 +64,72 @@ async fn supervise(
         match outcome {
             Ok(()) => return,
             Err(error @ RunError::Failed { .. }) => {
-                tracing::error!(projection = name, %error, "projection stopped; fix the cause and restart the service");
-                return;
+                tracing::error!(projection = name, %error, "projection stopped; rebuild it once the cause is fixed");
+                let mut stop = stopping.clone();
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return,
+                    () = until_not_failed(&pool, name) => {}
+                }
+                tracing::info!(projection = name, "the projection was rebuilt; starting it again");
+                continue;
             }
             Err(error) => tracing::warn!(projection = name, %error, "projection interrupted; starting again"),
         }
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+    }
+}
+
+/// Returns once the projection's checkpoint is no longer `failed`.
+async fn until_not_failed(pool: &PgPool, name: &str) {
+    loop {
+        tokio::time::sleep(POLL).await;
+        match checkpoint::state(pool, name).await {
+            Ok(Some(state)) if state == "failed" => {}
+            Ok(_) => return,
+            Err(error) => tracing::warn!(projection = name, %error, "cannot read the projection's state"),
+        }
+    }
+}
+
+/// Runs the rebuilds requested (`state = 'requested'`), and resumes those
+/// that were interrupted (`running`, with no process holding their lock).
+async fn rebuild_on_request(
+    store: Arc<dyn EventStore>,
+    pool: PgPool,
+    options: RebuildOptions,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let pending: Result<Vec<String>, _> = sqlx::query_scalar(
+            "SELECT name FROM projection_rebuilds WHERE state IN ('requested', 'running') ORDER BY requested_at",
+        )
+        .fetch_all(&pool)
+        .await;
+        for name in pending.unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the rebuild requests");
+            Vec::new()
+        }) {
+            let Some(projection) = crate::by_name(&name) else {
+                tracing::warn!(projection = name, "a rebuild was requested for an unknown projection");
+                continue;
+            };
+            let (progress, _) = watch::channel(rebuild::Progress::default());
+            let rebuild = rebuild::rebuild(projection, store.clone(), pool.clone(), options.clone(), &progress);
+            let mut stop = stopping.clone();
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return, // resumed at the next start
+                outcome = rebuild => match outcome {
+                    Ok(_) | Err(RebuildError::AlreadyRunning(_)) => {}
+                    Err(error) => tracing::error!(projection = name, %error, "rebuild failed"),
+                },
+            }
+        }
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(POLL) => {}
         }
     }
 }

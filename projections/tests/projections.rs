@@ -1,22 +1,20 @@
 //! The projector runtime against a real database: read models, crash safety,
 //! hot standby, failures.
 
-use std::future::Future;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use common::{by_name, eventually, processed, start, Running};
 use domain::inventory::InventoryEvent;
 use domain::order::{CancelledBy, OrderEvent, OrderLine};
 use domain::payment::PaymentEvent;
 use domain::EventPayload;
 use event_store::testing::with_database;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
-use projections::{run, status, Projection, ProjectorConfig, RunError};
+use projections::{status, RunError};
 use serde_json::json;
-use sqlx::PgPool;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 fn new_event(event: &impl EventPayload) -> NewEvent {
@@ -32,52 +30,6 @@ fn new_event(event: &impl EventPayload) -> NewEvent {
 async fn append(store: &PgEventStore, stream: &str, events: &[impl EventPayload]) {
     let batch = events.iter().map(new_event).collect();
     store.append(stream, ExpectedVersion::Any, batch).await.unwrap();
-}
-
-fn config() -> ProjectorConfig {
-    ProjectorConfig { batch_size: 50, standby_poll: Duration::from_millis(100) }
-}
-
-/// A running projector and the means to stop it.
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), RunError>>,
-}
-
-fn start(projection: Arc<dyn Projection>, store: &PgEventStore, pool: &PgPool) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let store: Arc<dyn EventStore> = Arc::new(store.clone());
-    let task = tokio::spawn(run(projection, store, pool.clone(), config(), async move {
-        let _ = stopped.await;
-    }));
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) -> Result<(), RunError> {
-        let _ = self.stop.send(());
-        self.task.await.unwrap()
-    }
-}
-
-/// Waits until `check` holds, for at most 20 seconds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..400 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within 20 s");
-}
-
-/// Events of the log the projection has processed (applied or ignored).
-async fn processed(pool: &PgPool, name: &str) -> u64 {
-    status(pool, name).await.unwrap().map_or(0, |s| s.events_processed)
 }
 
 fn placed(order_id: Uuid) -> OrderEvent {
@@ -214,13 +166,13 @@ async fn a_projector_killed_at_any_point_neither_loses_nor_doubles_an_event() {
             })
         };
         for round in 0..8u64 {
-            let running = start(Arc::new(projections::inventory::InventoryProjection), &store, &pool);
+            let running = start(by_name("inventory"), &store, &pool);
             tokio::time::sleep(Duration::from_millis(30 + round * 17)).await;
             running.task.abort(); // a crash: whatever was in flight is rolled back
             let _ = running.task.await;
         }
         writer.await.unwrap();
-        let running = start(Arc::new(projections::inventory::InventoryProjection), &store, &pool);
+        let running = start(by_name("inventory"), &store, &pool);
         eventually("caught up", || async { processed(&pool, "inventory").await == 300 }).await;
         let on_hand: i64 =
             sqlx::query_scalar("SELECT sum(on_hand)::bigint FROM rm_inventory").fetch_one(&pool).await.unwrap();
@@ -235,9 +187,9 @@ async fn a_second_instance_stands_by_and_takes_over_when_the_first_dies() {
     with_database(12, |pool| async move {
         let store = PgEventStore::new(pool.clone());
         let receive = |n: u64| InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: n };
-        let first = start(Arc::new(projections::inventory::InventoryProjection), &store, &pool);
+        let first = start(by_name("inventory"), &store, &pool);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let second = start(Arc::new(projections::inventory::InventoryProjection), &store, &pool);
+        let second = start(by_name("inventory"), &store, &pool);
         append(&store, "inventory-SKU-1", &[receive(1)]).await;
         eventually("the first applies", || async { processed(&pool, "inventory").await == 1 }).await;
 
@@ -274,8 +226,8 @@ async fn a_projection_that_fails_on_an_event_stops_and_reports_it_while_the_othe
             .unwrap();
         append(&store, "inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 4 }]).await;
 
-        let orders = start(Arc::new(projections::orders::OrdersProjection), &store, &pool);
-        let inventory = start(Arc::new(projections::inventory::InventoryProjection), &store, &pool);
+        let orders = start(by_name("orders"), &store, &pool);
+        let inventory = start(by_name("inventory"), &store, &pool);
         let outcome = tokio::time::timeout(Duration::from_secs(20), orders.task).await.unwrap().unwrap();
         match outcome {
             Err(RunError::Failed { event_id, .. }) => assert_eq!(event_id, broken.event_id),

@@ -80,7 +80,7 @@ impl TestApp {
         let (stop, stopped) = oneshot::channel::<()>();
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            projections::service::run_all(pool, ProjectorConfig::default(), async move {
+            projections::service::run_all(pool, ProjectorConfig::default(), Default::default(), async move {
                 let _ = stopped.await;
             })
             .await;
