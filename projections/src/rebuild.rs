@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use event_store::{EventStore, LogPosition, RecordedEvent, StoreError};
 use serde::Serialize;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -462,4 +463,97 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Asks the projections service to rebuild `name` (see `service.rs`). A
+/// rebuild already requested or running is left as it is.
+pub async fn request(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_rebuilds (name, state) VALUES ($1, 'requested') \
+         ON CONFLICT (name) DO UPDATE SET state = 'requested', requested_at = now(), updated_at = now() \
+         WHERE projection_rebuilds.state NOT IN ('requested', 'running')",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The latest rebuild of a projection, with the figures the CLI's progress
+/// bar shows: events done of total, rate and time left.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RebuildStatus {
+    pub name: String,
+    /// `requested`, `running`, `done` or `failed`.
+    pub state: String,
+    pub events_done: u64,
+    pub events_total: u64,
+    /// Events replayed per second by the current (or last) run.
+    pub events_per_second: Option<f64>,
+    /// Seconds left at that rate, while running.
+    pub eta_seconds: Option<f64>,
+    pub requested_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// The latest rebuild of every projection that had one.
+pub async fn statuses(pool: &PgPool) -> Result<Vec<RebuildStatus>, sqlx::Error> {
+    type Row = (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        DateTime<Utc>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT name, state, events_done, events_total, run_events_from, requested_at, started_at, run_started_at, \
+                finished_at, updated_at, error \
+         FROM projection_rebuilds ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                name,
+                state,
+                done,
+                total,
+                run_from,
+                requested_at,
+                started_at,
+                run_started_at,
+                finished_at,
+                updated_at,
+                error,
+            )| {
+                let seconds = run_started_at.map(|start| (updated_at - start).as_seconds_f64()).filter(|s| *s > 0.0);
+                let events_per_second = seconds.map(|seconds| (done - run_from).max(0) as f64 / seconds);
+                let eta_seconds = events_per_second
+                    .filter(|rate| *rate > 0.0 && state == "running")
+                    .map(|rate| (total - done).max(0) as f64 / rate);
+                RebuildStatus {
+                    name,
+                    state,
+                    events_done: done as u64,
+                    events_total: total as u64,
+                    events_per_second,
+                    eta_seconds,
+                    requested_at,
+                    started_at,
+                    finished_at,
+                    error,
+                }
+            },
+        )
+        .collect())
 }

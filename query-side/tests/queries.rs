@@ -293,3 +293,65 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_asked_for_on_the_admin_api_runs_in_the_projections_service_and_reports_progress() {
+    with_app(|app| async move {
+        use projections::testing::{event_count, shop_history, snapshot, write};
+        let history = shop_history(300, 11);
+        let events = event_count(&history) as u64;
+        write(std::sync::Arc::new(app.store.clone()), history, 4).await;
+        let projecting = app.project();
+        let orders_caught_up = |admin: &Value| {
+            admin["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "orders" && p["events_processed"] == events)
+        };
+        eventually(&app, "the orders projection catches up", orders_caught_up).await;
+        let built_live = snapshot(&app.pool, "rm_orders", "order_id").await;
+
+        let unknown = app.client.post(format!("{}/v1/admin/projections/nope/rebuild", app.base)).send().await.unwrap();
+        problem(unknown, StatusCode::NOT_FOUND).await;
+        let accepted =
+            app.client.post(format!("{}/v1/admin/projections/orders/rebuild", app.base)).send().await.unwrap();
+        assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+        assert_eq!(accepted.headers()["location"], "/v1/admin/projections");
+        let body: Value = accepted.json().await.unwrap();
+        assert!(body["state"] == "requested" || body["state"] == "running", "{body}");
+
+        let rebuilt = |admin: &Value| {
+            admin["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "orders" && p["rebuild"]["state"] == "done")
+        };
+        let admin = eventually(&app, "the rebuild is done", rebuilt).await;
+        let orders = admin["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+        let rebuild = &orders["rebuild"];
+        assert_eq!(rebuild["events_done"], events, "{rebuild}");
+        assert_eq!(rebuild["events_total"], events, "{rebuild}");
+        assert!(rebuild["events_per_second"].as_f64().unwrap() > 0.0, "{rebuild}");
+        assert_eq!(rebuild["error"], Value::Null);
+        assert_eq!((orders["state"].as_str(), orders["lag"].as_i64()), (Some("running"), Some(0)));
+        assert_eq!(snapshot(&app.pool, "rm_orders", "order_id").await, built_live);
+        let others = admin["projections"].as_array().unwrap().iter().filter(|p| p["name"] != "orders");
+        assert!(others.into_iter().all(|p| p["rebuild"].is_null()));
+        let _ = projecting.send(());
+    })
+    .await;
+}
+
+/// Polls the admin API until `done` holds of it (20 s at most); returns it.
+async fn eventually(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..400 {
+        let admin = app.json("/v1/admin/projections").await;
+        if done(&admin) {
+            return admin;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 20 s");
+}

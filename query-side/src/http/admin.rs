@@ -1,8 +1,16 @@
 //! `GET /v1/admin/projections`: where each projection stands against the
-//! head of the log. (Rebuilds are not built yet; auth comes with issue 6.)
+//! head of the log, and its latest rebuild.
+//! `POST /v1/admin/projections/{name}/rebuild`: asks the projections service
+//! to rebuild one (202); progress shows on the GET.
+//! (Auth comes with issue 6.)
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use projections::rebuild::{self, RebuildStatus};
 use serde::Serialize;
 use service_kit::http::Problem;
 
@@ -21,7 +29,10 @@ pub(crate) struct ProjectionView {
     state: String,
     events_processed: i64,
     failure: Option<serde_json::Value>,
-    updated_at: chrono::DateTime<chrono::Utc>,
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The latest rebuild, if any.
+    #[sqlx(skip)]
+    rebuild: Option<RebuildStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,25 +41,53 @@ pub(crate) struct Projections {
 }
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projections>, Problem> {
+    let names: Vec<&str> = projections::all().iter().map(|projection| projection.name()).collect();
     // The head and the lag count only readable events, below the horizon,
     // the same events the projections can see.
-    let projections: Vec<ProjectionView> = sqlx::query_as(
+    let mut projections: Vec<ProjectionView> = sqlx::query_as(
         "WITH horizon AS MATERIALIZED (SELECT es_read_horizon() AS xid), \
               head AS MATERIALIZED ( \
                 SELECT coalesce(max(position), 0) AS position FROM es_events, horizon \
                 WHERE transaction_id < horizon.xid) \
-         SELECT c.name, c.position AS checkpoint, head.position AS head, \
+         SELECT p.name, coalesce(c.position, 0) AS checkpoint, head.position AS head, \
                 (SELECT count(*) FROM es_events e, horizon \
-                  WHERE (e.transaction_id, e.position) > (c.commit_id::text::xid8, c.position) \
+                  WHERE (e.transaction_id, e.position) > (coalesce(c.commit_id, 0)::text::xid8, coalesce(c.position, 0)) \
                     AND e.transaction_id < horizon.xid) AS lag, \
-                c.state, c.events_processed, \
+                coalesce(c.state, 'not started') AS state, coalesce(c.events_processed, 0) AS events_processed, \
                 CASE WHEN c.error IS NULL THEN NULL ELSE json_build_object( \
                   'event_id', c.failed_event_id, 'position', c.failed_position, 'error', c.error)::jsonb END AS failure, \
                 c.updated_at \
-         FROM projection_checkpoints c, head ORDER BY c.name",
+         FROM unnest($1::text[]) AS p(name) LEFT JOIN projection_checkpoints c USING (name), head \
+         ORDER BY p.name",
     )
+    .bind(&names)
     .fetch_all(&state.pool)
     .await
     .map_err(database_error)?;
+    let mut rebuilds: HashMap<String, RebuildStatus> = rebuild::statuses(&state.pool)
+        .await
+        .map_err(database_error)?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    for projection in &mut projections {
+        projection.rebuild = rebuilds.remove(&projection.name);
+    }
     Ok(Json(Projections { projections }))
+}
+
+pub(crate) async fn request_rebuild(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let Some(projection) = projections::by_name(&name) else {
+        return Err(Problem::not_found(format!("no projection is called {name:?}")));
+    };
+    rebuild::request(&state.pool, projection.name()).await.map_err(database_error)?;
+    let status = rebuild::statuses(&state.pool)
+        .await
+        .map_err(database_error)?
+        .into_iter()
+        .find(|status| status.name == projection.name());
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, "/v1/admin/projections")], Json(status)).into_response())
 }

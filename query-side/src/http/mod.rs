@@ -9,7 +9,7 @@ mod payments;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use service_kit::http::Problem;
@@ -31,6 +31,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/inventory/{sku}", get(inventory::get_one))
         .route("/v1/payments/{order_id}", get(payments::get_one))
         .route("/v1/admin/projections", get(admin::list))
+        .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild))
         .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
