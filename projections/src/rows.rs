@@ -94,3 +94,169 @@ pub(crate) fn id_of_stream(event: &RecordedEvent) -> Result<uuid::Uuid, ApplyErr
     let id = event.stream_id.split_once('-').map(|(_, id)| id).unwrap_or_default();
     uuid::Uuid::parse_str(id).map_err(|_| ApplyError::Inconsistent(format!("stream {} has no uuid", event.stream_id)))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The folds alone, without a database: given events, then rows.
+
+    use std::collections::HashMap;
+
+    use chrono::{TimeZone, Utc};
+    use domain::inventory::InventoryEvent;
+    use domain::order::{CancelledBy, OrderEvent, OrderLine};
+    use domain::payment::PaymentEvent;
+    use domain::EventPayload;
+    use event_store::{LogPosition, Metadata, RecordedEvent};
+    use uuid::Uuid;
+
+    use super::RowModel;
+    use crate::inventory::Inventory;
+    use crate::orders::Orders;
+    use crate::payments::Payments;
+
+    fn recorded(stream_id: &str, stream_version: u64, event: &impl EventPayload) -> RecordedEvent {
+        RecordedEvent {
+            log_position: LogPosition { commit: stream_version, position: stream_version },
+            event_id: Uuid::new_v4(),
+            stream_id: stream_id.into(),
+            stream_version,
+            event_type: event.event_type().into(),
+            schema_version: event.schema_version(),
+            payload: event.to_payload(),
+            metadata: Metadata::default(),
+            recorded_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, stream_version as u32).unwrap(),
+        }
+    }
+
+    /// The rows `events` leave, folded as the projection does.
+    fn fold<M: RowModel>(events: &[RecordedEvent]) -> HashMap<M::Key, M::Row> {
+        let mut rows = HashMap::new();
+        for event in events {
+            if let Some((key, change)) = M::change(event).unwrap() {
+                let before = rows.remove(&key);
+                if let Some(after) = M::apply(&key, before, change) {
+                    rows.insert(key, after);
+                }
+            }
+        }
+        rows
+    }
+
+    fn placed(order_id: Uuid) -> OrderEvent {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        OrderEvent::OrderPlaced {
+            order_id,
+            customer_id: "c-1".into(),
+            currency: "EUR".into(),
+            payment_token: "tok_visa".into(),
+            lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 500 }],
+            total_cents: 1000,
+            placed_at: at,
+            deadline: at + chrono::Duration::minutes(15),
+        }
+    }
+
+    #[test]
+    fn an_order_row_follows_the_order_and_its_payment() {
+        let id = Uuid::new_v4();
+        let (order, payment) = (format!("order-{id}"), format!("payment-{id}"));
+        let requested = PaymentEvent::PaymentRequested {
+            order_id: id,
+            amount_cents: 1000,
+            currency: "EUR".into(),
+            payment_token: "tok_visa".into(),
+        };
+        let captured = PaymentEvent::PaymentCaptured { order_id: id, amount_cents: 1000, provider_ref: "p-1".into() };
+        let cancelled = OrderEvent::OrderCancelled {
+            reason: "changed my mind".into(),
+            by: CancelledBy::Customer,
+            payment_refund_due: true,
+        };
+        let refunded = PaymentEvent::PaymentRefunded { order_id: id, amount_cents: 1000, reason: "cancelled".into() };
+        let events = [
+            recorded(&order, 1, &placed(id)),
+            recorded(&order, 2, &OrderEvent::OrderLineReserved { sku: "SKU-1".into() }),
+            recorded(&payment, 1, &requested),
+            recorded(&payment, 2, &captured),
+            recorded(&order, 3, &OrderEvent::OrderConfirmed { provider_ref: "p-1".into() }),
+            recorded(&order, 4, &cancelled),
+            recorded(&payment, 3, &refunded),
+        ];
+        let row = &fold::<Orders>(&events)[&id];
+        assert_eq!((row.status.as_str(), row.payment_status.as_str()), ("cancelled", "refunded"));
+        assert_eq!(row.reason.as_deref(), Some("changed my mind"));
+        assert_eq!((row.version, row.payment_version, row.total_cents), (4, 3, 1000));
+        assert_eq!(Some(row.updated_at), events.iter().map(|e| e.recorded_at).max(), "the latest change");
+    }
+
+    #[test]
+    fn an_event_applied_again_changes_nothing() {
+        let id = Uuid::new_v4();
+        let order = format!("order-{id}");
+        let confirmed = recorded(&order, 2, &OrderEvent::OrderConfirmed { provider_ref: "p".into() });
+        let once = fold::<Orders>(&[recorded(&order, 1, &placed(id)), confirmed.clone()]);
+        let twice = fold::<Orders>(&[recorded(&order, 1, &placed(id)), confirmed.clone(), confirmed]);
+        assert_eq!(once, twice);
+        let received =
+            recorded("inventory-SKU-1", 1, &InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 5 });
+        assert_eq!(fold::<Inventory>(&[received.clone(), received])["SKU-1"].on_hand, 5);
+    }
+
+    #[test]
+    fn events_about_an_order_never_placed_leave_no_order_row() {
+        let id = Uuid::new_v4();
+        let confirmed = recorded(&format!("order-{id}"), 2, &OrderEvent::OrderConfirmed { provider_ref: "p".into() });
+        assert!(fold::<Orders>(&[confirmed]).is_empty());
+    }
+
+    #[test]
+    fn stock_moves_with_receipts_reservations_and_releases() {
+        let stream = "inventory-SKU-1";
+        let order_id = Uuid::new_v4();
+        let sku = || "SKU-1".to_owned();
+        let rejected = InventoryEvent::StockReservationRejected { sku: sku(), order_id, requested: 99, available: 7 };
+        let events = [
+            recorded(stream, 1, &InventoryEvent::StockReceived { sku: sku(), quantity: 10 }),
+            recorded(stream, 2, &InventoryEvent::StockReserved { sku: sku(), order_id, quantity: 3 }),
+            recorded(stream, 3, &rejected),
+            recorded(stream, 4, &InventoryEvent::StockReserved { sku: sku(), order_id, quantity: 4 }),
+            recorded(stream, 5, &InventoryEvent::StockReleased { sku: sku(), order_id, quantity: 3 }),
+        ];
+        let row = &fold::<Inventory>(&events)["SKU-1"];
+        assert_eq!((row.on_hand, row.reserved, row.version), (10, 4, 5));
+    }
+
+    #[test]
+    fn a_payment_keeps_its_amount_and_reference_through_later_events() {
+        let id = Uuid::new_v4();
+        let stream = format!("payment-{id}");
+        let requested = PaymentEvent::PaymentRequested {
+            order_id: id,
+            amount_cents: 1000,
+            currency: "EUR".into(),
+            payment_token: "tok_visa".into(),
+        };
+        let captured = PaymentEvent::PaymentCaptured { order_id: id, amount_cents: 1000, provider_ref: "p-1".into() };
+        let refunded = PaymentEvent::PaymentRefunded { order_id: id, amount_cents: 1000, reason: "r".into() };
+        let events =
+            [recorded(&stream, 1, &requested), recorded(&stream, 2, &captured), recorded(&stream, 3, &refunded)];
+        let row = &fold::<Payments>(&events)[&id];
+        assert_eq!((row.status.as_str(), row.amount_cents, row.currency.as_str()), ("refunded", 1000, "EUR"));
+        assert_eq!(row.provider_ref.as_deref(), Some("p-1"));
+    }
+
+    #[test]
+    fn a_payment_voided_before_it_was_requested_has_no_amount() {
+        let id = Uuid::new_v4();
+        let voided = PaymentEvent::PaymentVoided { order_id: id, reason: "cancelled".into() };
+        let row = &fold::<Payments>(&[recorded(&format!("payment-{id}"), 1, &voided)])[&id];
+        assert_eq!((row.status.as_str(), row.amount_cents, row.currency.as_str()), ("voided", 0, "XXX"));
+    }
+
+    #[test]
+    fn an_undecodable_event_is_an_error_not_a_skip() {
+        let mut bad = recorded("order-x", 1, &placed(Uuid::new_v4()));
+        bad.payload = serde_json::json!({"order_id": 42});
+        assert!(Orders::change(&bad).is_err());
+    }
+}
