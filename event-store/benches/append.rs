@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use event_store::bench::{self, quick};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -26,11 +27,6 @@ use uuid::Uuid;
 const ROUNDS: usize = 7;
 const MEASURE: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_millis(500);
-
-/// `BENCH_QUICK=1` runs one short round of each configuration and leaves BENCHMARKS.md alone.
-fn quick() -> bool {
-    std::env::var_os("BENCH_QUICK").is_some()
-}
 
 struct Config {
     name: &'static str,
@@ -183,26 +179,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-async fn server_facts(pool: &PgPool) -> String {
-    let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(pool).await.unwrap_or_default();
-    let sync: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(pool).await.unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("PostgreSQL {version} (synchronous_commit={sync}) on the same machine, {cores} cores")
-}
-
-fn write_section(section: &str) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
-    let (start, end) = ("<!-- bench:append:start -->", "<!-- bench:append:end -->");
-    let block = format!("{start}\n{section}{end}");
-    let current = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| "# Benchmarks\n\nEach section is written by the command it names.\n".to_string());
-    let updated = match (current.find(start), current.find(end)) {
-        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &current[..a], &current[b + end.len()..]),
-        _ => format!("{}\n{block}\n", current.trim_end()),
-    };
-    std::fs::write(path, updated).expect("write BENCHMARKS.md");
-}
-
 #[tokio::main]
 async fn main() {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL must name the PostgreSQL server");
@@ -216,7 +192,7 @@ async fn main() {
     let store = PgEventStore::new(pool.clone());
     store.migrate().await.expect("migrate");
     sqlx::query("CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)").execute(&pool).await.expect("baseline table");
-    let facts = server_facts(&pool).await;
+    let facts = bench::server_facts(&pool).await;
 
     // `BENCH_CONFIG=<part of a name>` measures only the matching configurations
     // (and, like BENCH_QUICK, leaves BENCHMARKS.md alone).
@@ -244,23 +220,9 @@ async fn main() {
         rows.push(row);
     }
 
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .unwrap_or_default()
-    };
-    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).trim().is_empty() {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
-    let commit = format!("{}{dirty}", git(&["rev-parse", "--short", "HEAD"]).trim());
     let section = format!(
         "## Event store appends\n\n\
-         `cargo bench -p event-store --bench append` — {} — commit {} — {}.\n\n\
+         `cargo bench -p event-store --bench append` — {} — {}.\n\n\
          Each figure is the median of {ROUNDS} rounds of {}s; store and baseline alternate, each after a \
          `CHECKPOINT`. The baseline inserts the same rows with one plain `INSERT` per append into a table \
          `LIKE es_events INCLUDING ALL`. Latency is per append. On 2 cores shared by the benchmark and the server, \
@@ -268,13 +230,12 @@ async fn main() {
          | configuration | store events/s | raw INSERT events/s | store / raw | store p50 / p99 ms | raw p50 / p99 ms |\n\
          |---|---:|---:|---:|---:|---:|\n{}\n\n",
         facts,
-        commit,
-        chrono::Utc::now().format("%Y-%m-%d"),
+        bench::commit_and_date(),
         MEASURE.as_secs(),
         rows.join("\n")
     );
     if !quick() && only.is_none() {
-        write_section(&section);
+        bench::write_section("append", &section);
     }
 
     pool.close().await;

@@ -3,6 +3,8 @@
 //! - [`MemoryEventStore`]: in process, for unit tests of handlers.
 //! - [`PgEventStore`]: PostgreSQL, the default. Its global log never skips an
 //!   event, even when transactions commit out of sequence order (see `postgres`).
+//! - [`SharedTail`]: wraps a store so that the subscribers of one process
+//!   share one follower of the log.
 //!
 //! Every backend passes the same suite, `conformance` (feature `testing`).
 
@@ -10,9 +12,12 @@ mod append;
 mod error;
 mod memory;
 pub mod postgres;
+mod shared;
 mod subscription;
 mod types;
 
+#[cfg(feature = "testing")]
+pub mod bench;
 #[cfg(feature = "testing")]
 pub mod conformance;
 #[cfg(feature = "testing")]
@@ -25,6 +30,7 @@ pub use append::{MAX_EVENTS_PER_APPEND, MAX_STREAM_ID_LEN};
 pub use error::StoreError;
 pub use memory::MemoryEventStore;
 pub use postgres::{PgEventStore, PgStoreConfig};
+pub use shared::SharedTail;
 pub use subscription::SubscriptionConfig;
 pub use types::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent};
 

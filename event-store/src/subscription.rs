@@ -28,7 +28,7 @@ impl Default for SubscriptionConfig {
         Self {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
-            held_back_poll: Duration::from_millis(50),
+            held_back_poll: Duration::from_millis(5),
             max_error_backoff: Duration::from_secs(5),
         }
     }
@@ -37,12 +37,12 @@ impl Default for SubscriptionConfig {
 /// One page of the log.
 pub(crate) struct Page {
     pub events: Vec<RecordedEvent>,
-    /// Committed events exist after the page that may not be read yet.
+    /// The page is short, and committed events after it cannot be read yet.
     pub held_back: bool,
 }
 
 /// What a backend provides to be followed.
-pub(crate) trait Tail: Send + Sync + 'static {
+pub(crate) trait Tail: Clone + Send + Sync + 'static {
     fn fetch(&self, after: Option<LogPosition>, limit: usize) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
     /// A counter bumped whenever new events may be readable.
@@ -55,11 +55,13 @@ struct Follower<T> {
     after: Option<LogPosition>,
     buffer: VecDeque<RecordedEvent>,
     wake: Option<watch::Receiver<u64>>,
+    /// Set by a page that came back short: wait for a wake-up, or this long, before reading again.
+    wait: Option<Duration>,
     backoff: Option<Duration>,
 }
 
 pub(crate) fn follow<T: Tail>(tail: T, after: Option<LogPosition>, config: SubscriptionConfig) -> EventStream {
-    let follower = Follower { tail, config, after, buffer: VecDeque::new(), wake: None, backoff: None };
+    let follower = Follower { tail, config, after, buffer: VecDeque::new(), wake: None, wait: None, backoff: None };
     Box::pin(futures_util::stream::unfold(follower, |mut f| async move {
         let item = f.next().await;
         Some((item, f))
@@ -73,24 +75,41 @@ impl<T: Tail> Follower<T> {
                 self.after = Some(event.log_position);
                 return Ok(event);
             }
+            let wake = self.wake.get_or_insert_with(|| self.tail.wakeups());
+            if let Some(poll) = self.wait.take() {
+                // The last page reached the horizon: nothing to read before a
+                // wake-up (an append, a NOTIFY) or the poll interval.
+                tokio::select! {
+                    // An error means the sender is gone: fall back to polling.
+                    changed = wake.changed() => if changed.is_err() { tokio::time::sleep(poll).await },
+                    () = tokio::time::sleep(poll) => {}
+                }
+            }
             if let Some(backoff) = self.backoff {
                 tokio::time::sleep(backoff).await;
             }
-            let wake = self.wake.get_or_insert_with(|| self.tail.wakeups());
+            // Wake-ups from here on are for events this read may not see.
             wake.borrow_and_update();
-            match self.tail.fetch(self.after, self.config.batch_size).await {
-                Ok(page) if !page.events.is_empty() => {
-                    self.backoff = None;
-                    self.buffer.extend(page.events);
-                }
+            // The read runs in a task of its own, so that it completes (or
+            // times out) on its own clock even while the consumer pauses
+            // between polls of this stream.
+            let fetch = {
+                let (tail, after, limit) = (self.tail.clone(), self.after, self.config.batch_size);
+                tokio::spawn(async move { tail.fetch(after, limit).await })
+            };
+            let fetched = match fetch.await {
+                Ok(fetched) => fetched,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(_) => Err(StoreError::Unavailable("the runtime is shutting down".into())),
+            };
+            match fetched {
                 Ok(page) => {
                     self.backoff = None;
-                    let poll = if page.held_back { self.config.held_back_poll } else { self.config.idle_poll };
-                    tokio::select! {
-                        // An error means the sender is gone: fall back to polling.
-                        changed = wake.changed() => if changed.is_err() { tokio::time::sleep(poll).await },
-                        () = tokio::time::sleep(poll) => {}
+                    if page.events.len() < self.config.batch_size {
+                        self.wait =
+                            Some(if page.held_back { self.config.held_back_poll } else { self.config.idle_poll });
                     }
+                    self.buffer.extend(page.events);
                 }
                 Err(error) => {
                     let next = self.backoff.map_or(Duration::from_millis(100), |b| b * 2);

@@ -125,6 +125,27 @@ impl Harness for MemoryHarness {
     }
 }
 
+/// Another harness's store behind a [`SharedTail`](crate::SharedTail).
+pub struct SharedHarness<H>(pub H);
+
+#[async_trait]
+impl<H: Harness> Harness for SharedHarness<H> {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::new(crate::SharedTail::new(self.0.store(), 64))
+    }
+
+    async fn append_held_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        self.0.append_held_open(stream_id, expected, events, hold, commit).await
+    }
+}
+
 pub struct PgHarness(pub PgEventStore);
 
 #[async_trait]

@@ -28,6 +28,45 @@ mod memory {
     event_store::conformance_cases!(memory_cases);
 }
 
+/// The shared tail, with a window of 64 events (so that the stress test
+/// also reads past it), over both backends.
+mod shared {
+    use event_store::testing::SharedHarness;
+
+    use super::*;
+
+    macro_rules! shared_memory_cases {
+        ($($case:ident),+ $(,)?) => {$(
+            #[tokio::test]
+            async fn $case() {
+                conformance::$case(Arc::new(SharedHarness(MemoryHarness(MemoryEventStore::new())))).await;
+            }
+        )+};
+    }
+
+    mod memory {
+        use super::*;
+        event_store::conformance_cases!(shared_memory_cases);
+    }
+
+    macro_rules! shared_postgres_cases {
+        ($($case:ident),+ $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                with_database(POOL_SIZE, |pool| {
+                    conformance::$case(Arc::new(SharedHarness(PgHarness(PgEventStore::new(pool)))))
+                })
+                .await;
+            }
+        )+};
+    }
+
+    mod postgres {
+        use super::*;
+        event_store::conformance_cases!(shared_postgres_cases);
+    }
+}
+
 mod postgres {
     use super::*;
 

@@ -33,16 +33,17 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<LogPosition
     Ok(position_of(commit, position))
 }
 
-/// Moves the checkpoint from `from` to `to`, in the batch's transaction.
-/// `false` if it was not at `from`: something else moved it (another
-/// instance, or a rebuild swapped in), and this batch must not commit.
+/// Moves the checkpoint from `from` to `to`, in the batch's transaction, and
+/// if `wrote`, wakes the queries waiting for it. `false` if it was not at
+/// `from`: something else moved it (another instance, or a rebuild swapped
+/// in), and this batch must not commit.
 pub(crate) async fn advance(
     tx: &mut PgConnection,
     target: Target,
     name: &str,
-    from: Option<LogPosition>,
-    to: LogPosition,
+    (from, to): (Option<LogPosition>, LogPosition),
     events: usize,
+    wrote: bool,
 ) -> Result<bool, sqlx::Error> {
     let from = from.unwrap_or(LogPosition::START);
     let sql = match target {
@@ -68,8 +69,11 @@ pub(crate) async fn advance(
         .bind(events as i64)
         .execute(&mut *tx)
         .await?;
-    if target == Target::Live {
-        // Wakes queries waiting for `min_position` (query-side/src/progress.rs) when this commits.
+    if target == Target::Live && wrote {
+        // Wakes queries waiting for `min_position` (query-side/src/progress.rs)
+        // when this commits. A batch that wrote nothing does not: NOTIFY
+        // serialises commits, and a query waiting for an event its read model
+        // ignores is rare (its poll finds the checkpoint).
         sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
     }
     Ok(moved.rows_affected() == 1)

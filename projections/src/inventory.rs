@@ -34,6 +34,7 @@ pub struct StockChange {
 impl RowModel for Inventory {
     const NAME: &'static str = "inventory";
     const TABLES: &'static [&'static str] = &["rm_inventory"];
+    const CATEGORIES: &'static [&'static str] = &["inventory"];
     type Key = String;
     type Row = StockRow;
     type Change = StockChange;

@@ -41,12 +41,19 @@ pub trait Projection: Send + Sync + 'static {
     /// builds copies of them and swaps the copies in.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Applies events, in log order, inside the batch's transaction. Events
-    /// of no interest are ignored. Table names must not be schema-qualified
+    /// Whether `event` may change this projection's tables. Batches of events
+    /// of no concern are passed over without a transaction of their own.
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        let _ = event;
+        true
+    }
+
+    /// Applies events, in log order, inside the batch's transaction, and
+    /// returns how many rows it wrote (0: the events were of no interest). Table names must not be schema-qualified
     /// (a rebuild points `search_path` at its shadow tables), and writes must
     /// depend on nothing but the events and the tables, so a replay builds
     /// the same rows.
-    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), BatchError>;
+    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent]) -> Result<usize, BatchError>;
 }
 
 /// An event a projection cannot apply.

@@ -44,6 +44,7 @@ pub enum OrderChange {
 impl RowModel for Orders {
     const NAME: &'static str = "orders";
     const TABLES: &'static [&'static str] = &["rm_orders"];
+    const CATEGORIES: &'static [&'static str] = &["order", "payment"];
     type Key = Uuid;
     type Row = OrderRow;
     type Change = OrderChange;

@@ -40,6 +40,7 @@ pub struct PaymentChange {
 impl RowModel for Payments {
     const NAME: &'static str = "payments";
     const TABLES: &'static [&'static str] = &["rm_payments"];
+    const CATEGORIES: &'static [&'static str] = &["payment"];
     type Key = Uuid;
     type Row = PaymentRow;
     type Change = PaymentChange;

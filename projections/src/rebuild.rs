@@ -275,7 +275,9 @@ impl Rebuild<'_> {
             let count = page.len() as u64;
             let applied = {
                 let (projection, pool) = (self.projection.clone(), self.pool.clone());
-                tokio::spawn(async move { apply_batch(&*projection, &pool, Target::Shadow, checkpoint, &page).await })
+                tokio::spawn(
+                    async move { apply_batch(&*projection, &pool, Target::Shadow, (checkpoint, 0), &page).await },
+                )
             };
             checkpoint = Some(match applied.await {
                 Ok(result) => result?,

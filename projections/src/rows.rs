@@ -22,6 +22,8 @@ pub trait RowModel: Send + Sync + 'static {
     const NAME: &'static str;
     /// The tables it writes: see [`Projection::tables`].
     const TABLES: &'static [&'static str];
+    /// The stream categories whose events it folds (`order` for `order-<id>`).
+    const CATEGORIES: &'static [&'static str];
 
     /// What identifies a row (its primary key).
     type Key: Eq + Hash + Clone + Send + Sync;
@@ -61,7 +63,11 @@ impl<M: RowModel> Projection for Rows<M> {
         M::TABLES
     }
 
-    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), BatchError> {
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        M::CATEGORIES.contains(&event.category())
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, events: &[RecordedEvent]) -> Result<usize, BatchError> {
         let mut changes = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             if let Some(change) = M::change(event).map_err(|source| BatchError::Event { index, source })? {
@@ -69,7 +75,7 @@ impl<M: RowModel> Projection for Rows<M> {
             }
         }
         if changes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut seen = HashSet::with_capacity(changes.len());
         let keys: Vec<M::Key> =
@@ -82,10 +88,11 @@ impl<M: RowModel> Projection for Rows<M> {
             }
         }
         let touched: Vec<M::Row> = keys.iter().filter_map(|key| rows.remove(key)).collect();
-        if !touched.is_empty() {
+        let written = touched.len();
+        if written > 0 {
             M::save(tx, touched).await?;
         }
-        Ok(())
+        Ok(written)
     }
 }
 

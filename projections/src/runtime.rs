@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_store::{EventStore, LogPosition, RecordedEvent};
 use futures_util::StreamExt;
@@ -69,30 +69,57 @@ pub async fn run(
     'from_checkpoint: loop {
         let mut checkpoint = checkpoint::load(&pool, name).await?;
         let mut events = store.subscribe(checkpoint).ready_chunks(config.batch_size.max(1));
+        // Events of no concern to this projection are not worth a transaction
+        // each: the checkpoint passes them in the next batch's transaction, or
+        // after `SKIP_DELAY` on its own.
+        let mut skipped: Option<Skipped> = None;
         loop {
+            let flush_at = skipped.as_ref().map(|s| s.since + SKIP_DELAY);
             let chunk = tokio::select! {
                 () = &mut shutdown => break 'from_checkpoint,
-                chunk = events.next() => chunk,
+                () = sleep_until(flush_at), if flush_at.is_some() => None,
+                chunk = events.next() => match chunk {
+                    Some(chunk) => Some(chunk),
+                    None => break 'from_checkpoint,
+                },
             };
-            let Some(chunk) = chunk else { break 'from_checkpoint };
             // A failed read is retried by the subscription from its last event,
             // so the events around an error still follow each other.
             let batch: Vec<RecordedEvent> = chunk
+                .unwrap_or_default()
                 .into_iter()
                 .filter_map(|item| {
                     item.map_err(|error| tracing::warn!(projection = name, %error, "reading the log failed")).ok()
                 })
                 .collect();
-            if batch.is_empty() {
+            if batch.iter().any(|event| projection.concerns(event)) || (batch.is_empty() && skipped.is_some()) {
+                // Applied (or, for a due flush, nothing to apply) below.
+            } else if let Some(last) = batch.last() {
+                let passed = skipped.get_or_insert(Skipped { since: Instant::now(), to: last.log_position, events: 0 });
+                passed.to = last.log_position;
+                passed.events += batch.len();
+                continue;
+            } else {
                 continue;
             }
+            let passed = skipped.take();
             // The batch's transaction runs in a task of its own: if this future
             // is cancelled, the transaction still commits or rolls back instead
             // of lingering, idle and holding locks, on a pooled connection. A
             // successor that started meanwhile is fenced off by the checkpoint.
             let batch_task = {
                 let (projection, pool) = (projection.clone(), pool.clone());
-                tokio::spawn(async move { apply_batch(&*projection, &pool, Target::Live, checkpoint, &batch).await })
+                tokio::spawn(async move {
+                    match passed {
+                        Some(passed) if batch.is_empty() => {
+                            pass(&*projection, &pool, checkpoint, passed.to, passed.events).await
+                        }
+                        passed => {
+                            let passed = passed.map_or(0, |p| p.events);
+                            apply_batch(&*projection, &pool, Target::Live, (checkpoint, passed), &batch).await
+                        }
+                    }
+                })
             };
             checkpoint = Some(match batch_task.await {
                 Ok(Ok(position)) => position,
@@ -110,6 +137,42 @@ pub async fn run(
     }
     tracing::info!(projection = name, "stopped");
     Ok(())
+}
+
+/// How long the checkpoint may stay behind events of no concern to the projection.
+const SKIP_DELAY: Duration = Duration::from_millis(100);
+
+/// Events passed over (of no concern) since the checkpoint last moved.
+struct Skipped {
+    since: Instant,
+    to: LogPosition,
+    events: usize,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves the checkpoint past events of no concern, alone in its transaction.
+async fn pass(
+    projection: &dyn Projection,
+    pool: &PgPool,
+    checkpoint: Option<LogPosition>,
+    to: LogPosition,
+    events: usize,
+) -> Result<LogPosition, RunError> {
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    if !checkpoint::advance(&mut tx, Target::Live, name, (checkpoint, to), events, false).await? {
+        return Err(RunError::LostLock(name));
+    }
+    // Lost in a server crash, this move would be made again: no need to wait for the disk.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(to)
 }
 
 /// Whether the connection holding the advisory lock (and so the lock) is alive.
@@ -154,15 +217,18 @@ async fn become_live(
 /// On an event the projection cannot apply, commits the events before it,
 /// records the failure and stops. A database error that is not transient is
 /// narrowed down to its event by splitting the batch.
+///
+/// `passed` events of no concern came between `checkpoint` and the batch;
+/// they count as processed with it.
 pub(crate) async fn apply_batch(
     projection: &dyn Projection,
     pool: &PgPool,
     target: Target,
-    checkpoint: Option<LogPosition>,
+    (checkpoint, passed): (Option<LogPosition>, usize),
     batch: &[RecordedEvent],
 ) -> Result<LogPosition, RunError> {
     let name = projection.name();
-    let (index, error) = match try_batch(projection, pool, target, checkpoint, batch).await {
+    let (index, error) = match try_batch(projection, pool, target, (checkpoint, passed), batch).await {
         Ok(Some(position)) => return Ok(position),
         Ok(None) => return Err(RunError::LostLock(name)),
         Err(BatchError::Database(error)) if is_transient(&error) => {
@@ -171,15 +237,15 @@ pub(crate) async fn apply_batch(
         Err(BatchError::Database(error)) if batch.len() > 1 => {
             tracing::debug!(projection = name, %error, events = batch.len(), "batch failed; splitting it");
             let (first, second) = batch.split_at(batch.len() / 2);
-            let checkpoint = Box::pin(apply_batch(projection, pool, target, checkpoint, first)).await?;
-            return Box::pin(apply_batch(projection, pool, target, Some(checkpoint), second)).await;
+            let checkpoint = Box::pin(apply_batch(projection, pool, target, (checkpoint, passed), first)).await?;
+            return Box::pin(apply_batch(projection, pool, target, (Some(checkpoint), 0), second)).await;
         }
         Err(BatchError::Database(error)) => (0, error.to_string()),
         Err(BatchError::Event { index, source }) => (index, source.to_string()),
     };
     if index > 0 {
         // Keep the progress before the failing event.
-        Box::pin(apply_batch(projection, pool, target, checkpoint, &batch[..index])).await?;
+        Box::pin(apply_batch(projection, pool, target, (checkpoint, passed), &batch[..index])).await?;
     }
     let event = &batch[index];
     let position = event.log_position.position;
@@ -194,7 +260,7 @@ async fn try_batch(
     projection: &dyn Projection,
     pool: &PgPool,
     target: Target,
-    checkpoint: Option<LogPosition>,
+    (checkpoint, passed): (Option<LogPosition>, usize),
     batch: &[RecordedEvent],
 ) -> Result<Option<LogPosition>, BatchError> {
     let name = projection.name();
@@ -202,10 +268,16 @@ async fn try_batch(
     if target == Target::Shadow {
         rebuild::use_shadow_tables(&mut tx, name).await?;
     }
-    projection.apply(&mut tx, batch).await?;
+    let written = projection.apply(&mut tx, batch).await?;
     let last = batch[batch.len() - 1].log_position;
-    if !checkpoint::advance(&mut tx, target, name, checkpoint, last, batch.len()).await? {
+    if !checkpoint::advance(&mut tx, target, name, (checkpoint, last), passed + batch.len(), written > 0).await? {
         return Ok(None); // rolled back when dropped
+    }
+    if written == 0 {
+        // Only the checkpoint moves: if a server crash lost this commit, the
+        // events would be read again and ignored again. No need to wait for
+        // the disk (a later commit that must wait flushes this one too).
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(Some(last))

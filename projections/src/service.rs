@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStore, PgEventStore};
+use event_store::{EventStore, PgEventStore, SharedTail};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -20,6 +20,9 @@ use crate::{checkpoint, run, Projection, ProjectorConfig, RunError};
 
 /// Pause before a supervised projection starts again.
 const RESTART_PAUSE: Duration = Duration::from_secs(2);
+
+/// Recent events kept in memory for the projections to share.
+const SHARED_EVENTS: usize = 10_000;
 
 /// How often a failed projection, and the rebuild requests, are looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -31,7 +34,9 @@ pub async fn run_all(
     rebuild_options: RebuildOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let store: Arc<dyn EventStore> = Arc::new(PgEventStore::new(pool.clone()));
+    // The projections read each new event of the log once, together.
+    let store: Arc<dyn EventStore> =
+        Arc::new(SharedTail::new(Arc::new(PgEventStore::new(pool.clone())), SHARED_EVENTS));
     let (stop, stopping) = watch::channel(false);
     let mut tasks: Vec<_> = crate::all()
         .into_iter()

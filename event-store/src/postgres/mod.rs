@@ -202,7 +202,9 @@ impl EventStore for PgEventStore {
 impl Tail for PgEventStore {
     async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
         let events = self.read_all(after, limit).await?;
-        let held_back = events.is_empty() && self.timed(queries::anything_after(&self.inner.pool, after)).await?;
+        // A short page ends at the horizon: is anything committed waiting behind it?
+        let last = events.last().map(|event| event.log_position).or(after);
+        let held_back = events.len() < limit && self.timed(queries::anything_after(&self.inner.pool, last)).await?;
         Ok(Page { events, held_back })
     }
 
