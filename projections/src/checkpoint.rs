@@ -33,10 +33,10 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<LogPosition
     Ok(position_of(commit, position))
 }
 
-/// Moves the checkpoint from `from` to `to`, in the batch's transaction, and
-/// if `wrote`, wakes the queries waiting for it. `false` if it was not at
-/// `from`: something else moved it (another instance, or a rebuild swapped
-/// in), and this batch must not commit.
+/// Moves the checkpoint from `from` to `to`, in the batch's transaction (and
+/// if `wrote`, notifies). `false` if it was not at `from`: something else
+/// moved it (another instance, or a rebuild swapped in), and this batch must
+/// not commit.
 pub(crate) async fn advance(
     tx: &mut PgConnection,
     target: Target,
@@ -46,37 +46,44 @@ pub(crate) async fn advance(
     wrote: bool,
 ) -> Result<bool, sqlx::Error> {
     let from = from.unwrap_or(LogPosition::START);
+    // A live move that wrote rows wakes the queries waiting for
+    // `min_position` (query-side/src/progress.rs) when it commits; the
+    // payload is `<name> <commit> <position>`. A batch that wrote nothing
+    // does not notify: NOTIFY serialises commits, and a query waiting for an
+    // event its read model ignores is rare (its poll finds the checkpoint).
     let sql = match target {
         Target::Live => {
-            "UPDATE projection_checkpoints \
-             SET commit_id = $4, position = $5, events_processed = events_processed + $6, \
-                 state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, updated_at = now() \
-             WHERE name = $1 AND commit_id = $2 AND position = $3"
+            "WITH moved AS ( \
+               UPDATE projection_checkpoints \
+               SET commit_id = $4, position = $5, events_processed = events_processed + $6, \
+                   state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, \
+                   updated_at = now() \
+               WHERE name = $1 AND commit_id = $2 AND position = $3 \
+               RETURNING name) \
+             SELECT count(*) FROM moved \
+             LEFT JOIN LATERAL (SELECT pg_notify('projection_progress', concat_ws(' ', $1, $4, $5)) \
+                                WHERE $7) notified ON true"
         }
         Target::Shadow => {
-            "UPDATE projection_rebuilds \
-             SET commit_id = $4, position = $5, events_done = events_done + $6, \
-                 events_total = greatest(events_total, events_done + $6), updated_at = now() \
-             WHERE name = $1 AND commit_id = $2 AND position = $3 AND state = 'running'"
+            "WITH moved AS ( \
+               UPDATE projection_rebuilds \
+               SET commit_id = $4, position = $5, events_done = events_done + $6, \
+                   events_total = greatest(events_total, events_done + $6), updated_at = now() \
+               WHERE name = $1 AND commit_id = $2 AND position = $3 AND state = 'running' \
+               RETURNING name) \
+             SELECT count(*) FROM moved"
         }
     };
-    let moved = sqlx::query(sql)
+    let query = sqlx::query_scalar(sql)
         .bind(name)
         .bind(from.commit as i64)
         .bind(from.position as i64)
         .bind(to.commit as i64)
         .bind(to.position as i64)
-        .bind(events as i64)
-        .execute(&mut *tx)
-        .await?;
-    if target == Target::Live && wrote {
-        // Wakes queries waiting for `min_position` (query-side/src/progress.rs)
-        // when this commits. A batch that wrote nothing does not: NOTIFY
-        // serialises commits, and a query waiting for an event its read model
-        // ignores is rare (its poll finds the checkpoint).
-        sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
-    }
-    Ok(moved.rows_affected() == 1)
+        .bind(events as i64);
+    let query = if target == Target::Live { query.bind(wrote) } else { query };
+    let moved: i64 = query.fetch_one(&mut *tx).await?;
+    Ok(moved == 1)
 }
 
 /// Records that `name` stopped at an event it cannot apply.

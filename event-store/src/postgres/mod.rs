@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::subscription::{self, Page, SubscriptionConfig, Tail};
+use crate::subscription::{self, SubscriptionConfig, Tail};
 use crate::{
     append, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent,
     StoreError,
@@ -200,12 +200,13 @@ impl EventStore for PgEventStore {
 }
 
 impl Tail for PgEventStore {
-    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
-        let events = self.read_all(after, limit).await?;
-        // A short page ends at the horizon: is anything committed waiting behind it?
-        let last = events.last().map(|event| event.log_position).or(after);
-        let held_back = events.len() < limit && self.timed(queries::anything_after(&self.inner.pool, last)).await?;
-        Ok(Page { events, held_back })
+    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all(after, limit).await
+    }
+
+    async fn held_back(&self, after: Option<LogPosition>) -> Result<bool, StoreError> {
+        // Called at the horizon: anything committed after is held back.
+        self.timed(queries::anything_after(&self.inner.pool, after)).await
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
