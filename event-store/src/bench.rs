@@ -26,11 +26,13 @@ pub fn commit_and_date() -> String {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .unwrap_or_default()
     };
-    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).trim().is_empty() {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
+    // Changes to BENCHMARKS.md itself (an earlier benchmark of the same run) do not count.
+    let dirty =
+        if git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md"]).trim().is_empty() {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        };
     format!(
         "commit {}{dirty} — {}",
         git(&["rev-parse", "--short", "HEAD"]).trim(),

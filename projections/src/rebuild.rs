@@ -151,12 +151,17 @@ impl Rebuild<'_> {
         let name = self.projection.name();
         let (mut checkpoint, mut done) = self.prepare().await?;
         loop {
+            let before = done;
             (checkpoint, done) = self.replay(checkpoint, done).await?;
             self.create_indexes().await?;
-            // Swap only once the live projection is about as far as the
-            // replay, so that the tables stay locked for a few events at most.
+            // Swap once the live projection is about as far as the replay, so
+            // that the tables stay locked for a few events at most. (Positions
+            // only estimate the distance; a replay that found nothing new
+            // swaps whatever it says.)
             let live = checkpoint::load(&self.pool, name).await?;
-            if live.is_some_and(|live| live.position > checkpoint.map_or(0, |c| c.position) + self.page_size()) {
+            let far_behind = live > checkpoint
+                && live.map_or(0, |l| l.position) > checkpoint.map_or(0, |c| c.position) + self.page_size();
+            if far_behind && done > before {
                 continue;
             }
             if let Some(pause) = &self.options.pause_before_swap {
