@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use event_store::PgEventStore;
-use indicatif::{ProgressBar, ProgressStyle};
+
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use projections::rebuild::{self, Progress, RebuildOptions};
 use projections::ProjectorConfig;
 use service_kit::config::{self, Environment};
@@ -26,6 +27,12 @@ async fn main() -> anyhow::Result<()> {
         ["rebuild", name] => Some(name.to_string()),
         _ => anyhow::bail!("{USAGE}"),
     };
+    if let Some(name) = &rebuild_name {
+        if projections::by_name(name).is_none() {
+            let known: Vec<_> = projections::all().iter().map(|p| p.name()).collect();
+            anyhow::bail!("no projection is called {name:?}; the projections are {}", known.join(", "));
+        }
+    }
     let env = &Environment;
     let database_url = config::database_url(env, DEFAULT_DATABASE_URL)?;
     // A rebuild on the command line draws a progress bar: only warnings are logged beside it.
@@ -56,17 +63,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn rebuild_with_progress_bar(pool: PgPool, name: &str, options: RebuildOptions) -> anyhow::Result<()> {
-    let Some(projection) = projections::by_name(name) else {
-        let known: Vec<_> = projections::all().iter().map(|p| p.name()).collect();
-        anyhow::bail!("no projection is called {name:?}; the projections are {}", known.join(", "));
-    };
+    let projection = projections::by_name(name).context("checked in main")?;
     let store = Arc::new(PgEventStore::new(pool.clone()));
     let (progress, mut updates) = watch::channel(Progress::default());
     let bar = ProgressBar::new(0).with_prefix(name.to_owned()).with_style(
         ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events, {per_sec}, ETA {eta}",
+            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events, {rate} events/s, ETA {eta}",
         )
-        .expect("a valid template"),
+        .expect("a valid template")
+        .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.0}", state.per_sec());
+        }),
     );
     let started = Instant::now();
     let rebuild = rebuild::rebuild(projection, store, pool, options, &progress);
