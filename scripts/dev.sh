@@ -3,8 +3,9 @@
 # started by scripts/services.sh), then every service as its own process,
 # with readable logs. Ctrl-C stops them all.
 #
-# Services: command-side (http://127.0.0.1:8080), projections (no HTTP yet),
-# query-side (http://127.0.0.1:8081).
+# Services: command-side (http://127.0.0.1:8080), the relay (log -> NATS
+# JetStream stream EVENTS), projections (no HTTP yet), query-side
+# (http://127.0.0.1:8081).
 # Configuration: the environment variables in the README's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ trap stop EXIT INT TERM
 
 ./target/debug/command-side migrate
 ./target/debug/command-side serve & pids+=($!)
+./target/debug/command-side relay & pids+=($!)
 ./target/debug/projections serve & pids+=($!)
 ./target/debug/query-side & pids+=($!)
 

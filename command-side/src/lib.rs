@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 mod http;
 pub mod idempotency;
+pub mod relay;
 
 pub use app::{migrate, App, StartupError};
 pub use config::Config;

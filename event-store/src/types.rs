@@ -78,7 +78,8 @@ pub struct NewEvent {
 }
 
 /// An event as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised as is on the wire (the relay's JetStream messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     pub log_position: LogPosition,
     pub event_id: Uuid,

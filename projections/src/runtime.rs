@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use event_store::{EventStore, LogPosition, RecordedEvent};
 use futures_util::StreamExt;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use service_kit::live;
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::checkpoint::{self, Target};
@@ -63,7 +64,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let name = projection.name();
     tokio::pin!(shutdown);
-    let Some(mut lock) = become_live(&pool, name, &config, &mut shutdown).await? else { return Ok(()) };
+    let lock = live::become_live(&pool, (LOCK_CLASS, name), name, config.standby_poll, &mut shutdown).await?;
+    let Some(mut lock) = lock else { return Ok(()) };
     tracing::info!(projection = name, "live");
 
     'from_checkpoint: loop {
@@ -178,39 +180,6 @@ async fn pass(
 /// Whether the connection holding the advisory lock (and so the lock) is alive.
 async fn still_connected(lock: &mut PgConnection) -> bool {
     lock.ping().await.is_ok()
-}
-
-/// Waits for the advisory lock; `None` if shut down first. The returned
-/// connection holds the lock until it is dropped.
-async fn become_live(
-    pool: &PgPool,
-    name: &'static str,
-    config: &ProjectorConfig,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<Option<PgConnection>, RunError> {
-    let mut connection = pool.connect_options().connect().await?;
-    let mut announced = false;
-    loop {
-        let live: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(name)
-            .fetch_one(&mut connection)
-            .await?;
-        if live {
-            return Ok(Some(connection));
-        }
-        if !announced {
-            tracing::info!(projection = name, "another instance is live; standing by");
-            announced = true;
-        }
-        tokio::select! {
-            () = &mut *shutdown => {
-                let _ = connection.close().await;
-                return Ok(None);
-            }
-            () = tokio::time::sleep(config.standby_poll) => {}
-        }
-    }
 }
 
 /// Applies a batch to `target` and moves its checkpoint, in one transaction.

@@ -1,9 +1,11 @@
 //! Process plumbing shared by every service of the order system:
 //! configuration from the environment, telemetry, shutdown, and the HTTP
-//! pieces every API has (problem+json errors, request and correlation ids).
+//! pieces every API has (problem+json errors, request and correlation ids),
+//! and the advisory lock that makes one instance of a worker live.
 //! Thin on purpose: anything domain-specific lives in the services.
 
 pub mod config;
 pub mod http;
+pub mod live;
 pub mod shutdown;
 pub mod telemetry;
