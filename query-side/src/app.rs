@@ -38,6 +38,7 @@ impl App {
 
     /// The read-model tables are created by the migrations the other services apply.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        service_kit::metrics::handle();
         let state =
             AppState { progress: Progress::start(pool.clone()), pool, min_position_wait: config.min_position_wait };
         let router = service_kit::http::layers(http::router(state), config.request_timeout);

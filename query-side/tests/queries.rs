@@ -355,3 +355,49 @@ async fn eventually(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) ->
     }
     panic!("{what}: not within 20 s");
 }
+
+/// A projection that stopped on an event it cannot read shows on the
+/// metrics, beside every projection's checkpoint, head and lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_report_each_projections_lag_and_a_failed_projection() {
+    with_app(|app| async move {
+        let order_id = Uuid::new_v4();
+        app.append(&format!("order-{order_id}"), &[placed(order_id, "c-1", 0)]).await;
+        let broken = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "OrderPlaced".into(),
+            schema_version: 2,
+            payload: json!({"order_id": "not a uuid"}),
+            metadata: Metadata::default(),
+        };
+        app.store.append(&format!("order-{}", Uuid::new_v4()), ExpectedVersion::NoStream, vec![broken]).await.unwrap();
+        let head =
+            app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 1 }]).await;
+        let projecting = app.project();
+        let failed = |admin: &Value| {
+            admin["projections"].as_array().unwrap().iter().any(|p| p["name"] == "orders" && p["state"] == "failed")
+        };
+        eventually(&app, "the orders projection stops", failed).await;
+        let inventory_done = |admin: &Value| {
+            admin["projections"].as_array().unwrap().iter().any(|p| p["name"] == "inventory" && p["lag"] == 0)
+        };
+        eventually(&app, "the inventory projection catches up", inventory_done).await;
+
+        let response = app.get("/metrics").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = response.text().await.unwrap();
+        for line in [
+            "projection_failed{projection=\"orders\"} 1".to_owned(),
+            "projection_failed{projection=\"inventory\"} 0".to_owned(),
+            "projection_lag_events{projection=\"orders\"} 2".to_owned(),
+            "projection_lag_events{projection=\"inventory\"} 0".to_owned(),
+            format!("projection_head_position{{projection=\"orders\"}} {head}"),
+            format!("projection_checkpoint_position{{projection=\"inventory\"}} {head}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} is not in\n{text}");
+        }
+        let _ = projecting.send(());
+    })
+    .await;
+}

@@ -7,5 +7,6 @@
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

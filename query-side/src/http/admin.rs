@@ -2,6 +2,7 @@
 //! head of the log, and its latest rebuild.
 //! `POST /v1/admin/projections/{name}/rebuild`: asks the projections service
 //! to rebuild one (202); progress shows on the GET.
+//! `GET /metrics`: the same figures as Prometheus gauges.
 //! (Auth comes with issue 6.)
 
 use std::collections::HashMap;
@@ -41,6 +42,37 @@ pub(crate) struct Projections {
 }
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projections>, Problem> {
+    let projections = views(&state).await?;
+    Ok(Json(Projections { projections }))
+}
+
+/// `GET /metrics`: each projection's checkpoint, the head, its lag, whether
+/// it stopped on an event, and its latest rebuild's progress, as gauges
+/// read at scrape time.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
+    service_kit::metrics::handle(); // the recorder, before anything is recorded
+    for view in views(&state).await? {
+        let labels = [("projection", view.name.clone())];
+        metrics::gauge!("projection_checkpoint_position", &labels).set(view.checkpoint as f64);
+        metrics::gauge!("projection_head_position", &labels).set(view.head as f64);
+        metrics::gauge!("projection_lag_events", &labels).set(view.lag as f64);
+        metrics::gauge!("projection_events_processed", &labels).set(view.events_processed as f64);
+        metrics::gauge!("projection_failed", &labels).set(if view.state == "failed" { 1.0 } else { 0.0 });
+        if let Some(rebuild) = &view.rebuild {
+            metrics::gauge!("projection_rebuild_events_done", &labels).set(rebuild.events_done as f64);
+            metrics::gauge!("projection_rebuild_events_total", &labels).set(rebuild.events_total as f64);
+            metrics::gauge!("projection_rebuild_running", &labels).set(if rebuild.state == "running" {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+    Ok(service_kit::metrics::render())
+}
+
+/// Every projection, where it stands, and its latest rebuild.
+async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
     let names: Vec<&str> = projections::all().iter().map(|projection| projection.name()).collect();
     // The head and the lag count only readable events, below the horizon,
     // the same events the projections can see.
@@ -73,7 +105,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projectio
     for projection in &mut projections {
         projection.rebuild = rebuilds.remove(&projection.name);
     }
-    Ok(Json(Projections { projections }))
+    Ok(projections)
 }
 
 pub(crate) async fn request_rebuild(

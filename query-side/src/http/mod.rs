@@ -32,6 +32,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/payments/{order_id}", get(payments::get_one))
         .route("/v1/admin/projections", get(admin::list))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild))
+        .route("/metrics", get(admin::metrics))
         .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
