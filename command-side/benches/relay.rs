@@ -46,12 +46,9 @@ async fn publish_directly(js: &jetstream::Context, config: &RelayConfig, events:
     for batch in events.chunks(config.batch_size) {
         let mut acks = Vec::with_capacity(batch.len());
         for event in batch {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
-            headers.insert("Correlation-Id", event.metadata.correlation_id.as_str());
             let payload = serde_json::to_vec(event).unwrap();
             let subject = relay::subject(&config.subject_prefix, event);
-            acks.push(js.publish_with_headers(subject, headers, payload.into()).await.unwrap());
+            acks.push(js.publish_with_headers(subject, relay::headers(event), payload.into()).await.unwrap());
         }
         for ack in acks {
             ack.await.unwrap();

@@ -210,7 +210,8 @@ pub fn subject(prefix: &str, event: &RecordedEvent) -> String {
     format!("{prefix}.{}.{}", token(event.category()), token(&event.event_type))
 }
 
-fn headers(event: &RecordedEvent) -> HeaderMap {
+/// `Nats-Msg-Id` (the event id), `Correlation-Id` and `Causation-Id`.
+pub fn headers(event: &RecordedEvent) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
     if !event.metadata.correlation_id.is_empty() {

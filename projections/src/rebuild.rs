@@ -395,10 +395,19 @@ impl Rebuild<'_> {
         }
         sqlx::query(&format!("DROP SCHEMA {schema}")).execute(&mut *tx).await?;
         let to = checkpoint.unwrap_or(LogPosition::START);
+        // The live checkpoint is the rebuild's now; the rebuild is done; and the
+        // queries waiting for a position hear of it (payload as in checkpoint.rs).
         sqlx::query(
-            "UPDATE projection_checkpoints SET commit_id = $2, position = $3, events_processed = $4, \
-                 state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, updated_at = now() \
-             WHERE name = $1",
+            "WITH live AS ( \
+               UPDATE projection_checkpoints SET commit_id = $2, position = $3, events_processed = $4, \
+                   state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, \
+                   updated_at = now() \
+               WHERE name = $1), \
+             rebuilt AS ( \
+               UPDATE projection_rebuilds SET state = 'done', commit_id = $2, position = $3, events_done = $4, \
+                   events_total = $4, finished_at = now(), updated_at = now() \
+               WHERE name = $1) \
+             SELECT pg_notify('projection_progress', concat_ws(' ', $1, $2, $3))",
         )
         .bind(name)
         .bind(to.commit as i64)
@@ -406,18 +415,6 @@ impl Rebuild<'_> {
         .bind(done as i64)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE projection_rebuilds SET state = 'done', commit_id = $2, position = $3, events_done = $4, \
-                 events_total = $4, finished_at = now(), updated_at = now() \
-             WHERE name = $1",
-        )
-        .bind(name)
-        .bind(to.commit as i64)
-        .bind(to.position as i64)
-        .bind(done as i64)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(Progress { events_done: done, events_total: done, swapped: true }))
     }
