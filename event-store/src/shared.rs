@@ -86,7 +86,10 @@ async fn follow(inner: Arc<dyn EventStore>, window: Arc<Window>) {
     // Errors are retried by the subscription, from its last event.
     let mut events = inner.subscribe(head).ready_chunks(PAGE);
     while let Some(chunk) = events.next().await {
-        let arrived: Vec<RecordedEvent> = chunk.into_iter().filter_map(Result::ok).collect();
+        let arrived: Vec<RecordedEvent> = chunk
+            .into_iter()
+            .filter_map(|item| item.map_err(|error| tracing::warn!(%error, "the shared log follower cannot read")).ok())
+            .collect();
         if arrived.is_empty() {
             continue;
         }

@@ -94,15 +94,18 @@ pub async fn run(
                     item.map_err(|error| tracing::warn!(projection = name, %error, "reading the log failed")).ok()
                 })
                 .collect();
-            if batch.iter().any(|event| projection.concerns(event)) || (batch.is_empty() && skipped.is_some()) {
-                // Applied (or, for a due flush, nothing to apply) below.
-            } else if let Some(last) = batch.last() {
-                let passed = skipped.get_or_insert(Skipped { since: Instant::now(), to: last.log_position, events: 0 });
-                passed.to = last.log_position;
-                passed.events += batch.len();
-                continue;
-            } else {
-                continue;
+            if !batch.iter().any(|event| projection.concerns(event)) {
+                match batch.last() {
+                    Some(last) => {
+                        let since = Instant::now();
+                        let passed = skipped.get_or_insert(Skipped { since, to: last.log_position, events: 0 });
+                        passed.to = last.log_position;
+                        passed.events += batch.len();
+                        continue;
+                    }
+                    None if skipped.is_none() => continue,
+                    None => {} // the passed events are due to be checkpointed
+                }
             }
             let passed = skipped.take();
             // The batch's transaction runs in a task of its own: if this future
