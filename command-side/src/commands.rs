@@ -119,6 +119,11 @@ where
     Err(CommandError::Contention(invocation.max_attempts))
 }
 
+/// The current state of the aggregate in `stream_id`.
+pub async fn load<A: Aggregate>(store: &dyn EventStore, stream_id: &str) -> Result<A::State, CommandError> {
+    fold::<A>(&store.read_stream(stream_id, 1).await?)
+}
+
 fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<A::State, CommandError> {
     let mut state = A::State::default();
     for stored in history {

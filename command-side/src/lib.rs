@@ -4,6 +4,7 @@
 //! - `http/`: the routes, one file per aggregate, and the problem+json mapping.
 //! - `commands`: load, decide, append, retry on a concurrency conflict.
 //! - `idempotency`: `Idempotency-Key` handling.
+//! - `relay`: publishes the log to JetStream; `saga`: the participants that react to it.
 //! - `app`: building and running the service (`main.rs` only calls it).
 
 mod app;
@@ -12,6 +13,7 @@ pub mod config;
 mod http;
 pub mod idempotency;
 pub mod relay;
+pub mod saga;
 
 pub use app::{migrate, App, StartupError};
 pub use config::Config;

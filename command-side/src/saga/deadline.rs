@@ -1,0 +1,93 @@
+//! The deadline participant: an order placed arms its deadline (a row in
+//! `saga_deadlines`), the order's final event disarms it, and a watcher
+//! expires the orders whose deadline has passed. Expiring is the order's
+//! `Expire` command: it cancels a pending order (with the usual
+//! compensations following from `OrderCancelled`) and does nothing to an
+//! order that has moved on, so a late or repeated expiry is harmless.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::order::{Order, OrderCommand, OrderEvent};
+use domain::Aggregate;
+use event_store::{EventStore, Metadata};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::trigger::{Fact, Trigger};
+use crate::commands::{self, EventIds, Invocation};
+
+/// Arms or disarms an order's deadline.
+pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> {
+    let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
+    match event {
+        OrderEvent::OrderPlaced { deadline, .. } => {
+            sqlx::query(
+                "INSERT INTO saga_deadlines (order_id, deadline, correlation_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(deadline)
+            .bind(&trigger.recorded.metadata.correlation_id)
+            .execute(pool)
+            .await?;
+        }
+        OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
+            disarm(pool, *order_id).await?;
+        }
+        OrderEvent::OrderLineReserved { .. } | OrderEvent::OrderReadyForPayment { .. } => {}
+    }
+    Ok(())
+}
+
+async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM saga_deadlines WHERE order_id = $1").bind(order_id).execute(pool).await?;
+    Ok(())
+}
+
+/// Expires due orders every `poll` until `stop` turns true.
+pub async fn watch(
+    store: &dyn EventStore,
+    pool: &PgPool,
+    poll: Duration,
+    max_attempts: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+        match expire_due(store, pool, max_attempts).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "orders past their deadline expired"),
+            Err(error) => tracing::warn!(%error, "expiring orders past their deadline failed; trying again"),
+        }
+    }
+}
+
+/// Runs `Expire` on every order whose deadline has passed; answers how many.
+pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32) -> Result<usize, anyhow::Error> {
+    let due: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT order_id, correlation_id FROM saga_deadlines WHERE deadline <= now() ORDER BY deadline LIMIT 500",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (order_id, correlation_id) in &due {
+        let invocation = Invocation {
+            metadata: Metadata {
+                correlation_id: correlation_id.clone(),
+                causation_id: format!("deadline/{order_id}"),
+                actor: "saga:deadline".into(),
+            },
+            ids: EventIds::Derived(Uuid::new_v5(order_id, b"deadline/expire")),
+            expected_version: None,
+            max_attempts,
+        };
+        let expire = OrderCommand::Expire { now: Utc::now() };
+        commands::execute::<Order>(store, &Order::stream_id(order_id), &invocation, expire).await?;
+        disarm(pool, *order_id).await?;
+    }
+    Ok(due.len())
+}

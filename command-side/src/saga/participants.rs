@@ -1,0 +1,255 @@
+//! What each participant does with the events it hears. Every reaction is a
+//! command on the participant's own aggregate, run with ids derived from the
+//! triggering event, so running a reaction twice appends nothing new.
+//!
+//! | participant | hears | does |
+//! |---|---|---|
+//! | inventory | OrderPlaced | reserves each line |
+//! | inventory | OrderRejected, OrderCancelled | releases what the order holds |
+//! | order | StockReserved, StockReservationRejected | records the line (all reserved: ready for payment) or rejects the order |
+//! | order | PaymentCaptured, PaymentDeclined | confirms, or cancels the order |
+//! | payment | OrderReadyForPayment | requests the payment and charges the card at the gateway |
+//! | payment | OrderCancelled (payment due) | refunds, or voids a payment not yet captured |
+//! | deadline | OrderPlaced, and the order's final event | arms and disarms the order's deadline (see `deadline`) |
+
+use std::sync::Arc;
+
+use domain::inventory::{Inventory, InventoryCommand, InventoryEvent};
+use domain::order::{CancelledBy, Order, OrderCommand, OrderEvent, OrderState};
+use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentState, PaymentStatus};
+use domain::Aggregate;
+use event_store::{EventStore, StoreError};
+use futures_util::future::try_join_all;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::deadline;
+use super::gateway::{ChargeOutcome, Gateway, GatewayError};
+use super::trigger::{Fact, Malformed, Trigger};
+use crate::commands::{self, CommandError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Participant {
+    Inventory,
+    Order,
+    Payment,
+    Deadline,
+}
+
+impl Participant {
+    pub const ALL: [Self; 4] = [Self::Inventory, Self::Order, Self::Payment, Self::Deadline];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inventory => "inventory",
+            Self::Order => "order",
+            Self::Payment => "payment",
+            Self::Deadline => "deadline",
+        }
+    }
+
+    /// The categories whose events it hears: one durable consumer each,
+    /// since NATS 2.9 takes a single filter subject per consumer.
+    pub fn sources(self) -> &'static [&'static str] {
+        match self {
+            Self::Inventory | Self::Payment | Self::Deadline => &["order"],
+            Self::Order => &["inventory", "payment"],
+        }
+    }
+
+    pub async fn react(self, ctx: &Reactor, trigger: &Trigger) -> Result<(), ReactionError> {
+        match self {
+            Self::Inventory => ctx.inventory(trigger).await,
+            Self::Order => ctx.order(trigger).await,
+            Self::Payment => ctx.payment(trigger).await,
+            Self::Deadline => deadline::track(&ctx.pool, trigger).await.map_err(ReactionError::from_database),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReactionError {
+    /// The message can never be handled: dead-letter it at once.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// Something this participant depends on is away (the gateway, the
+    /// store): deliver again later, however often it takes.
+    #[error("waiting: {0}")]
+    Waiting(String),
+    /// It failed; another delivery may succeed, a bounded number of times.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReactionError {
+    fn from_database(error: sqlx::Error) -> Self {
+        Self::from(CommandError::Store(StoreError::from(error)))
+    }
+}
+
+impl From<CommandError> for ReactionError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Store(StoreError::Unavailable(_)) => Self::Waiting(error.to_string()),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<GatewayError> for ReactionError {
+    fn from(error: GatewayError) -> Self {
+        match error {
+            GatewayError::Unavailable(_) => Self::Waiting(error.to_string()),
+            GatewayError::Refused(_) => Self::Failed(error.to_string()),
+        }
+    }
+}
+
+/// What the participants need to act.
+#[derive(Clone)]
+pub struct Reactor {
+    pub store: Arc<dyn EventStore>,
+    pub pool: PgPool,
+    pub gateway: Gateway,
+    /// How often a command is decided again after a concurrency conflict.
+    pub max_attempts: u32,
+}
+
+impl Reactor {
+    async fn run<A>(
+        &self,
+        trigger: &Trigger,
+        actor: &str,
+        purpose: &str,
+        stream_id: &str,
+        command: A::Command,
+    ) -> Result<(), ReactionError>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let invocation = trigger.invocation(actor, purpose, self.max_attempts);
+        commands::execute::<A>(&*self.store, stream_id, &invocation, command).await?;
+        Ok(())
+    }
+
+    async fn inventory(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
+        let order_id = *order_id;
+        let lines = match event {
+            OrderEvent::OrderPlaced { lines, .. } => lines.clone(),
+            OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
+                match commands::load::<Order>(&*self.store, &Order::stream_id(order_id)).await? {
+                    OrderState::Placed(order) => order.lines,
+                    OrderState::NotPlaced => {
+                        return Err(ReactionError::Failed(format!("order {order_id} does not exist")))
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        let reserve = matches!(event, OrderEvent::OrderPlaced { .. });
+        try_join_all(lines.into_iter().map(|line| {
+            let stream_id = Inventory::stream_id(&line.sku);
+            let (purpose, command) = if reserve {
+                let command =
+                    InventoryCommand::Reserve { sku: line.sku.clone(), order_id, quantity: line.quantity.into() };
+                (format!("reserve/{}", line.sku), command)
+            } else {
+                (format!("release/{}", line.sku), InventoryCommand::Release { sku: line.sku.clone(), order_id })
+            };
+            async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn order(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let (order_id, command) = match &trigger.event {
+            Fact::Inventory { event: InventoryEvent::StockReserved { sku, order_id, .. }, .. } => {
+                (*order_id, OrderCommand::RecordLineReserved { sku: sku.clone() })
+            }
+            Fact::Inventory {
+                event: InventoryEvent::StockReservationRejected { sku, order_id, requested, available },
+                ..
+            } => (
+                *order_id,
+                OrderCommand::RecordLineRejected {
+                    sku: sku.clone(),
+                    reason: format!("not enough stock of {sku}: {requested} requested, {available} available"),
+                },
+            ),
+            Fact::Payment { order_id, event: PaymentEvent::PaymentCaptured { provider_ref, .. } } => {
+                (*order_id, OrderCommand::Confirm { provider_ref: provider_ref.clone() })
+            }
+            Fact::Payment { order_id, event: PaymentEvent::PaymentDeclined { reason, .. } } => (
+                *order_id,
+                OrderCommand::Cancel {
+                    reason: format!("payment declined: {reason}"),
+                    by: CancelledBy::PaymentDeclined,
+                },
+            ),
+            _ => return Ok(()),
+        };
+        self.run::<Order>(trigger, "order", "record", &Order::stream_id(order_id), command).await
+    }
+
+    async fn payment(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
+        let stream_id = Payment::stream_id(order_id);
+        match event {
+            OrderEvent::OrderReadyForPayment { amount_cents, currency, payment_token } => {
+                let command = PaymentCommand::Request {
+                    order_id: *order_id,
+                    amount_cents: i64::try_from(*amount_cents).unwrap_or(i64::MAX),
+                    currency: currency.clone(),
+                    payment_token: payment_token.clone(),
+                };
+                self.run::<Payment>(trigger, "payment", "request", &stream_id, command).await?;
+            }
+            OrderEvent::OrderCancelled { payment_refund_due: true, reason, .. } => {
+                let command = PaymentCommand::Refund { order_id: *order_id, reason: reason.clone() };
+                self.run::<Payment>(trigger, "payment", "refund", &stream_id, command).await?;
+            }
+            _ => return Ok(()),
+        }
+        self.settle(trigger, *order_id).await
+    }
+
+    /// Brings the gateway in line with the payment's stream: a requested
+    /// payment is charged (once: the order id is the idempotency key), and a
+    /// refunded one is refunded at the gateway (once, by its own key).
+    async fn settle(&self, trigger: &Trigger, order_id: Uuid) -> Result<(), ReactionError> {
+        let stream_id = Payment::stream_id(order_id);
+        let mut payment = commands::load::<Payment>(&*self.store, &stream_id).await?;
+        if payment.status == PaymentStatus::Requested {
+            let outcome = self
+                .gateway
+                .charge(&order_id.to_string(), payment.amount_cents, &payment.currency, &payment.payment_token)
+                .await?;
+            let (purpose, command) = match outcome {
+                ChargeOutcome::Captured { charge_id } => {
+                    ("capture", PaymentCommand::Capture { order_id, provider_ref: charge_id })
+                }
+                ChargeOutcome::Declined { reason } => ("decline", PaymentCommand::Decline { order_id, reason }),
+            };
+            self.run::<Payment>(trigger, "payment", purpose, &stream_id, command).await?;
+            // A capture after the order ended comes with its refund (see the domain).
+            payment = commands::load::<Payment>(&*self.store, &stream_id).await?;
+        }
+        if payment.status == PaymentStatus::Refunded {
+            self.refund_at_gateway(order_id, &payment).await?;
+        }
+        Ok(())
+    }
+
+    async fn refund_at_gateway(&self, order_id: Uuid, payment: &PaymentState) -> Result<(), ReactionError> {
+        let Some(charge_id) = payment.provider_ref.as_deref() else {
+            return Err(ReactionError::Failed(format!(
+                "the payment of order {order_id} is refunded but has no capture"
+            )));
+        };
+        self.gateway.refund(&format!("refund-{order_id}"), charge_id, payment.refunded_cents).await?;
+        Ok(())
+    }
+}

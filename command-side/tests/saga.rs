@@ -1,0 +1,310 @@
+//! The sagas end to end: the command API, the relay, the participants and the
+//! payment gateway simulator over real HTTP, a real PostgreSQL and a real NATS
+//! JetStream. Each test has its own database, streams and consumers.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use command_side::saga::consumer::{DEAD_LETTER_CONSUMER, DEAD_LETTER_ERROR};
+use command_side::saga::gateway::BreakerState;
+use common::shop::{eventually, with_shop, Setup, Shop};
+use domain::order::{CancelledBy, OrderStatus};
+use domain::payment::PaymentStatus;
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent};
+use futures_util::StreamExt;
+use payment_gateway::Faults;
+use serde_json::json;
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn is_final(status: OrderStatus) -> impl Fn(&domain::order::PlacedOrder) -> bool {
+    move |order| order.status == status
+}
+
+/// Waits until the order is in `status` and the saga has nothing left to do
+/// for it: its payment settled and its stock held or released accordingly.
+async fn settled(shop: &Shop, order_id: Uuid, status: OrderStatus) -> domain::order::PlacedOrder {
+    let order = shop.until_order(order_id, WITHIN, is_final(status)).await;
+    eventually(WITHIN, "stock and payment settle", || async {
+        for line in &order.lines {
+            let inventory = shop.inventory(&line.sku).await;
+            let held = inventory.holds.contains_key(&order_id);
+            if held != (status == OrderStatus::Confirmed) {
+                return None;
+            }
+        }
+        let payment = shop.payment(order_id).await.status;
+        let settled = match status {
+            OrderStatus::Confirmed => payment == PaymentStatus::Captured,
+            OrderStatus::Rejected => payment == PaymentStatus::NotRequested,
+            OrderStatus::Cancelled => {
+                matches!(
+                    payment,
+                    PaymentStatus::Refunded
+                        | PaymentStatus::Voided
+                        | PaymentStatus::Declined
+                        | PaymentStatus::NotRequested
+                )
+            }
+            OrderStatus::Pending => true,
+        };
+        settled.then_some(())
+    })
+    .await;
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_with_stock_and_a_good_card_is_confirmed() {
+    with_shop(Setup::default(), |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        shop.receive("SKU-B", 5).await;
+        let order_id =
+            shop.place_correlated(&[("SKU-A", 2, 1000), ("SKU-B", 1, 500)], "tok_visa", Some("corr-happy")).await;
+
+        let order = settled(&shop, order_id, OrderStatus::Confirmed).await;
+        assert!(order.ready_for_payment);
+        let (a, b) = (shop.inventory("SKU-A").await, shop.inventory("SKU-B").await);
+        assert_eq!((a.on_hand, a.reserved, b.on_hand, b.reserved), (10, 2, 5, 1));
+        let payment = shop.payment(order_id).await;
+        assert_eq!((payment.status, payment.captured_cents), (PaymentStatus::Captured, 2500));
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_captured, ledger.captured_cents, ledger.refunds), (1, 2500, 0));
+
+        // One correlation id from the POST through every participant's events.
+        let order_events = shop.events(&format!("order-{order_id}")).await;
+        let payment_events = shop.events(&format!("payment-{order_id}")).await;
+        for event in order_events.iter().chain(&payment_events) {
+            assert_eq!(event.metadata.correlation_id, "corr-happy", "{}", event.event_type);
+        }
+        assert_eq!(payment_events[0].metadata.actor, "saga:payment");
+        let ready = order_events.iter().find(|e| e.event_type == "OrderReadyForPayment").unwrap();
+        assert_eq!(payment_events[0].metadata.causation_id, ready.event_id.to_string());
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_short_of_stock_on_one_line_is_rejected_and_the_other_line_released() {
+    with_shop(Setup::default(), |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        shop.receive("SKU-B", 1).await;
+        let order_id = shop.place(&[("SKU-A", 2, 1000), ("SKU-B", 3, 500)], "tok_visa").await;
+
+        let order = settled(&shop, order_id, OrderStatus::Rejected).await;
+        assert!(!order.ready_for_payment);
+        let (a, b) = (shop.inventory("SKU-A").await, shop.inventory("SKU-B").await);
+        assert_eq!((a.reserved, a.available(), b.reserved, b.available()), (0, 10, 0, 1));
+        assert!(shop.types(&format!("payment-{order_id}")).await.is_empty(), "no payment is taken");
+        assert_eq!(shop.ledger().await, payment_gateway::Totals::default());
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
+    with_shop(Setup::default(), |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 4, 1000)], "tok_declined").await;
+
+        settled(&shop, order_id, OrderStatus::Cancelled).await;
+        assert_eq!(shop.cancelled_by(order_id).await, Some(CancelledBy::PaymentDeclined));
+        assert_eq!(shop.payment(order_id).await.status, PaymentStatus::Declined);
+        assert_eq!(shop.inventory("SKU-A").await.available(), 10);
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_declined, ledger.captured_cents), (1, 0));
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_confirmed_order_refunds_the_payment_and_releases_the_stock() {
+    with_shop(Setup::default(), |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 3, 700)], "tok_visa").await;
+        settled(&shop, order_id, OrderStatus::Confirmed).await;
+
+        shop.cancel(order_id).await;
+        settled(&shop, order_id, OrderStatus::Cancelled).await;
+        let payment = shop.payment(order_id).await;
+        assert_eq!(
+            (payment.status, payment.captured_cents, payment.refunded_cents),
+            (PaymentStatus::Refunded, 2100, 2100)
+        );
+        assert_eq!(shop.inventory("SKU-A").await.available(), 10);
+        let ledger = eventually(WITHIN, "the gateway refunds", || async {
+            let ledger = shop.ledger().await;
+            (ledger.refunds == 1).then_some(ledger)
+        })
+        .await;
+        assert_eq!((ledger.captured_cents, ledger.refunded_cents), (2100, 2100));
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_past_its_deadline_is_cancelled_and_its_stock_released() {
+    // The gateway is down, so the order cannot complete before its deadline.
+    let setup = Setup { order_deadline: "2s", faults: Faults { down: true, ..Faults::default() }, ..Setup::default() };
+    with_shop(setup, |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 1, 100)], "tok_visa").await;
+        eventually(WITHIN, "the order is ready for payment", || async {
+            shop.order(order_id).await.ready_for_payment.then_some(())
+        })
+        .await;
+
+        settled(&shop, order_id, OrderStatus::Cancelled).await;
+        assert_eq!(shop.cancelled_by(order_id).await, Some(CancelledBy::Deadline));
+        assert_eq!(shop.payment(order_id).await.status, PaymentStatus::Voided);
+        assert_eq!(shop.inventory("SKU-A").await.available(), 10);
+
+        // The gateway returns; the voided payment is never charged.
+        shop.set_faults(Faults::default()).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(shop.ledger().await.captured_cents, 0);
+        assert_eq!(shop.payment(order_id).await.status, PaymentStatus::Voided);
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_gateway_is_down_the_breaker_opens_and_orders_wait_then_all_complete() {
+    let setup = Setup { faults: Faults { down: true, ..Faults::default() }, ..Setup::default() };
+    with_shop(setup, |shop| async move {
+        shop.receive("SKU-A", 100).await;
+        let mut orders = Vec::new();
+        for _ in 0..5 {
+            orders.push(shop.place(&[("SKU-A", 1, 100)], "tok_visa").await);
+        }
+        eventually(WITHIN, "the breaker opens", || async {
+            (shop.gateway.breaker_state() == BreakerState::Open).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for order_id in &orders {
+            let order = shop.order(*order_id).await;
+            assert_eq!(order.status, OrderStatus::Pending, "orders wait while the gateway is down");
+        }
+        assert_eq!(shop.ledger().await.charges_captured, 0);
+
+        shop.set_faults(Faults::default()).await;
+        for order_id in &orders {
+            settled(&shop, *order_id, OrderStatus::Confirmed).await;
+        }
+        assert_ne!(shop.gateway.breaker_state(), BreakerState::Open);
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_captured, ledger.captured_cents), (5, 500), "each order charged once");
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_delivered_twice_changes_no_outcome() {
+    with_shop(Setup { redeliver_once: true, ..Setup::default() }, |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        shop.receive("SKU-B", 1).await;
+        let confirmed = shop.place(&[("SKU-A", 2, 1000), ("SKU-B", 1, 500)], "tok_visa").await;
+        let declined = shop.place(&[("SKU-A", 1, 100)], "tok_declined").await;
+        let rejected = shop.place(&[("SKU-A", 1, 100), ("SKU-B", 1, 100)], "tok_visa").await;
+        settled(&shop, confirmed, OrderStatus::Confirmed).await;
+        settled(&shop, declined, OrderStatus::Cancelled).await;
+        settled(&shop, rejected, OrderStatus::Rejected).await;
+        let refunded = shop.place(&[("SKU-A", 1, 300)], "tok_visa").await;
+        settled(&shop, refunded, OrderStatus::Confirmed).await;
+        shop.cancel(refunded).await;
+        settled(&shop, refunded, OrderStatus::Cancelled).await;
+        // Let the second deliveries of the last messages run too.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let order = |id: Uuid| format!("order-{id}");
+        let payment = |id: Uuid| format!("payment-{id}");
+        assert_eq!(
+            shop.types(&order(confirmed)).await,
+            ["OrderPlaced", "OrderLineReserved", "OrderLineReserved", "OrderReadyForPayment", "OrderConfirmed"]
+        );
+        assert_eq!(shop.types(&payment(confirmed)).await, ["PaymentRequested", "PaymentCaptured"]);
+        assert_eq!(
+            shop.types(&order(declined)).await,
+            ["OrderPlaced", "OrderLineReserved", "OrderReadyForPayment", "OrderCancelled"]
+        );
+        assert_eq!(shop.types(&payment(declined)).await, ["PaymentRequested", "PaymentDeclined"]);
+        assert_eq!(shop.types(&order(rejected)).await.last().map(String::as_str), Some("OrderRejected"));
+        assert!(shop.types(&payment(rejected)).await.is_empty());
+        assert_eq!(shop.types(&payment(refunded)).await, ["PaymentRequested", "PaymentCaptured", "PaymentRefunded"]);
+        // SKU-A: 4 receipts and reservations, 3 releases (declined, rejected, refunded); SKU-B: 1 each way, 1 refused.
+        let a = shop.types("inventory-SKU-A").await;
+        assert_eq!(a.iter().filter(|t| *t == "StockReserved").count(), 4, "{a:?}");
+        assert_eq!(a.iter().filter(|t| *t == "StockReleased").count(), 3, "{a:?}");
+        let b = shop.types("inventory-SKU-B").await;
+        assert_eq!(b, ["StockReceived", "StockReserved", "StockReservationRejected"], "{b:?}");
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_captured, ledger.charges_declined, ledger.refunds), (2, 1, 1));
+        assert_eq!((ledger.captured_cents, ledger.refunded_cents), (2800, 300));
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_keeps_failing_is_dead_lettered_and_blocks_nothing_behind_it() {
+    with_shop(Setup::default(), |shop| async move {
+        // A reservation for an order that does not exist: the order
+        // participant fails on it at every delivery.
+        let ghost = Uuid::new_v4();
+        let reserved = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "StockReserved".into(),
+            schema_version: 1,
+            payload: json!({"sku": "SKU-G", "order_id": ghost, "quantity": 1}),
+            metadata: Metadata { correlation_id: "corr-ghost".into(), ..Metadata::default() },
+        };
+        shop.store.append("inventory-SKU-G", ExpectedVersion::Any, vec![reserved]).await.unwrap();
+        // And a message that is not an event at all.
+        let subject = format!("{}.payment.PaymentCaptured", shop.config.events.subject_prefix);
+        shop.js.publish(subject, "{not json".into()).await.unwrap().await.unwrap();
+
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 1, 100)], "tok_visa").await;
+        settled(&shop, order_id, OrderStatus::Confirmed).await;
+
+        let stream = shop.js.get_stream(&shop.config.dead_letter_stream).await.unwrap();
+        let consumer = stream
+            .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
+            .await
+            .unwrap();
+        let mut letters = Vec::new();
+        while letters.len() < 2 {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(2)
+                .expires(Duration::from_secs(WITHIN.as_secs()))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(message) = batch.next().await {
+                let headers = message.unwrap().headers.clone().unwrap_or_default();
+                let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+                letters.push((get(DEAD_LETTER_CONSUMER), get(DEAD_LETTER_ERROR), get("Dead-Letter-Deliveries")));
+            }
+        }
+        letters.sort();
+        assert_eq!(letters[0].0, "order-from-inventory");
+        assert!(letters[0].1.contains("order"), "{}", letters[0].1);
+        assert_eq!(letters[0].2, "3", "dead-lettered after the bounded number of deliveries");
+        assert_eq!(letters[1].0, "order-from-payment");
+        assert!(letters[1].1.contains("malformed"), "{}", letters[1].1);
+        assert_eq!(letters[1].2, "1", "a message that cannot be read is dead-lettered at once");
+        shop.stop().await;
+    })
+    .await;
+}
