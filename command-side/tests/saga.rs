@@ -308,3 +308,78 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_blocks_nothing_behind
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_restarted_in_the_middle_of_200_orders_loses_and_doubles_nothing() {
+    let mut nats = common::nats::NatsServer::start();
+    let setup = Setup { nats_url: nats.url(), ..Setup::default() };
+    let nats = &mut nats;
+    with_shop(setup, |shop| async move {
+        const SKUS: usize = 10;
+        for sku in 0..SKUS {
+            shop.receive(&format!("SKU-{sku}"), 15).await;
+        }
+        // 200 orders of one or two lines over 10 skus: more demand than
+        // stock, so some are rejected; every seventh card is declined.
+        let order = |n: usize| {
+            let mut lines = vec![(format!("SKU-{}", n % SKUS), (n % 2 + 1) as u32, 100 + n as u64)];
+            if n % 3 == 0 {
+                lines.push((format!("SKU-{}", (n + 1) % SKUS), 1, 50));
+            }
+            (lines, if n % 7 == 0 { "tok_declined" } else { "tok_visa" })
+        };
+        let mut orders = Vec::new();
+        let mut stopped_at = std::time::Instant::now();
+        for n in 0..200 {
+            if n == 80 {
+                nats.stop();
+                stopped_at = std::time::Instant::now();
+            }
+            if n == 140 {
+                // Down for longer than a publish acknowledgement is awaited (5 s), so
+                // the relay fails and starts again, and every client reconnects.
+                tokio::time::sleep(Duration::from_secs(7).saturating_sub(stopped_at.elapsed())).await;
+                nats.restart();
+            }
+            let (lines, token) = order(n);
+            let lines: Vec<(&str, u32, u64)> = lines.iter().map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
+            orders.push(shop.place(&lines, token).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut confirmed = Vec::new();
+        for order_id in &orders {
+            let order =
+                shop.until_order(*order_id, Duration::from_secs(120), |o| o.status != OrderStatus::Pending).await;
+            let order = settled(&shop, *order_id, order.status).await;
+            if order.status == OrderStatus::Confirmed {
+                confirmed.push(order);
+            }
+        }
+        assert!(!confirmed.is_empty() && confirmed.len() < orders.len(), "{} confirmed", confirmed.len());
+
+        // Stock adds up: each sku holds exactly what its confirmed orders bought.
+        for sku in 0..SKUS {
+            let sku = format!("SKU-{sku}");
+            let inventory = shop.inventory(&sku).await;
+            let bought: u64 = confirmed
+                .iter()
+                .flat_map(|o| o.lines.iter().filter(|l| l.sku == sku).map(|l| u64::from(l.quantity)))
+                .sum();
+            assert_eq!((inventory.on_hand, inventory.reserved), (15, bought), "{sku}");
+        }
+        // Money adds up: each confirmed order charged once, nothing else kept.
+        let ledger = shop.ledger().await;
+        let total: u64 = confirmed.iter().map(|o| o.total_cents).sum();
+        assert_eq!(ledger.charges_captured, confirmed.len() as u64, "{ledger:?}");
+        assert_eq!(ledger.captured_cents - ledger.refunded_cents, total, "{ledger:?}");
+        for order in &confirmed {
+            assert_eq!(
+                shop.types(&format!("payment-{}", order.order_id)).await,
+                ["PaymentRequested", "PaymentCaptured"]
+            );
+        }
+        shop.stop().await;
+    })
+    .await;
+}

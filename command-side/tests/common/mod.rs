@@ -1,1 +1,2 @@
+pub mod nats;
 pub mod shop;

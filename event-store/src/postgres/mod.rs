@@ -170,7 +170,7 @@ pub(crate) async fn append_within(
 
 #[async_trait]
 impl EventStore for PgEventStore {
-    #[tracing::instrument(skip_all, fields(stream_id = %stream_id, events = events.len()), err)]
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id, events = events.len()))]
     async fn append(
         &self,
         stream_id: &str,
@@ -178,7 +178,14 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         append::validate(stream_id, &events)?;
-        self.timed(self.append_resolving_races(stream_id, expected, &events)).await
+        let appended = self.timed(self.append_resolving_races(stream_id, expected, &events)).await;
+        match &appended {
+            // A conflict is the optimistic concurrency doing its job: the caller decides again.
+            Err(error @ StoreError::WrongExpectedVersion { .. }) => tracing::debug!(%error, "append conflict"),
+            Err(error) => tracing::error!(%error, "append failed"),
+            Ok(_) => {}
+        }
+        appended
     }
 
     #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err)]
