@@ -4,7 +4,8 @@
 # with readable logs. Ctrl-C stops them all.
 #
 # Services: command-side (http://127.0.0.1:8080), the relay (log -> NATS
-# JetStream stream EVENTS), projections (no HTTP yet), query-side
+# JetStream stream EVENTS), the saga participants, the payment gateway
+# simulator (http://127.0.0.1:8090), projections (no HTTP yet), query-side
 # (http://127.0.0.1:8081).
 # Configuration: the environment variables in the README's table.
 set -euo pipefail
@@ -25,6 +26,8 @@ trap stop EXIT INT TERM
 ./target/debug/command-side migrate
 ./target/debug/command-side serve & pids+=($!)
 ./target/debug/command-side relay & pids+=($!)
+./target/debug/payment-gateway & pids+=($!)
+./target/debug/command-side saga & pids+=($!)
 ./target/debug/projections serve & pids+=($!)
 ./target/debug/query-side & pids+=($!)
 
