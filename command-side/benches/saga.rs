@@ -30,7 +30,9 @@ use futures_util::StreamExt;
 use shop::{with_shop, Setup, Shop};
 use uuid::Uuid;
 
-const RATE: u64 = 200;
+/// Orders per second: 200, or `BENCH_RATE`.
+static RATE: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| std::env::var("BENCH_RATE").map_or(200, |r| r.parse().expect("BENCH_RATE: orders/s")));
 const SKUS: usize = 50;
 const WARM_UP: Duration = Duration::from_secs(2);
 
@@ -47,9 +49,9 @@ async fn main() {
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
 
         let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / *RATE));
         let mut placing = Vec::new();
-        for n in 0..RATE as usize * seconds {
+        for n in 0..*RATE as usize * seconds {
             tick.tick().await;
             let shop = shop.clone();
             placing.push(tokio::spawn(async move {
@@ -71,14 +73,19 @@ async fn main() {
             orders.iter().filter(|(at, _)| at.duration_since(started) >= WARM_UP).map(|(_, id)| *id).collect();
 
         let mut latencies = Vec::with_capacity(measured.len());
+        let mut stages: [Vec<f64>; 4] = Default::default();
         for order_id in &measured {
-            shop.until_order(*order_id, Duration::from_secs(120), |o| {
-                o.status == domain::order::OrderStatus::Confirmed
-            })
-            .await;
-            let events = shop.events(&format!("order-{order_id}")).await;
+            let confirmed = |o: &domain::order::PlacedOrder| o.status == domain::order::OrderStatus::Confirmed;
+            shop.until_order(*order_id, Duration::from_secs(120), confirmed).await;
+            let mut events = shop.events(&format!("order-{order_id}")).await;
+            events.extend(shop.events(&format!("payment-{order_id}")).await);
             let at = |kind: &str| events.iter().find(|e| e.event_type == kind).map(|e| e.recorded_at).unwrap();
-            latencies.push(millis(at("OrderConfirmed") - at("OrderPlaced")));
+            let marks =
+                ["OrderPlaced", "OrderReadyForPayment", "PaymentRequested", "PaymentCaptured", "OrderConfirmed"];
+            latencies.push(millis(at(marks[4]) - at(marks[0])));
+            for (stage, pair) in stages.iter_mut().zip(marks.windows(2)) {
+                stage.push(millis(at(pair[1]) - at(pair[0])));
+            }
         }
         watcher.abort();
         let mut hops = hops.lock().unwrap().clone();
@@ -86,16 +93,22 @@ async fn main() {
         let row = |what: &str, (n, p50, p99, max): (usize, f64, f64, f64)| {
             format!("| {what} | {n} | {p50:.1} | {p99:.1} | {max:.1} |")
         };
-        let rows = format!(
-            "{}\n{}",
-            row("placed -> confirmed (saga)", saga),
-            row("one trip: committed -> consumer (baseline)", hop)
-        );
+        let names = [
+            "- placed -> ready for payment (2 trips, stock reserved)",
+            "- ready -> payment requested (1 trip)",
+            "- requested -> captured (gateway call)",
+            "- captured -> confirmed (1 trip)",
+        ];
+        let mut rows = vec![row("placed -> confirmed (saga)", saga)];
+        rows.extend(names.iter().zip(stages.iter_mut()).map(|(name, stage)| row(name, summary(stage))));
+        rows.push(row("one trip: committed -> consumer (baseline)", hop));
+        let rows = rows.join("\n");
         println!("offered {offered:.0} orders/s\n{rows}");
+        let rate = *RATE;
         let section = format!(
             "## Saga completion\n\n\
              `cargo bench -p command-side --bench saga` — {facts}, NATS {} with JetStream — {}.\n\n\
-             Orders of one or two lines placed over HTTP at a steady {RATE}/s for {seconds} s ({offered:.0}/s \
+             Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
              achieved), with the command API, the relay, the saga participants and the payment gateway simulator \
              (no injected latency) running in one process; the first {} s are warm-up and not counted. \
              Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \

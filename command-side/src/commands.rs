@@ -92,17 +92,7 @@ where
             let position = history.last().map_or(0, |e| e.log_position.position);
             return Ok(Accepted { stream_version: version, position });
         }
-        let new_events = events
-            .iter()
-            .enumerate()
-            .map(|(i, event)| NewEvent {
-                event_id: invocation.ids.id(i),
-                event_type: event.event_type().to_owned(),
-                schema_version: event.schema_version(),
-                payload: event.to_payload(),
-                metadata: invocation.metadata.clone(),
-            })
-            .collect();
+        let new_events = to_append(&events, invocation);
         match store.append(stream_id, ExpectedVersion::Exact(version), new_events).await {
             Ok(result) => {
                 return Ok(Accepted { stream_version: result.stream_version, position: result.log_position.position })
@@ -119,19 +109,35 @@ where
     Err(CommandError::Contention(invocation.max_attempts))
 }
 
+/// The decided events as they are appended: ids as the invocation says, its metadata.
+pub(crate) fn to_append<E: EventPayload>(events: &[E], invocation: &Invocation) -> Vec<NewEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| NewEvent {
+            event_id: invocation.ids.id(i),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: event.to_payload(),
+            metadata: invocation.metadata.clone(),
+        })
+        .collect()
+}
+
 /// The current state of the aggregate in `stream_id`.
 pub async fn load<A: Aggregate>(store: &dyn EventStore, stream_id: &str) -> Result<A::State, CommandError> {
     fold::<A>(&store.read_stream(stream_id, 1).await?)
 }
 
 fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<A::State, CommandError> {
-    let mut state = A::State::default();
-    for stored in history {
-        let event = A::Event::from_stored(&stored.event_type, stored.schema_version, stored.payload.clone())
-            .map_err(|e| CommandError::Corrupt { event_id: stored.event_id, reason: e.to_string() })?;
-        state = A::evolve(state, &event);
-    }
-    Ok(state)
+    history.iter().try_fold(A::State::default(), |state, stored| Ok(A::evolve(state, &decode::<A>(stored)?)))
+}
+
+/// A stored event as the aggregate's event; a failure means the store holds
+/// what this code cannot read.
+pub(crate) fn decode<A: Aggregate>(stored: &RecordedEvent) -> Result<A::Event, CommandError> {
+    A::Event::from_stored(&stored.event_type, stored.schema_version, stored.payload.clone())
+        .map_err(|e| CommandError::Corrupt { event_id: stored.event_id, reason: e.to_string() })
 }
 
 /// With derived ids, the stream holding the first id means this very

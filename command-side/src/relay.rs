@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use service_kit::config::{self, ConfigError, Source};
 use service_kit::live;
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 /// Advisory lock class of relays (the key is `hashtext(stream name)`).
 const LOCK_CLASS: i32 = 0x524c_4159; // "RLAY"
@@ -82,6 +83,8 @@ pub enum RelayError {
     Publish { event_id: uuid::Uuid, reason: String },
     #[error("the relay lost its lock: another instance moved the checkpoint")]
     LostLock,
+    #[error("the relay's checkpoint writer failed: {0}")]
+    Checkpoint(String),
     #[error("relay database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -114,27 +117,83 @@ pub async fn run(
         live::become_live(&pool, (LOCK_CLASS, &config.stream), "relay", config.standby_poll, &mut shutdown).await?;
     let Some(_lock) = lock else { return Ok(()) };
     tracing::info!(stream = %config.stream, "relay live");
-    let mut checkpoint = load_checkpoint(&pool, &config.stream).await?;
+    let checkpoint = load_checkpoint(&pool, &config.stream).await?;
+    // The checkpoint is written beside the publishing, not in its way: the
+    // next batch goes out while the last one's position commits. What a crash
+    // loses is at most the positions not yet written, and JetStream drops
+    // those events as duplicates when they are published again.
+    let (progress, reports) = watch::channel(Progress { at: checkpoint, published: 0 });
+    let mut keeper = tokio::spawn(keep_checkpoint(pool.clone(), config.stream.clone(), checkpoint, reports));
+    let mut keeper_ended = None;
     let mut events = store.subscribe(checkpoint).ready_chunks(config.batch_size.max(1));
-    loop {
-        let chunk = tokio::select! {
-            () = &mut shutdown => break,
-            chunk = events.next() => chunk,
-        };
-        let Some(chunk) = chunk else { break };
-        let batch: Vec<RecordedEvent> = chunk
-            .into_iter()
-            .filter_map(|item| item.map_err(|error| tracing::warn!(%error, "reading the log failed")).ok())
-            .collect();
-        let Some(last) = batch.last().map(|event| event.log_position) else { continue };
-        publish(&js, &config.subject_prefix, &batch).await?;
-        if !advance(&pool, &config.stream, checkpoint, last, batch.len()).await? {
-            return Err(RelayError::LostLock);
+    let relayed = async {
+        loop {
+            let chunk = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                ended = &mut keeper => {
+                    keeper_ended = Some(());
+                    // It only ends on its own when it failed.
+                    return Err(match ended {
+                        Ok(Err(error)) => error,
+                        Ok(Ok(())) => RelayError::LostLock,
+                        Err(panic) => RelayError::Checkpoint(panic.to_string()),
+                    });
+                }
+                chunk = events.next() => chunk,
+            };
+            let Some(chunk) = chunk else { return Ok(()) };
+            let batch: Vec<RecordedEvent> = chunk
+                .into_iter()
+                .filter_map(|item| item.map_err(|error| tracing::warn!(%error, "reading the log failed")).ok())
+                .collect();
+            let Some(last) = batch.last().map(|event| event.log_position) else { continue };
+            publish(&js, &config.subject_prefix, &batch).await?;
+            progress.send_modify(|p| {
+                p.at = Some(last);
+                p.published += batch.len() as u64;
+            });
         }
-        checkpoint = Some(last);
-    }
+    };
+    let outcome = relayed.await;
+    // The keeper writes the last acknowledged position, then ends.
+    drop(progress);
+    let kept = match keeper_ended {
+        Some(()) => Ok(()),
+        None => keeper.await.unwrap_or_else(|panic| Err(RelayError::Checkpoint(panic.to_string()))),
+    };
     tracing::info!(stream = %config.stream, "relay stopped");
-    Ok(())
+    outcome.and(kept)
+}
+
+/// How far JetStream has acknowledged, and how many events that was in all.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    at: Option<LogPosition>,
+    published: u64,
+}
+
+/// Writes the newest acknowledged position whenever it changes, until the
+/// relay drops its end; fails when another instance moved the checkpoint.
+async fn keep_checkpoint(
+    pool: PgPool,
+    name: String,
+    mut written: Option<LogPosition>,
+    mut reports: watch::Receiver<Progress>,
+) -> Result<(), RelayError> {
+    let mut counted = 0;
+    loop {
+        let open = reports.changed().await.is_ok();
+        let now = *reports.borrow_and_update();
+        if let Some(to) = now.at.filter(|to| Some(*to) != written) {
+            if !advance(&pool, &name, written, to, (now.published - counted) as usize).await? {
+                return Err(RelayError::LostLock);
+            }
+            (written, counted) = (Some(to), now.published);
+        }
+        if !open {
+            return Ok(());
+        }
+    }
 }
 
 /// Runs the relay until `shutdown`, starting it again after a pause whenever

@@ -214,9 +214,10 @@ async fn every_message_delivered_twice_changes_no_outcome() {
         shop.receive("SKU-A", 10).await;
         shop.receive("SKU-B", 1).await;
         let confirmed = shop.place(&[("SKU-A", 2, 1000), ("SKU-B", 1, 500)], "tok_visa").await;
+        // The next order wants SKU-B too: it must come second to be the one refused.
+        settled(&shop, confirmed, OrderStatus::Confirmed).await;
         let declined = shop.place(&[("SKU-A", 1, 100)], "tok_declined").await;
         let rejected = shop.place(&[("SKU-A", 1, 100), ("SKU-B", 1, 100)], "tok_visa").await;
-        settled(&shop, confirmed, OrderStatus::Confirmed).await;
         settled(&shop, declined, OrderStatus::Cancelled).await;
         settled(&shop, rejected, OrderStatus::Rejected).await;
         let refunded = shop.place(&[("SKU-A", 1, 300)], "tok_visa").await;
@@ -298,12 +299,12 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_blocks_nothing_behind
             }
         }
         letters.sort();
-        assert_eq!(letters[0].0, "order-from-inventory");
-        assert!(letters[0].1.contains("order"), "{}", letters[0].1);
-        assert_eq!(letters[0].2, "3", "dead-lettered after the bounded number of deliveries");
-        assert_eq!(letters[1].0, "order-from-payment");
-        assert!(letters[1].1.contains("malformed"), "{}", letters[1].1);
-        assert_eq!(letters[1].2, "1", "a message that cannot be read is dead-lettered at once");
+        assert_eq!(letters[0].0, "order-PaymentCaptured");
+        assert!(letters[0].1.contains("malformed"), "{}", letters[0].1);
+        assert_eq!(letters[0].2, "1", "a message that cannot be read is dead-lettered at once");
+        assert_eq!(letters[1].0, "order-StockReserved");
+        assert!(letters[1].1.contains("order not found"), "{}", letters[1].1);
+        assert_eq!(letters[1].2, "3", "dead-lettered after the bounded number of deliveries");
         shop.stop().await;
     })
     .await;

@@ -26,9 +26,9 @@ pub const DEAD_LETTER_CONSUMER: &str = "Dead-Letter-Consumer";
 pub const DEAD_LETTER_SUBJECT: &str = "Dead-Letter-Subject";
 pub const DEAD_LETTER_DELIVERIES: &str = "Dead-Letter-Deliveries";
 
-/// `<participant>-from-<category>`.
-pub fn consumer_name(participant: Participant, source: &str) -> String {
-    format!("{}-from-{source}", participant.name())
+/// `<participant>-<EventType>`, e.g. `inventory-OrderPlaced`.
+pub fn consumer_name(participant: Participant, event_type: &str) -> String {
+    format!("{}-{event_type}", participant.name())
 }
 
 /// Consumes until `stop` turns true, or until the subscription fails.
@@ -37,21 +37,22 @@ pub async fn consume(
     reactor: &Reactor,
     config: &SagaConfig,
     participant: Participant,
-    source: &str,
+    (category, event_type): (&str, &str),
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SagaError> {
-    let name = consumer_name(participant, source);
+    let name = consumer_name(participant, event_type);
+    let concurrency = if participant == Participant::Payment { config.gateway_concurrency } else { config.concurrency };
     let stream = js.get_stream(&config.events.stream).await.map_err(|e| SagaError::Nats(e.to_string()))?;
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
             &name,
             pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("{}.{source}.>", config.events.subject_prefix),
+                filter_subject: format!("{}.{category}.{event_type}", config.events.subject_prefix),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 deliver_policy: DeliverPolicy::All,
-                max_ack_pending: (config.concurrency * 4) as i64,
+                max_ack_pending: (concurrency * 4) as i64,
                 ..Default::default()
             },
         )
@@ -59,7 +60,7 @@ pub async fn consume(
         .map_err(|e| SagaError::Nats(e.to_string()))?;
     let messages = consumer
         .stream()
-        .max_messages_per_batch(config.concurrency)
+        .max_messages_per_batch(concurrency * 4)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
@@ -70,7 +71,7 @@ pub async fn consume(
         .take_until(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
-        .for_each_concurrent(config.concurrency, |message| async {
+        .for_each_concurrent(concurrency, |message| async {
             match message {
                 Ok(message) => handle(js, reactor, config, participant, &name, message).await,
                 Err(error) => tracing::warn!(consumer = %name, %error, "pulling messages failed"),

@@ -23,6 +23,7 @@ use event_store::EventStore;
 use service_kit::config::{self, ConfigError, Source};
 use sqlx::PgPool;
 
+use crate::cached::StateCache;
 use crate::relay::{self, RelayConfig};
 use gateway::{Gateway, GatewayConfig};
 use participants::{Participant, Reactor};
@@ -37,14 +38,20 @@ pub struct SagaConfig {
     pub dead_letter_prefix: String,
     /// `SAGA_MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
     pub max_deliveries: i64,
-    /// `SAGA_CONCURRENCY`: messages each consumer handles at once.
+    /// `SAGA_CONCURRENCY`: messages each consumer handles at once. The work
+    /// is reads and appends on the database: more in flight only contends.
     pub concurrency: usize,
+    /// `SAGA_GATEWAY_CONCURRENCY`: the same for the payment participant's
+    /// consumers, whose messages mostly wait on the payment gateway.
+    pub gateway_concurrency: usize,
     /// How long JetStream waits for an answer before delivering a message again.
     pub ack_wait: Duration,
     /// `SAGA_RETRY_DELAY`: pause before a failed or waiting message comes back (it grows).
     pub retry_delay: Duration,
     /// How often a command is decided again after a concurrency conflict.
     pub command_max_attempts: u32,
+    /// Aggregate states the participants keep between commands (see `cached`).
+    pub state_cache: usize,
     /// `DEADLINE_POLL`: how often overdue orders are looked for.
     pub deadline_poll: Duration,
     /// Chaos switch for tests: every message is handled, then delivered and handled once more.
@@ -71,6 +78,13 @@ impl SagaConfig {
             dead_letter_stream,
             max_deliveries: config::ranged(source, "SAGA_MAX_DELIVERIES", defaults.max_deliveries, 1, 1000)?,
             concurrency: config::ranged(source, "SAGA_CONCURRENCY", defaults.concurrency, 1, 1024)?,
+            gateway_concurrency: config::ranged(
+                source,
+                "SAGA_GATEWAY_CONCURRENCY",
+                defaults.gateway_concurrency,
+                1,
+                4096,
+            )?,
             retry_delay: config::nonzero_duration(source, "SAGA_RETRY_DELAY", defaults.retry_delay)?,
             deadline_poll: config::nonzero_duration(source, "DEADLINE_POLL", defaults.deadline_poll)?,
             ..defaults
@@ -85,10 +99,12 @@ impl SagaConfig {
             dead_letter_stream: "DEADLETTER".into(),
             dead_letter_prefix,
             max_deliveries: 5,
-            concurrency: 32,
+            concurrency: 4,
+            gateway_concurrency: 64,
             ack_wait: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
             command_max_attempts: 20,
+            state_cache: 10_000,
             deadline_poll: Duration::from_secs(1),
             redeliver_once: false,
             gateway,
@@ -133,14 +149,19 @@ pub async fn run(
 ) -> Result<(), SagaError> {
     relay::ensure_stream(&js, &config.events).await?;
     ensure_dead_letter_stream(&js, &config).await?;
-    let reactor =
-        Reactor { store: store.clone(), pool: pool.clone(), gateway, max_attempts: config.command_max_attempts };
+    let reactor = Reactor {
+        store: store.clone(),
+        pool: pool.clone(),
+        gateway,
+        max_attempts: config.command_max_attempts,
+        states: Arc::new(StateCache::new(config.state_cache)),
+    };
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for participant in Participant::ALL {
-        for source in participant.sources() {
+        for subscription in participant.subscriptions() {
             let (js, reactor, config, stopping) = (js.clone(), reactor.clone(), config.clone(), stopping.clone());
-            tasks.spawn(async move { supervise(&js, &reactor, &config, participant, source, stopping).await });
+            tasks.spawn(async move { supervise(&js, &reactor, &config, participant, *subscription, stopping).await });
         }
     }
     let (poll, attempts) = (config.deadline_poll, config.command_max_attempts);
@@ -160,18 +181,21 @@ async fn supervise(
     reactor: &Reactor,
     config: &SagaConfig,
     participant: Participant,
-    source: &str,
+    subscription: (&str, &str),
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (participant_name, event_type) = (participant.name(), subscription.1);
     loop {
-        let outcome = consumer::consume(js, reactor, config, participant, source, stopping.clone()).await;
+        let outcome = consumer::consume(js, reactor, config, participant, subscription, stopping.clone()).await;
         if *stopping.borrow() {
             return;
         }
         match outcome {
-            Ok(()) => tracing::warn!(participant = participant.name(), source, "message stream ended; consuming again"),
+            Ok(()) => {
+                tracing::warn!(participant = participant_name, event_type, "message stream ended; consuming again")
+            }
             Err(error) => {
-                tracing::warn!(participant = participant.name(), source, %error, "consumer failed; starting again")
+                tracing::warn!(participant = participant_name, event_type, %error, "consumer failed; starting again")
             }
         }
         tokio::select! {
@@ -198,6 +222,7 @@ mod tests {
             ("SAGA_DEAD_LETTER_STREAM", "a.b"),
             ("SAGA_MAX_DELIVERIES", "0"),
             ("SAGA_CONCURRENCY", "lots"),
+            ("SAGA_GATEWAY_CONCURRENCY", "0"),
             ("SAGA_RETRY_DELAY", "0s"),
             ("DEADLINE_POLL", "often"),
             ("PAYMENT_GATEWAY_URL", "ftp://x"),

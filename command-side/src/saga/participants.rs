@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::deadline;
 use super::gateway::{ChargeOutcome, Gateway, GatewayError};
 use super::trigger::{Fact, Malformed, Trigger};
+use crate::cached::{self, StateCache};
 use crate::commands::{self, CommandError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +49,25 @@ impl Participant {
         }
     }
 
-    /// The categories whose events it hears: one durable consumer each,
-    /// since NATS 2.9 takes a single filter subject per consumer.
-    pub fn sources(self) -> &'static [&'static str] {
+    /// The events it hears, as `(category, event type)`: one durable consumer
+    /// each, filtered to that one subject (NATS 2.9 takes a single filter
+    /// subject per consumer), so no participant is sent what it ignores.
+    pub fn subscriptions(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::Inventory | Self::Payment | Self::Deadline => &["order"],
-            Self::Order => &["inventory", "payment"],
+            Self::Inventory => &[("order", "OrderPlaced"), ("order", "OrderRejected"), ("order", "OrderCancelled")],
+            Self::Order => &[
+                ("inventory", "StockReserved"),
+                ("inventory", "StockReservationRejected"),
+                ("payment", "PaymentCaptured"),
+                ("payment", "PaymentDeclined"),
+            ],
+            Self::Payment => &[("order", "OrderReadyForPayment"), ("order", "OrderCancelled")],
+            Self::Deadline => &[
+                ("order", "OrderPlaced"),
+                ("order", "OrderConfirmed"),
+                ("order", "OrderRejected"),
+                ("order", "OrderCancelled"),
+            ],
         }
     }
 
@@ -113,6 +127,8 @@ pub struct Reactor {
     pub gateway: Gateway,
     /// How often a command is decided again after a concurrency conflict.
     pub max_attempts: u32,
+    /// The states of the aggregates the participants touched lately.
+    pub states: Arc<StateCache>,
 }
 
 impl Reactor {
@@ -123,14 +139,15 @@ impl Reactor {
         purpose: &str,
         stream_id: &str,
         command: A::Command,
-    ) -> Result<(), ReactionError>
+    ) -> Result<Arc<A::State>, ReactionError>
     where
         A: Aggregate,
         A::Command: Clone,
+        A::State: Send + Sync + 'static,
     {
         let invocation = trigger.invocation(actor, purpose, self.max_attempts);
-        commands::execute::<A>(&*self.store, stream_id, &invocation, command).await?;
-        Ok(())
+        let (_, state) = cached::execute::<A>(&*self.store, &self.states, stream_id, &invocation, command).await?;
+        Ok(state)
     }
 
     async fn inventory(&self, trigger: &Trigger) -> Result<(), ReactionError> {
@@ -158,7 +175,7 @@ impl Reactor {
             } else {
                 (format!("release/{}", line.sku), InventoryCommand::Release { sku: line.sku.clone(), order_id })
             };
-            async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await }
+            async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await.map(drop) }
         }))
         .await?;
         Ok(())
@@ -191,37 +208,52 @@ impl Reactor {
             ),
             _ => return Ok(()),
         };
-        self.run::<Order>(trigger, "order", "record", &Order::stream_id(order_id), command).await
+        self.run::<Order>(trigger, "order", "record", &Order::stream_id(order_id), command).await?;
+        Ok(())
     }
 
     async fn payment(&self, trigger: &Trigger) -> Result<(), ReactionError> {
         let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
-        let stream_id = Payment::stream_id(order_id);
-        match event {
-            OrderEvent::OrderReadyForPayment { amount_cents, currency, payment_token } => {
-                let command = PaymentCommand::Request {
-                    order_id: *order_id,
+        let order_id = *order_id;
+        let (purpose, command) = match event {
+            OrderEvent::OrderReadyForPayment { amount_cents, currency, payment_token } => (
+                "request",
+                PaymentCommand::Request {
+                    order_id,
                     amount_cents: i64::try_from(*amount_cents).unwrap_or(i64::MAX),
                     currency: currency.clone(),
                     payment_token: payment_token.clone(),
-                };
-                self.run::<Payment>(trigger, "payment", "request", &stream_id, command).await?;
-            }
+                },
+            ),
             OrderEvent::OrderCancelled { payment_refund_due: true, reason, .. } => {
-                let command = PaymentCommand::Refund { order_id: *order_id, reason: reason.clone() };
-                self.run::<Payment>(trigger, "payment", "refund", &stream_id, command).await?;
+                ("refund", PaymentCommand::Refund { order_id, reason: reason.clone() })
             }
             _ => return Ok(()),
-        }
-        self.settle(trigger, *order_id).await
+        };
+        let payment = self.payment_command(trigger, purpose, order_id, command).await?;
+        self.settle(trigger, order_id, payment).await
     }
 
-    /// Brings the gateway in line with the payment's stream: a requested
-    /// payment is charged (once: the order id is the idempotency key), and a
-    /// refunded one is refunded at the gateway (once, by its own key).
-    async fn settle(&self, trigger: &Trigger, order_id: Uuid) -> Result<(), ReactionError> {
-        let stream_id = Payment::stream_id(order_id);
-        let mut payment = commands::load::<Payment>(&*self.store, &stream_id).await?;
+    /// Runs a command on the payment of `order_id`; answers the payment after it.
+    async fn payment_command(
+        &self,
+        trigger: &Trigger,
+        purpose: &str,
+        order_id: Uuid,
+        command: PaymentCommand,
+    ) -> Result<Arc<PaymentState>, ReactionError> {
+        self.run::<Payment>(trigger, "payment", purpose, &Payment::stream_id(order_id), command).await
+    }
+
+    /// Brings the gateway in line with the payment: a requested payment is
+    /// charged (once: the order id is the idempotency key), and a refunded
+    /// one is refunded at the gateway (once, by its own key).
+    async fn settle(
+        &self,
+        trigger: &Trigger,
+        order_id: Uuid,
+        mut payment: Arc<PaymentState>,
+    ) -> Result<(), ReactionError> {
         if payment.status == PaymentStatus::Requested {
             let outcome = self
                 .gateway
@@ -233,9 +265,8 @@ impl Reactor {
                 }
                 ChargeOutcome::Declined { reason } => ("decline", PaymentCommand::Decline { order_id, reason }),
             };
-            self.run::<Payment>(trigger, "payment", purpose, &stream_id, command).await?;
             // A capture after the order ended comes with its refund (see the domain).
-            payment = commands::load::<Payment>(&*self.store, &stream_id).await?;
+            payment = self.payment_command(trigger, purpose, order_id, command).await?;
         }
         if payment.status == PaymentStatus::Refunded {
             self.refund_at_gateway(order_id, &payment).await?;

@@ -1,0 +1,199 @@
+//! Commands against aggregates whose state this process keeps between
+//! commands, for the saga participants: a hot inventory item's stream grows
+//! with every reservation, and reading all of it for each new one would make
+//! a command cost as much as the item's whole history. With the state kept,
+//! a command reads only the events appended since (usually none), decides,
+//! and appends with the version it knows, so optimistic concurrency still
+//! refuses a stale decision.
+//!
+//! Only for commands that are idempotent in the domain (everything a saga
+//! participant sends): unlike [`crate::commands::execute`], a replay is not
+//! recognised by its event ids in the history, but by the state refusing to
+//! do the same thing twice.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use domain::Aggregate;
+use event_store::{EventStore, ExpectedVersion, StoreError};
+
+use crate::commands::{self, Accepted, CommandError, Invocation};
+
+/// Aggregate states by stream, at most `capacity` of them.
+pub struct StateCache {
+    entries: Mutex<HashMap<String, Kept>>,
+    capacity: usize,
+}
+
+struct Kept {
+    accepted: Accepted,
+    /// An `Arc<A::State>`.
+    state: Box<dyn Any + Send>,
+}
+
+impl StateCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+    }
+
+    /// Takes a stream's state out (a concurrent command on the same stream
+    /// then reads it from the store: states are moved, never copied).
+    fn take<A: Aggregate>(&self, stream_id: &str) -> Option<(Accepted, A::State)>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let kept = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(stream_id)?;
+        let state = *kept.state.downcast::<Arc<A::State>>().ok()?;
+        // Unshared unless a caller still holds the answer it was given.
+        Some((kept.accepted, Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone())))
+    }
+
+    fn put<A: Aggregate>(&self, stream_id: &str, accepted: Accepted, state: Arc<A::State>)
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
+            // Bounded, not clever: any one entry makes room.
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(stream_id.to_owned(), Kept { accepted, state: Box::new(state) });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Runs a domain-idempotent command, starting from the kept state; answers
+/// the state after it (shared with the cache, not copied), and keeps that.
+pub async fn execute<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<(Accepted, Arc<A::State>), CommandError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
+    let (mut accepted, mut state) =
+        cache.take::<A>(stream_id).unwrap_or((Accepted { stream_version: 0, position: 0 }, A::State::default()));
+    for _ in 0..invocation.max_attempts.max(1) {
+        for stored in store.read_stream(stream_id, accepted.stream_version + 1).await? {
+            state = A::evolve(state, &commands::decode::<A>(&stored)?);
+            accepted = Accepted { stream_version: stored.stream_version, position: stored.log_position.position };
+        }
+        let events = match A::decide(&state, command.clone()) {
+            Ok(events) => events,
+            Err(rejected) => {
+                cache.put::<A>(stream_id, accepted, Arc::new(state));
+                return Err(rejected.into());
+            }
+        };
+        if events.is_empty() {
+            let state = Arc::new(state);
+            cache.put::<A>(stream_id, accepted, state.clone());
+            return Ok((accepted, state));
+        }
+        let new_events = commands::to_append(&events, invocation);
+        match store.append(stream_id, ExpectedVersion::Exact(accepted.stream_version), new_events).await {
+            Ok(result) => {
+                let state = Arc::new(events.iter().fold(state, A::evolve));
+                let accepted =
+                    Accepted { stream_version: result.stream_version, position: result.log_position.position };
+                cache.put::<A>(stream_id, accepted, state.clone());
+                return Ok((accepted, state));
+            }
+            // Someone appended first: read what they did, and decide again.
+            Err(StoreError::WrongExpectedVersion { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    cache.put::<A>(stream_id, accepted, Arc::new(state));
+    Err(CommandError::Contention(invocation.max_attempts))
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::inventory::{Inventory, InventoryCommand};
+    use event_store::{MemoryEventStore, Metadata};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::commands::EventIds;
+
+    fn invocation() -> Invocation {
+        Invocation { metadata: Metadata::default(), ids: EventIds::Random, expected_version: None, max_attempts: 5 }
+    }
+
+    fn reserve(order: u128) -> InventoryCommand {
+        InventoryCommand::Reserve { sku: "SKU-1".into(), order_id: Uuid::from_u128(order), quantity: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_kept_state_catches_up_with_what_others_appended() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive.clone()).await.unwrap();
+        // Another process appends behind the cache's back.
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let (accepted, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
+        assert_eq!((accepted.stream_version, state.reserved, state.available()), (3, 2, 3));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_saga_command_changes_nothing() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let first = execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let again = execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        assert_eq!(first.0, again.0);
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commands_through_one_cache_all_land_once() {
+        let store = Arc::new(MemoryEventStore::new());
+        let cache = Arc::new(StateCache::new(10));
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 100 };
+        execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let tasks = (0..20u128).map(|order| {
+            let (store, cache) = (store.clone(), cache.clone());
+            tokio::spawn(async move {
+                let many = Invocation { max_attempts: 100, ..invocation() };
+                execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &many, reserve(order % 10)).await.unwrap();
+            })
+        });
+        futures_util::future::join_all(tasks).await;
+        let (_, state) =
+            execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation(), reserve(0)).await.unwrap();
+        assert_eq!(state.reserved, 10, "ten orders, each reserved once");
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 11);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = StateCache::new(2);
+        for n in 0..5 {
+            let state = Arc::new(Default::default());
+            cache.put::<Inventory>(&format!("inventory-{n}"), Accepted { stream_version: 1, position: 1 }, state);
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take::<Inventory>("inventory-4").is_some());
+    }
+}
