@@ -98,9 +98,6 @@ where
     config.retry_delay = Duration::from_millis(100);
     config.deadline_poll = Duration::from_millis(100);
     config.redeliver_once = setup.redeliver_once;
-    if let Ok(n) = std::env::var("SAGA_CONCURRENCY") {
-        config.concurrency = n.parse().unwrap();
-    }
     let streams = [config.events.stream.clone(), config.dead_letter_stream.clone()];
     let outcome =
         futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(with_database(40, |pool| async move {
