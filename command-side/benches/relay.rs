@@ -128,7 +128,7 @@ async fn main() {
             "## Relay publish rate\n\n\
              `cargo bench -p command-side --bench relay` — {facts}, NATS {} with JetStream (file storage) — {}.\n\n\
              The relay reads a log of {events} events and publishes each to JetStream (batches of {}, \
-             acknowledgements awaited, then the checkpoint moved), timed until its checkpoint has passed them \
+             acknowledgements awaited, the checkpoint written beside the publishing), timed until its checkpoint has passed them \
              all. Baseline: the same messages published straight to JetStream, batch by batch, acks awaited.\n\n\
              | events | relay events/s | bare JetStream publish events/s | relay / bare |\n\
              |---:|---:|---:|---:|\n{row}\n",
