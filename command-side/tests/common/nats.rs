@@ -14,7 +14,8 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server -js` (from PATH, or `NATS_SERVER_BIN`) on a free port.
+    /// Starts `nats-server -js` (`NATS_SERVER_BIN`, `/usr/sbin/nats-server` or
+    /// from PATH) on a free port.
     pub fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("nats-test-{}", uuid::Uuid::new_v4().simple()));
@@ -30,7 +31,15 @@ impl NatsServer {
     /// Starts the server again on the same port and directory (it must be stopped).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is running");
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+            // Debian installs it in /usr/sbin, which not every PATH holds.
+            let sbin = "/usr/sbin/nats-server";
+            if std::path::Path::new(sbin).exists() {
+                sbin.into()
+            } else {
+                "nats-server".into()
+            }
+        });
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.dir)
