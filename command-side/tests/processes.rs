@@ -1,0 +1,134 @@
+//! The write side as separate processes, as it is deployed: the binary
+//! `command-side` started three times (`serve`, `relay`, `saga`) against a
+//! database and JetStream streams of the test's own, with the payment gateway
+//! simulator beside them. The saga process is killed (SIGKILL) while orders
+//! are in flight and started again: every order still completes, once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use command_side::commands;
+use domain::order::{Order, OrderState, OrderStatus};
+use domain::Aggregate;
+use event_store::testing::with_database;
+use event_store::PgEventStore;
+use serde_json::json;
+use uuid::Uuid;
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `command-side <mode>` with `env`; its logs go to the test's output when `TEST_LOG` is set.
+fn start(mode: &str, env: &[(String, String)]) -> Service {
+    let logs = || if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+    let child = Command::new(env!("CARGO_BIN_EXE_command-side"))
+        .arg(mode)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(logs())
+        .stderr(logs())
+        .spawn()
+        .expect("the command-side binary starts");
+    Service(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again() {
+    service_kit::telemetry::init_for_tests();
+    with_database(5, |pool| async move {
+        let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+        let server = std::env::var("DATABASE_URL").unwrap();
+        let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+
+        let gateway = payment_gateway::App::build(payment_gateway::Config::ephemeral()).await.unwrap();
+        let gateway_url = format!("http://{}", gateway.local_addr());
+        let gateway_task = tokio::spawn(gateway.run_until(std::future::pending()));
+
+        let id = Uuid::new_v4().simple().to_string();
+        let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let env: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("DATABASE_MAX_CONNECTIONS", "5"),
+            ("COMMAND_HTTP_ADDR", api_addr.as_str()),
+            ("RELAY_STREAM", stream.as_str()),
+            ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
+            ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
+            ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
+            ("LOG_LEVEL", "info,sqlx=warn"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+
+        let api_process = start("serve", &env);
+        let relay_process = start("relay", &env);
+        let mut saga = start("saga", &env);
+        let http = reqwest::Client::new();
+        let api = format!("http://{api_addr}");
+        let started = Instant::now();
+        while http.get(format!("{api}/health/ready")).send().await.map_or(true, |r| !r.status().is_success()) {
+            assert!(started.elapsed() < Duration::from_secs(30), "the command API did not get ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let post = |path: String, body: serde_json::Value| {
+            let request = http.post(format!("{api}{path}")).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 202);
+                response.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        post("/v1/inventory/SKU-P/receipts".into(), json!({"quantity": 1000})).await;
+        let mut orders = Vec::new();
+        for n in 0..30 {
+            if n == 10 {
+                saga.0.kill().unwrap();
+                saga.0.wait().unwrap();
+            }
+            if n == 20 {
+                saga = start("saga", &env);
+            }
+            let body = json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
+                              "lines": [{"sku": "SKU-P", "quantity": 1, "unit_price_cents": 100}]});
+            let accepted = post("/v1/orders".into(), body).await;
+            orders.push(accepted["order_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+
+        let store = PgEventStore::new(pool.clone());
+        let started = Instant::now();
+        for order_id in &orders {
+            loop {
+                let state = commands::load::<Order>(&store, &Order::stream_id(order_id)).await.unwrap();
+                if matches!(&state, OrderState::Placed(o) if o.status == OrderStatus::Confirmed) {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "order {order_id} not confirmed: {state:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let ledger: payment_gateway::Totals =
+            http.get(format!("{gateway_url}/v1/ledger")).send().await.unwrap().json().await.unwrap();
+        assert_eq!((ledger.charges_captured, ledger.captured_cents), (30, 3000), "each order charged once");
+
+        drop((saga, relay_process, api_process));
+        gateway_task.abort();
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+        for name in [&stream, &dead_letters] {
+            let _ = js.delete_stream(name).await;
+        }
+    })
+    .await;
+}
