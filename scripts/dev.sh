@@ -5,8 +5,9 @@
 #
 # Services: command-side (http://127.0.0.1:8080), the relay (log -> NATS
 # JetStream stream EVENTS), the saga participants, the payment gateway
-# simulator (http://127.0.0.1:8090), projections (no HTTP yet), query-side
-# (http://127.0.0.1:8081).
+# simulator (http://127.0.0.1:8090), projections, query-side
+# (http://127.0.0.1:8081). The relay, the participants and the projections
+# serve /health/* and /metrics on 127.0.0.1:9101, 9102 and 9103.
 # Configuration: the environment variables in the README's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."

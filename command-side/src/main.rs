@@ -2,14 +2,20 @@
 //! migrations, the relay that publishes the log to NATS JetStream, or the
 //! saga participants that react to it.
 
-use anyhow::{bail, Context};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
 
 use command_side::relay::{self, RelayConfig};
 use command_side::saga::{self, SagaConfig};
 use command_side::{App, Config};
-use event_store::PgEventStore;
+use event_store::{EventStore, PgEventStore};
+use service_kit::ops::{Check, OpsServer};
 use service_kit::{shutdown, telemetry};
+use sqlx::PgPool;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,33 +39,52 @@ async fn main() -> anyhow::Result<()> {
 
 async fn relay(config: Config) -> anyhow::Result<()> {
     let relay_config = RelayConfig::from_source(&service_kit::config::Environment)?;
+    let ops = bind_ops(relay_config.ops_addr, "RELAY_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the relay cannot reach the database")?;
-    let js = jetstream().await?;
-    let store = Arc::new(PgEventStore::new(pool.clone()));
+    let client = nats().await?;
+    let store: Arc<dyn EventStore> = Arc::new(PgEventStore::new(pool.clone()));
+    let ops = tokio::spawn(ops.run(checks(&pool, &client), shutdown::signal()));
+    let lag = tokio::spawn(relay::report_lag(store.clone(), pool.clone(), relay_config.stream.clone(), LAG_EVERY));
     tracing::info!(stream = %relay_config.stream, "relay starting");
-    relay::run_supervised(store, pool, js, relay_config, shutdown::signal()).await;
+    relay::run_supervised(store, pool, jetstream::new(client), relay_config, shutdown::signal()).await;
+    lag.abort();
+    ops.await??;
     Ok(())
 }
 
 async fn saga(config: Config) -> anyhow::Result<()> {
     let saga_config = SagaConfig::from_source(&service_kit::config::Environment)?;
+    let ops = bind_ops(saga_config.ops_addr, "SAGA_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the saga participants cannot reach the database")?;
-    let js = jetstream().await?;
+    let client = nats().await?;
     let store = Arc::new(PgEventStore::new(pool.clone()));
+    let ops = tokio::spawn(ops.run(checks(&pool, &client), shutdown::signal()));
     tracing::info!(stream = %saga_config.events.stream, gateway = %saga_config.gateway.url, "saga participants starting");
     let gateway = saga::gateway::Gateway::new(saga_config.gateway.clone());
-    saga::run(store, pool, js, saga_config, gateway, shutdown::signal()).await?;
+    saga::run(store, pool, jetstream::new(client), saga_config, gateway, shutdown::signal()).await?;
+    ops.await??;
     Ok(())
 }
 
+/// How often the relay's lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+async fn bind_ops(addr: SocketAddr, setting: &str) -> anyhow::Result<OpsServer> {
+    OpsServer::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({setting})"))
+}
+
+/// Ready when the database (migrated) and NATS answer.
+fn checks(pool: &PgPool, client: &async_nats::Client) -> Vec<Check> {
+    vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), Check::nats(client.clone())]
+}
+
 /// `NATS_URL`; waits for NATS if it is not up yet, rather than failing.
-async fn jetstream() -> anyhow::Result<async_nats::jetstream::Context> {
+async fn nats() -> anyhow::Result<async_nats::Client> {
     let nats_url: String =
         service_kit::config::parsed(&service_kit::config::Environment, "NATS_URL", "nats://127.0.0.1:4222".to_owned())?;
-    let client = async_nats::ConnectOptions::new()
+    async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(nats_url.as_str())
         .await
-        .with_context(|| format!("NATS_URL {nats_url:?} is not a NATS server address"))?;
-    Ok(async_nats::jetstream::new(client))
+        .with_context(|| format!("NATS_URL {nats_url:?} is not a NATS server address"))
 }

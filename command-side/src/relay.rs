@@ -12,6 +12,7 @@
 //!   checkpoint; what JetStream had already stored is dropped as a duplicate.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct RelayConfig {
     pub duplicate_window: Duration,
     /// How often a standby instance tries to become the live one.
     pub standby_poll: Duration,
+    /// `RELAY_OPS_ADDR`: health and metrics of the relay process.
+    pub ops_addr: SocketAddr,
 }
 
 impl Default for RelayConfig {
@@ -49,6 +52,7 @@ impl Default for RelayConfig {
             batch_size: 256,
             duplicate_window: Duration::from_secs(120),
             standby_poll: Duration::from_secs(1),
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
         }
     }
 }
@@ -71,7 +75,8 @@ impl RelayConfig {
                 "dot-separated tokens of letters, digits, - and _",
             ));
         }
-        Ok(Self { stream, subject_prefix, ..defaults })
+        let ops_addr = config::parsed(source, "RELAY_OPS_ADDR", defaults.ops_addr)?;
+        Ok(Self { stream, subject_prefix, ops_addr, ..defaults })
     }
 }
 
@@ -148,6 +153,8 @@ pub async fn run(
                 .collect();
             let Some(last) = batch.last().map(|event| event.log_position) else { continue };
             publish(&js, &config.subject_prefix, &batch).await?;
+            metrics::counter!("relay_events_published_total").increment(batch.len() as u64);
+            metrics::gauge!("relay_published_position").set(last.position as f64);
             progress.send_modify(|p| {
                 p.at = Some(last);
                 p.published += batch.len() as u64;
@@ -231,6 +238,24 @@ pub async fn run_supervised(
             let _ = stop.send(true);
             supervisor.await;
         }
+    }
+}
+
+/// Reports `relay_lag_events` (readable head minus the checkpoint, in log
+/// positions) every `every`, for as long as it is polled.
+pub async fn report_lag(store: Arc<dyn EventStore>, pool: PgPool, stream: String, every: Duration) {
+    loop {
+        let head = store.stats().await.ok().and_then(|stats| stats.readable_head).map_or(0, |head| head.position);
+        let checkpoint: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE name = $1")
+                .bind(&stream)
+                .fetch_optional(&pool)
+                .await;
+        if let Ok(checkpoint) = checkpoint {
+            let lag = head.saturating_sub(checkpoint.unwrap_or(0).max(0) as u64);
+            metrics::gauge!("relay_lag_events").set(lag as f64);
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -2,7 +2,8 @@
 //! `command-side` started three times (`serve`, `relay`, `saga`) against a
 //! database and JetStream streams of the test's own, with the payment gateway
 //! simulator beside them. The saga process is killed (SIGKILL) while orders
-//! are in flight and started again: every order still completes, once.
+//! are in flight and started again: every order still completes, once. Each
+//! process serves its health and metrics.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,10 +57,13 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let id = Uuid::new_v4().simple().to_string();
         let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
         let api_addr = format!("127.0.0.1:{}", free_port());
+        let (relay_ops, saga_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "5"),
             ("COMMAND_HTTP_ADDR", api_addr.as_str()),
+            ("RELAY_OPS_ADDR", relay_ops.as_str()),
+            ("SAGA_OPS_ADDR", saga_ops.as_str()),
             ("RELAY_STREAM", stream.as_str()),
             ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
@@ -117,6 +121,17 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
                 assert!(started.elapsed() < Duration::from_secs(60), "order {order_id} not confirmed: {state:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+        // Every process answers its operators: ready, and counting its work.
+        for (ops, metric) in [
+            (&api, "http_requests_total"),
+            (&format!("http://{relay_ops}"), "relay_events_published_total"),
+            (&format!("http://{saga_ops}"), "saga_messages_total"),
+        ] {
+            let ready = http.get(format!("{ops}/health/ready")).send().await.unwrap();
+            assert_eq!(ready.status(), 204, "{ops}");
+            let metrics = http.get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
+            assert!(metrics.contains(metric), "{ops} /metrics lacks {metric}");
         }
         let ledger: payment_gateway::Totals =
             http.get(format!("{gateway_url}/v1/ledger")).send().await.unwrap().json().await.unwrap();

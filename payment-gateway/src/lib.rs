@@ -68,8 +68,7 @@ impl App {
             .route("/v1/refunds", post(refund))
             .route("/v1/ledger", get(ledger))
             .route("/admin/faults", get(get_faults).put(put_faults))
-            .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
-            .route("/health/ready", get(|| async { StatusCode::NO_CONTENT }))
+            .merge(service_kit::ops::router(vec![]))
             .fallback(service_kit::http::not_found_route)
             .with_state(state);
         let router = service_kit::http::layers(router, Duration::from_secs(30));
@@ -113,6 +112,11 @@ async fn charge(
     match outcome {
         Ok(charge) => {
             tracing::info!(charge_id = %charge.charge_id, status = ?charge.status, "charge");
+            let status = match charge.status {
+                ChargeStatus::Captured => "captured",
+                ChargeStatus::Declined => "declined",
+            };
+            metrics::counter!("gateway_charges_total", "status" => status).increment(1);
             Json(charge).into_response()
         }
         Err(error) => problem(error).into_response(),

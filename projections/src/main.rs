@@ -1,7 +1,8 @@
 //! `projections [serve]`: runs every projection, and the rebuilds requested
-//! through the admin API, until SIGTERM.
+//! through the admin API, until SIGTERM; health and metrics on `PROJECTIONS_OPS_ADDR`.
 //! `projections rebuild <name>`: rebuilds one read model now, with a progress bar.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use projections::rebuild::{self, Progress, RebuildOptions};
 use projections::ProjectorConfig;
 use service_kit::config::{self, Environment};
+use service_kit::ops::{Check, OpsServer};
 use service_kit::telemetry;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -41,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let batch_size = config::ranged(env, "PROJECTION_BATCH_SIZE", 500usize, 1, 10_000)?;
     let page_size = config::ranged(env, "REBUILD_PAGE_SIZE", 5_000usize, 100, 100_000)?;
     let max_connections = config::ranged(env, "DATABASE_MAX_CONNECTIONS", 10u32, 4, 1000)?;
+    let ops_addr = config::parsed(env, "PROJECTIONS_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9103)))?;
     telemetry::init(&log_level, log_format);
 
     let pool = PgPoolOptions::new()
@@ -54,9 +57,15 @@ async fn main() -> anyhow::Result<()> {
     match rebuild_name {
         Some(name) => rebuild_with_progress_bar(pool, &name, rebuild_options).await,
         None => {
+            let ops = OpsServer::bind(ops_addr)
+                .await
+                .with_context(|| format!("cannot listen on {ops_addr} (PROJECTIONS_OPS_ADDR)"))?;
+            let checks = vec![Check::database(pool.clone(), projections::migrations_expected())];
+            let ops = tokio::spawn(ops.run(checks, service_kit::shutdown::signal()));
             let config = ProjectorConfig { batch_size, ..ProjectorConfig::default() };
             tracing::info!("projections running");
             projections::service::run_all(pool, config, rebuild_options, service_kit::shutdown::signal()).await;
+            ops.await??;
             Ok(())
         }
     }

@@ -112,6 +112,8 @@ pub async fn run(
             // is cancelled, the transaction still commits or rolls back instead
             // of lingering, idle and holding locks, on a pooled connection. A
             // successor that started meanwhile is fenced off by the checkpoint.
+            let started = std::time::Instant::now();
+            let events = batch.len() as u64;
             let batch_task = {
                 let (projection, pool) = (projection.clone(), pool.clone());
                 tokio::spawn(async move {
@@ -127,7 +129,13 @@ pub async fn run(
                 })
             };
             checkpoint = Some(match batch_task.await {
-                Ok(Ok(position)) => position,
+                Ok(Ok(position)) => {
+                    metrics::counter!("projection_events_applied_total", "projection" => name.to_owned())
+                        .increment(events);
+                    metrics::histogram!("projection_batch_seconds", "projection" => name.to_owned())
+                        .record(started.elapsed().as_secs_f64());
+                    position
+                }
                 // Holding the lock, only a rebuild's swap moves the checkpoint:
                 // the tables and the checkpoint are the rebuild's now.
                 Ok(Err(RunError::LostLock(_))) if still_connected(&mut lock).await => {

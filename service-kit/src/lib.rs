@@ -1,12 +1,14 @@
 //! Process plumbing shared by every service of the order system:
 //! configuration from the environment, telemetry, shutdown, and the HTTP
 //! pieces every API has (problem+json errors, request and correlation ids),
-//! and the advisory lock that makes one instance of a worker live.
+//! the advisory lock that makes one instance of a worker live, and the ops
+//! endpoints (health, metrics) every service serves.
 //! Thin on purpose: anything domain-specific lives in the services.
 
 pub mod config;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,16 +9,17 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::DomainError;
 use event_store::{EventStore, Metadata, StoreError};
 use serde::de::DeserializeOwned;
 use service_kit::http::{FieldProblem, Problem, RequestContext, PROBLEM_JSON};
+use service_kit::ops::Check;
 use sqlx::PgPool;
 
 use crate::commands::{CommandError, EventIds, Invocation};
@@ -37,30 +38,16 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/orders", post(orders::place))
         .route("/v1/orders/{order_id}/cancel", post(orders::cancel))
         .route("/v1/inventory/{sku}/receipts", post(inventory::receive))
-        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/health/ready", get(ready))
+        .merge(service_kit::ops::router(vec![Check::database(
+            state.pool.clone(),
+            event_store::postgres::MIGRATOR.migrations.len(),
+        )]))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// Ready when the database answers and every migration is applied.
-async fn ready(State(state): State<AppState>) -> Response {
-    let applied: Result<i64, _> =
-        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&state.pool).await;
-    match applied {
-        Ok(n) if n as usize >= event_store::postgres::MIGRATOR.migrations.len() => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(_) => Problem::unavailable("migrations are not applied", 5).into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "readiness: the database does not answer");
-            Problem::unavailable("the database does not answer", 5).into_response()
-        }
-    }
 }
 
 /// A JSON request body, kept as bytes too (the idempotency fingerprint).

@@ -35,15 +35,23 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
         }
         OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
             disarm(pool, *order_id).await?;
+            // Per delivery: a redelivered final event counts again (rare; a gauge of trends, not a ledger).
+            let outcome = match event {
+                OrderEvent::OrderConfirmed { .. } => "confirmed",
+                OrderEvent::OrderRejected { .. } => "rejected",
+                _ => "cancelled",
+            };
+            metrics::counter!("saga_orders_finished_total", "outcome" => outcome).increment(1);
         }
         OrderEvent::OrderLineReserved { .. } | OrderEvent::OrderReadyForPayment { .. } => {}
     }
     Ok(())
 }
 
-async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM saga_deadlines WHERE order_id = $1").bind(order_id).execute(pool).await?;
-    Ok(())
+/// `true` if the order had a deadline armed.
+async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("DELETE FROM saga_deadlines WHERE order_id = $1").bind(order_id).execute(pool).await?;
+    Ok(deleted.rows_affected() == 1)
 }
 
 /// Expires due orders every `poll` until `stop` turns true.
@@ -87,7 +95,9 @@ pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32
         };
         let expire = OrderCommand::Expire { now: Utc::now() };
         commands::execute::<Order>(store, &Order::stream_id(order_id), &invocation, expire).await?;
-        disarm(pool, *order_id).await?;
+        if disarm(pool, *order_id).await? {
+            metrics::counter!("saga_deadlines_expired_total").increment(1);
+        }
     }
     Ok(due.len())
 }

@@ -15,6 +15,7 @@ pub mod participants;
 pub mod trigger;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct SagaConfig {
     pub state_cache: usize,
     /// `DEADLINE_POLL`: how often overdue orders are looked for.
     pub deadline_poll: Duration,
+    /// `SAGA_OPS_ADDR`: health and metrics of the saga process.
+    pub ops_addr: SocketAddr,
     /// Chaos switch for tests: every message is handled, then delivered and handled once more.
     pub redeliver_once: bool,
     pub gateway: GatewayConfig,
@@ -87,6 +90,7 @@ impl SagaConfig {
             )?,
             retry_delay: config::nonzero_duration(source, "SAGA_RETRY_DELAY", defaults.retry_delay)?,
             deadline_poll: config::nonzero_duration(source, "DEADLINE_POLL", defaults.deadline_poll)?,
+            ops_addr: config::parsed(source, "SAGA_OPS_ADDR", defaults.ops_addr)?,
             ..defaults
         })
     }
@@ -106,6 +110,7 @@ impl SagaConfig {
             command_max_attempts: 20,
             state_cache: 10_000,
             deadline_poll: Duration::from_secs(1),
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9102)),
             redeliver_once: false,
             gateway,
         }
@@ -225,6 +230,7 @@ mod tests {
             ("SAGA_GATEWAY_CONCURRENCY", "0"),
             ("SAGA_RETRY_DELAY", "0s"),
             ("DEADLINE_POLL", "often"),
+            ("SAGA_OPS_ADDR", "nowhere"),
             ("PAYMENT_GATEWAY_URL", "ftp://x"),
         ] {
             assert_eq!(SagaConfig::from_source(&Vars(&[(name, value)])).unwrap_err().name, name);

@@ -33,7 +33,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/admin/projections", get(admin::list))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild))
         .route("/metrics", get(admin::metrics))
-        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(service_kit::ops::health_router(vec![service_kit::ops::Check::database(
+            state.pool.clone(),
+            projections::migrations_expected(),
+        )]))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")

@@ -83,9 +83,28 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::internal().into_response()
 }
 
+/// Per request: `http_requests_total{method, route, status}` and
+/// `http_request_duration_seconds{method, route}`, by route template (not
+/// path, so ids do not make new series).
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// Wraps a router in the shared stack, outermost first: request id,
-/// correlation id, a tracing span per request, request-id echo, a time limit
-/// (503 problem), and a panic catcher (500 problem).
+/// correlation id, a tracing span per request, request-id echo, request
+/// metrics, a time limit (503 problem), and a panic catcher (500 problem).
 pub fn layers(router: Router, timeout: Duration) -> Router {
     let trace = TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)).make_span_with(
         |request: &Request| {
@@ -102,6 +121,7 @@ pub fn layers(router: Router, timeout: Duration) -> Router {
     router
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(move |request, next| time_limit(timeout, request, next)))
+        .layer(axum::middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(axum::middleware::from_fn(correlation_layer))

@@ -1,0 +1,169 @@
+//! What every service answers to its operators, HTTP API or not:
+//! `GET /health/live` (the process runs), `GET /health/ready` (every
+//! dependency answers; 503 naming the ones that do not) and `GET /metrics`
+//! (Prometheus text). The relay, the saga participants and the projections
+//! have no API of their own: they serve these routes on an ops address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+
+use crate::http::Problem;
+
+type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// One dependency readiness asks about.
+#[derive(Clone)]
+pub struct Check {
+    name: &'static str,
+    probe: Probe,
+}
+
+impl Check {
+    pub fn new<F, Fut>(name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self { name, probe: Arc::new(move || Box::pin(probe())) }
+    }
+
+    /// The database answers and every migration of `expected` is applied.
+    pub fn database(pool: PgPool, expected: usize) -> Self {
+        Self::new("database", move || {
+            let pool = pool.clone();
+            async move {
+                let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| format!("does not answer: {e}"))?;
+                if (applied as usize) < expected {
+                    return Err(format!("{applied} of {expected} migrations applied"));
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Connected to NATS.
+    pub fn nats(client: async_nats::Client) -> Self {
+        Self::new("nats", move || {
+            let state = client.connection_state();
+            async move {
+                match state {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("not connected ({other})")),
+                }
+            }
+        })
+    }
+}
+
+/// Longest a readiness probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/health/live`, `/health/ready` (asking `checks`) and `/metrics`.
+pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+    crate::metrics::handle();
+    health_router(checks).route("/metrics", get(|| async { crate::metrics::render() }))
+}
+
+/// `/health/live` and `/health/ready` only, for a service that renders its own `/metrics`.
+pub fn health_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/health/ready", get(move || ready(checks.clone())))
+}
+
+async fn ready(checks: Arc<Vec<Check>>) -> Response {
+    let mut failing = Vec::new();
+    for check in checks.iter() {
+        let outcome = tokio::time::timeout(PROBE_TIMEOUT, (check.probe)())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+        if let Err(reason) = outcome {
+            tracing::warn!(dependency = check.name, %reason, "not ready");
+            failing.push(format!("{}: {reason}", check.name));
+        }
+    }
+    if failing.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Problem::unavailable(format!("not ready: {}", failing.join("; ")), 5).into_response()
+    }
+}
+
+/// The ops routes on an address of their own, for a service without an API.
+pub struct OpsServer {
+    listener: tokio::net::TcpListener,
+}
+
+impl OpsServer {
+    /// Binds `addr` now, so a taken port stops the service at start-up.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self { listener: tokio::net::TcpListener::bind(addr).await? })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(
+        self,
+        checks: Vec<Check>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "ops endpoints listening (/health/live, /health/ready, /metrics)");
+        let router = crate::http::layers(router(checks), Duration::from_secs(10));
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn status(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ready_names_every_dependency_that_does_not_answer() {
+        let checks = vec![
+            Check::new("database", || async { Ok(()) }),
+            Check::new("nats", || async { Err("not connected".to_owned()) }),
+        ];
+        let (code, body) = status(router(checks), "/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("nats: not connected") && !body.contains("database"), "{body}");
+        let (code, _) = status(router(vec![Check::new("database", || async { Ok(()) })]), "/health/ready").await;
+        assert_eq!(code, StatusCode::NO_CONTENT);
+        assert_eq!(status(router(vec![]), "/health/live").await.0, StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let router = router(vec![]); // installs the recorder
+        ::metrics::counter!("ops_test_total").increment(1);
+        let (code, body) = status(router, "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("ops_test_total 1"), "{body}");
+    }
+}
