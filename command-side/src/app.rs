@@ -72,7 +72,8 @@ impl App {
             order_deadline: chrono::Duration::from_std(config.order_deadline)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
         };
-        let router = service_kit::http::layers(http::router(state, config.body_limit), config.request_timeout);
+        let gate = service_kit::auth::Gate::new(&config.auth);
+        let router = service_kit::http::layers(http::router(state, config.body_limit, gate), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
@@ -87,7 +88,9 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let janitor = tokio::spawn(forget_expired_keys(self.pool.clone(), self.idempotency_key_ttl));
         tracing::info!(addr = %self.local_addr(), "command API listening");
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        // The peer address keys rate limits when auth is off.
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
         janitor.abort();
         tracing::info!("command API stopped");
         served

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Secret, Source};
 use service_kit::telemetry::LogFormat;
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub order_deadline: Duration,
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` and its response are remembered.
     pub idempotency_key_ttl: Duration,
+    /// Bearer tokens and rate limits (see `service_kit::auth`).
+    pub auth: AuthConfig,
     /// `LOG_LEVEL`: a tracing filter directive (`info`, `info,command_side=debug`).
     pub log_level: String,
     /// `LOG_FORMAT`: `json` (default) or `pretty`.
@@ -59,6 +62,7 @@ impl Config {
                 "IDEMPOTENCY_KEY_TTL",
                 Duration::from_secs(24 * 3600),
             )?,
+            auth: AuthConfig::from_source(source)?,
             log_level,
             log_format,
         })

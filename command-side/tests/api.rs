@@ -17,8 +17,12 @@ struct TestApp {
 }
 
 fn test_config(max_attempts: &str) -> Config {
-    let env =
-        [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("HTTP_BODY_LIMIT", "4096"), ("COMMAND_MAX_ATTEMPTS", max_attempts)];
+    let env = [
+        ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+        ("HTTP_BODY_LIMIT", "4096"),
+        ("COMMAND_MAX_ATTEMPTS", max_attempts),
+        ("AUTH_MODE", "off"),
+    ];
     Config::from_source(&service_kit::config::Vars(&env)).unwrap()
 }
 
@@ -391,7 +395,7 @@ async fn every_response_has_a_request_id_and_the_correlation_id_reaches_the_even
         let metadata = app.stored_metadata("inventory-SKU-1").await;
         assert_eq!(metadata[0]["correlation_id"], "corr-abc");
         assert_eq!(metadata[0]["causation_id"], request_id.as_str());
-        assert_eq!(metadata[0]["actor"], "anonymous");
+        assert_eq!(metadata[0]["actor"], "admin:developer");
 
         // Without one, a correlation id is made, returned and stored.
         let response = app.post("/v1/inventory/SKU-1/receipts", json!({"quantity": 5})).await;
@@ -429,6 +433,7 @@ async fn spawn_binary(pool: &PgPool) -> (std::process::Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_command-side"))
         .env("DATABASE_URL", &database_url)
         .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUTH_MODE", "off")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -486,7 +491,7 @@ async fn sigterm_lets_a_request_in_flight_finish() {
         );
         sqlx::query(
             "INSERT INTO http_idempotency_keys (principal, key, fingerprint, lease_until) \
-             VALUES ('anonymous', 'in-flight', $1, now() + interval '1 minute')",
+             VALUES ('admin:developer', 'in-flight', $1, now() + interval '1 minute')",
         )
         .bind(&fingerprint)
         .execute(&pool)

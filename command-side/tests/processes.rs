@@ -14,7 +14,10 @@ use domain::Aggregate;
 use event_store::testing::with_database;
 use event_store::PgEventStore;
 use serde_json::json;
+use service_kit::auth::{self, Claims};
 use uuid::Uuid;
+
+const SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
 
 struct Service(Child);
 
@@ -69,6 +72,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
             ("LOG_LEVEL", "info,sqlx=warn"),
+            ("JWT_SECRET", SECRET),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -85,8 +89,17 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        let claims = Claims {
+            sub: "operator".into(),
+            iss: "order-system".into(),
+            aud: "order-system".into(),
+            exp: auth::now() + 600,
+            nbf: None,
+            scope: "admin orders:write inventory:write".into(),
+        };
+        let token = auth::mint(auth::Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap();
         let post = |path: String, body: serde_json::Value| {
-            let request = http.post(format!("{api}{path}")).json(&body);
+            let request = http.post(format!("{api}{path}")).bearer_auth(&token).json(&body);
             async move {
                 let response = request.send().await.unwrap();
                 assert_eq!(response.status(), 202);

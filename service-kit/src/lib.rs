@@ -5,6 +5,7 @@
 //! endpoints (health, metrics) every service serves.
 //! Thin on purpose: anything domain-specific lives in the services.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod live;

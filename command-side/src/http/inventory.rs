@@ -9,6 +9,7 @@ use domain::rules::{self, Problems};
 use domain::Aggregate;
 use serde::Deserialize;
 use serde_json::json;
+use service_kit::auth::Principal;
 use service_kit::http::{FieldProblem, Problem, RequestContext};
 
 use super::{run_command, Accepted, AppState, JsonBody};
@@ -22,6 +23,7 @@ pub(crate) struct ReceiveStockRequest {
 
 pub(crate) async fn receive(
     State(state): State<AppState>,
+    principal: Principal,
     context: RequestContext,
     headers: HeaderMap,
     sku: Result<Path<String>, PathRejection>,
@@ -41,7 +43,7 @@ pub(crate) async fn receive(
     let path = format!("/v1/inventory/{sku}/receipts");
     let JsonBody { value: request, bytes } = body;
     let store = state.store.clone();
-    run_command(&state, &context, &headers, &path, &bytes, move |invocation, _now| async move {
+    run_command(&state, &principal, &context, &headers, &path, &bytes, move |invocation, _now| async move {
         let command = InventoryCommand::Receive { sku: sku.clone(), quantity: request.quantity };
         let accepted = execute::<Inventory>(&*store, &Inventory::stream_id(&sku), &invocation, command).await?;
         Ok(Accepted {

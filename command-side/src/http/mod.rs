@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 use domain::DomainError;
 use event_store::{EventStore, Metadata, StoreError};
 use serde::de::DeserializeOwned;
+use service_kit::auth::{self, Gate, Principal};
 use service_kit::http::{FieldProblem, Problem, RequestContext, PROBLEM_JSON};
 use service_kit::ops::Check;
 use sqlx::PgPool;
@@ -33,11 +35,15 @@ pub(crate) struct AppState {
     pub order_deadline: chrono::Duration,
 }
 
-pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
+pub(crate) fn router(state: AppState, body_limit: usize, gate: Gate) -> Router {
+    let scope = |scope: &'static str| from_fn(move |request, next| auth::require_scope(scope, request, next));
+    let api = Router::new()
+        .route("/v1/orders", post(orders::place).route_layer(scope(auth::ORDERS_WRITE)))
+        .route("/v1/orders/{order_id}/cancel", post(orders::cancel).route_layer(scope(auth::ORDERS_WRITE)))
+        .route("/v1/inventory/{sku}/receipts", post(inventory::receive).route_layer(scope(auth::INVENTORY_WRITE)))
+        .layer(from_fn_with_state(gate, auth::authenticate));
     Router::new()
-        .route("/v1/orders", post(orders::place))
-        .route("/v1/orders/{order_id}/cancel", post(orders::cancel))
-        .route("/v1/inventory/{sku}/receipts", post(inventory::receive))
+        .merge(api)
         .merge(service_kit::ops::router(vec![Check::database(
             state.pool.clone(),
             event_store::postgres::MIGRATOR.migrations.len(),
@@ -104,6 +110,7 @@ pub(crate) struct Accepted {
 /// `Idempotency-Key`, the event metadata, and problem+json for failures.
 pub(crate) async fn run_command<F, Fut>(
     state: &AppState,
+    principal: &Principal,
     context: &RequestContext,
     headers: &HeaderMap,
     path: &str,
@@ -122,13 +129,13 @@ where
         Ok(key) => key,
         Err(problem) => return problem.into_response(),
     };
-    // Until authentication lands every client is the same principal.
-    let principal = "anonymous";
+    // Keys are the principal's own: another principal's key is another key.
+    let owner = principal.actor();
     let (now, ids) = match key {
         None => (Utc::now(), EventIds::Random),
         Some(key) => {
             let fingerprint = idempotency::fingerprint("POST", path, body);
-            match idempotency::claim(&state.pool, principal, key, &fingerprint).await {
+            match idempotency::claim(&state.pool, &owner, key, &fingerprint).await {
                 Ok(Claim::Run { requested_at, namespace }) => (requested_at, EventIds::Derived(namespace)),
                 Ok(Claim::Replay(stored)) => return respond(&stored, true),
                 Ok(Claim::Mismatch) => {
@@ -152,7 +159,7 @@ where
         metadata: Metadata {
             correlation_id: context.correlation_id.clone(),
             causation_id: context.request_id.clone(),
-            actor: principal.to_owned(),
+            actor: owner.clone(),
         },
         ids,
         expected_version,
@@ -164,9 +171,9 @@ where
         // such as contention) is not remembered: the client's retry runs again.
         let remembered = match &outcome {
             Err(problem) if problem.status >= 500 || problem.retry_after.is_some() => {
-                idempotency::release(&state.pool, principal, key).await
+                idempotency::release(&state.pool, &owner, key).await
             }
-            _ => idempotency::complete(&state.pool, principal, key, &stored_form(&outcome)).await,
+            _ => idempotency::complete(&state.pool, &owner, key, &stored_form(&outcome)).await,
         };
         if let Err(error) = remembered {
             // The command's outcome stands; a retry with the key finds its events.

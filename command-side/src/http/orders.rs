@@ -2,17 +2,18 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use domain::order::{CancelledBy, LineInput, Order, OrderCommand, PlaceOrder};
+use domain::order::{CancelledBy, LineInput, Order, OrderCommand, OrderState, PlaceOrder};
 use domain::Aggregate;
 use serde::Deserialize;
 use serde_json::json;
+use service_kit::auth::Principal;
 use service_kit::http::{Problem, RequestContext};
 use uuid::Uuid;
 
 use super::{run_command, Accepted, AppState, JsonBody};
-use crate::commands::execute;
+use crate::commands::{execute, load};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,13 +40,17 @@ pub(crate) struct CancelOrderRequest {
 
 pub(crate) async fn place(
     State(state): State<AppState>,
+    principal: Principal,
     context: RequestContext,
     headers: HeaderMap,
     body: JsonBody<PlaceOrderRequest>,
 ) -> Response {
     let JsonBody { value: request, bytes } = body;
+    if let Err(problem) = principal.require_customer(&request.customer_id) {
+        return problem.into_response();
+    }
     let (store, deadline) = (state.store.clone(), state.order_deadline);
-    run_command(&state, &context, &headers, "/v1/orders", &bytes, move |invocation, now| async move {
+    run_command(&state, &principal, &context, &headers, "/v1/orders", &bytes, move |invocation, now| async move {
         let order_id = invocation.ids.derive("order_id");
         let command = OrderCommand::Place(PlaceOrder {
             order_id,
@@ -71,6 +76,7 @@ pub(crate) async fn place(
 
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    principal: Principal,
     context: RequestContext,
     headers: HeaderMap,
     order_id: Result<Path<Uuid>, PathRejection>,
@@ -80,10 +86,23 @@ pub(crate) async fn cancel(
         Ok(path) => path,
         Err(rejection) => return Problem::from(rejection).into_response(),
     };
+    // A customer cancels only its own orders.
+    if let Some(customer) = principal.customer() {
+        match load::<Order>(&*state.store, &Order::stream_id(order_id)).await {
+            Ok(OrderState::Placed(order)) if order.customer_id != customer => {
+                return Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                    .with_detail("this order belongs to another customer")
+                    .into_response();
+            }
+            // Unknown orders are the command's to report (404).
+            Ok(_) => {}
+            Err(error) => return Problem::from(error).into_response(),
+        }
+    }
     let path = format!("/v1/orders/{order_id}/cancel");
     let JsonBody { value: request, bytes } = body;
     let store = state.store.clone();
-    run_command(&state, &context, &headers, &path, &bytes, move |invocation, _now| async move {
+    run_command(&state, &principal, &context, &headers, &path, &bytes, move |invocation, _now| async move {
         let command = OrderCommand::Cancel { reason: request.reason, by: CancelledBy::Customer };
         let accepted = execute::<Order>(&*store, &Order::stream_id(order_id), &invocation, command).await?;
         Ok(Accepted {

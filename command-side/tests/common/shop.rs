@@ -134,7 +134,8 @@ impl Shop {
         });
         config.gateway.url = gateway_url.clone();
 
-        let env = [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("ORDER_DEADLINE", setup.order_deadline)];
+        let env =
+            [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("ORDER_DEADLINE", setup.order_deadline), ("AUTH_MODE", "off")];
         let app = App::build_with_pool(Config::from_source(&service_kit::config::Vars(&env)).unwrap(), pool.clone())
             .await
             .unwrap();
