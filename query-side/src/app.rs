@@ -41,7 +41,8 @@ impl App {
         service_kit::metrics::handle();
         let state =
             AppState { progress: Progress::start(pool.clone()), pool, min_position_wait: config.min_position_wait };
-        let router = service_kit::http::layers(http::router(state), config.request_timeout);
+        let gate = service_kit::auth::Gate::new(&config.auth);
+        let router = service_kit::http::layers(http::router(state, gate), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
@@ -54,6 +55,8 @@ impl App {
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "query API listening");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        // The peer address keys rate limits when auth is off.
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Secret, Source};
 use service_kit::telemetry::LogFormat;
 
@@ -18,6 +19,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `MIN_POSITION_WAIT`: longest a query waits for `min_position` before 503.
     pub min_position_wait: Duration,
+    /// Bearer tokens and rate limits (see `service_kit::auth`).
+    pub auth: AuthConfig,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -37,6 +40,7 @@ impl Config {
             http_addr: config::parsed(source, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             min_position_wait: config::nonzero_duration(source, "MIN_POSITION_WAIT", Duration::from_secs(2))?,
+            auth: AuthConfig::from_source(source)?,
             log_level,
             log_format,
         })

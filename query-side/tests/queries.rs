@@ -33,7 +33,7 @@ where
 {
     service_kit::telemetry::init_for_tests();
     with_database(12, |pool| async move {
-        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s")];
+        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s"), ("AUTH_MODE", "off")];
         let config = Config::from_source(&service_kit::config::Vars(&env)).unwrap();
         let app = App::build_with_pool(config, pool.clone()).await.unwrap();
         let base = format!("http://{}", app.local_addr());

@@ -9,9 +9,11 @@ mod payments;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use service_kit::auth::{self, Gate};
 use service_kit::http::Problem;
 use sqlx::PgPool;
 
@@ -24,14 +26,18 @@ pub(crate) struct AppState {
     pub min_position_wait: Duration,
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState, gate: Gate) -> Router {
+    let scope = |scope: &'static str| from_fn(move |request, next| auth::require_scope(scope, request, next));
+    let api = Router::new()
+        .route("/v1/orders", get(orders::list).route_layer(scope(auth::ORDERS_READ)))
+        .route("/v1/orders/{order_id}", get(orders::get_one).route_layer(scope(auth::ORDERS_READ)))
+        .route("/v1/inventory/{sku}", get(inventory::get_one).route_layer(scope(auth::INVENTORY_READ)))
+        .route("/v1/payments/{order_id}", get(payments::get_one).route_layer(scope(auth::ORDERS_READ)))
+        .route("/v1/admin/projections", get(admin::list).route_layer(scope(auth::ADMIN)))
+        .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild).route_layer(scope(auth::ADMIN)))
+        .layer(from_fn_with_state(gate, auth::authenticate));
     Router::new()
-        .route("/v1/orders", get(orders::list))
-        .route("/v1/orders/{order_id}", get(orders::get_one))
-        .route("/v1/inventory/{sku}", get(inventory::get_one))
-        .route("/v1/payments/{order_id}", get(payments::get_one))
-        .route("/v1/admin/projections", get(admin::list))
-        .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild))
+        .merge(api)
         .route("/metrics", get(admin::metrics))
         .merge(service_kit::ops::health_router(vec![service_kit::ops::Check::database(
             state.pool.clone(),

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use service_kit::http::Problem;
 use uuid::Uuid;
 
+use service_kit::auth::Principal;
+
 use super::{database_error, AppState, Freshness};
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -30,6 +32,7 @@ const COLUMNS: &str = "order_id, customer_id, status, payment_status, reason, cu
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    principal: Principal,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
 ) -> Result<Json<OrderView>, Problem> {
@@ -39,7 +42,9 @@ pub(crate) async fn get_one(
     let sql = format!("SELECT {COLUMNS} FROM rm_orders WHERE order_id = $1");
     let order: Option<OrderView> =
         sqlx::query_as(&sql).bind(order_id).fetch_optional(&state.pool).await.map_err(database_error)?;
-    order.map(Json).ok_or_else(|| Problem::not_found(format!("no order {order_id}")))
+    let order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+    principal.require_customer(&order.customer_id)?;
+    Ok(Json(order))
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,9 +70,14 @@ const MAX_LIMIT: u32 = 200;
 /// so pages stay stable while new orders arrive.
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, Problem> {
-    let Query(query) = query?;
+    let Query(mut query) = query?;
+    // A customer lists its own orders, whether it says so or not.
+    if let Some(customer) = principal.customer() {
+        principal.require_customer(query.customer_id.get_or_insert_with(|| customer.to_owned()))?;
+    }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")));

@@ -4,6 +4,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Serialize;
+use service_kit::auth::Principal;
 use service_kit::http::Problem;
 use uuid::Uuid;
 
@@ -20,6 +21,7 @@ pub(crate) struct PaymentView {
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    principal: Principal,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
 ) -> Result<Json<PaymentView>, Problem> {
@@ -33,5 +35,15 @@ pub(crate) async fn get_one(
     .fetch_optional(&state.pool)
     .await
     .map_err(database_error)?;
-    payment.map(Json).ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))
+    let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;
+    if principal.customer().is_some() {
+        // The payment belongs to whoever placed its order.
+        let customer: Option<String> = sqlx::query_scalar("SELECT customer_id FROM rm_orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(database_error)?;
+        principal.require_customer(customer.as_deref().unwrap_or_default())?;
+    }
+    Ok(Json(payment))
 }

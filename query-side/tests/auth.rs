@@ -1,0 +1,98 @@
+//! Bearer tokens at the query API: a customer reads its own orders and
+//! payments only, the admin routes need `admin`, and nothing answers without
+//! a valid token (but health and metrics).
+
+use event_store::testing::with_database;
+use query_side::{App, Config};
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+use service_kit::auth::{self, Algorithm, Claims};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const SECRET: &str = "query-auth-test-secret-of-32-bytes-or-more";
+
+fn token(sub: &str, scope: &str) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        iss: "order-system".into(),
+        aud: "order-system".into(),
+        exp: auth::now() + 600,
+        nbf: None,
+        scope: scope.into(),
+    };
+    auth::mint(Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap()
+}
+
+async fn insert_order(pool: &sqlx::PgPool, customer_id: &str) -> Uuid {
+    let order_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, currency, total_cents, lines, \
+                                version, created_at, updated_at) \
+         VALUES ($1, $2, 'confirmed', 'captured', 'EUR', 100, '[]', 5, now(), now())",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO rm_payments (order_id, status, amount_cents, currency, provider_ref, version, updated_at) \
+         VALUES ($1, 'captured', 100, 'EUR', 'ch_1', 2, now())",
+    )
+    .bind(order_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    order_id
+}
+
+#[tokio::test]
+async fn a_customer_reads_only_its_own_orders_and_never_the_admin_routes() {
+    service_kit::telemetry::init_for_tests();
+    with_database(5, |pool| async move {
+        let mine = insert_order(&pool, "c-1").await;
+        let theirs = insert_order(&pool, "c-2").await;
+        let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("JWT_SECRET", SECRET)];
+        let app =
+            App::build_with_pool(Config::from_source(&service_kit::config::Vars(&env)).unwrap(), pool).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let http = Client::new();
+        let get = |path: String, token: Option<String>| {
+            let mut request = http.get(format!("{base}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move { request.send().await.unwrap() }
+        };
+        let customer = Some(token("c-1", "orders:read"));
+
+        assert_eq!(get(format!("/v1/orders/{mine}"), None).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(get(format!("/v1/orders/{mine}"), customer.clone()).await.status(), StatusCode::OK);
+        assert_eq!(get(format!("/v1/orders/{theirs}"), customer.clone()).await.status(), StatusCode::FORBIDDEN);
+        assert_eq!(get(format!("/v1/payments/{mine}"), customer.clone()).await.status(), StatusCode::OK);
+        assert_eq!(get(format!("/v1/payments/{theirs}"), customer.clone()).await.status(), StatusCode::FORBIDDEN);
+        // The list holds the customer's own orders; asking for another's is refused.
+        let page: Value = get("/v1/orders".into(), customer.clone()).await.json().await.unwrap();
+        let ids: Vec<&str> =
+            page["items"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [mine.to_string()]);
+        assert_eq!(get("/v1/orders?customer_id=c-2".into(), customer.clone()).await.status(), StatusCode::FORBIDDEN);
+        // Scopes: no inventory:read, no admin.
+        assert_eq!(get("/v1/inventory/SKU-1".into(), customer.clone()).await.status(), StatusCode::FORBIDDEN);
+        assert_eq!(get("/v1/admin/projections".into(), customer).await.status(), StatusCode::FORBIDDEN);
+        let admin = Some(token("ops", "admin orders:read"));
+        assert_eq!(get("/v1/admin/projections".into(), admin.clone()).await.status(), StatusCode::OK);
+        assert_eq!(get(format!("/v1/orders/{theirs}"), admin).await.status(), StatusCode::OK);
+        for path in ["/health/live", "/health/ready", "/metrics"] {
+            assert!(get(path.into(), None).await.status().is_success(), "{path}");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    })
+    .await;
+}
