@@ -19,3 +19,4 @@ pub mod saga;
 
 pub use app::{migrate, App, StartupError};
 pub use config::Config;
+pub use http::openapi;

@@ -2,6 +2,7 @@
 //! body, `If-Match`, `Idempotency-Key`, and the mapping of failures to
 //! problem+json.
 
+mod doc;
 mod inventory;
 mod orders;
 
@@ -13,7 +14,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::DomainError;
@@ -23,6 +23,10 @@ use service_kit::auth::{self, Gate, Principal};
 use service_kit::http::{FieldProblem, Problem, RequestContext, PROBLEM_JSON};
 use service_kit::ops::Check;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::commands::{CommandError, EventIds, Invocation};
 use crate::idempotency::{self, Claim, StoredResponse};
@@ -35,15 +39,27 @@ pub(crate) struct AppState {
     pub order_deadline: chrono::Duration,
 }
 
-pub(crate) fn router(state: AppState, body_limit: usize, gate: Gate) -> Router {
+/// The API's routes with their documentation, registered together.
+fn documented() -> OpenApiRouter<AppState> {
     let scope = |scope: &'static str| from_fn(move |request, next| auth::require_scope(scope, request, next));
-    let api = Router::new()
-        .route("/v1/orders", post(orders::place).route_layer(scope(auth::ORDERS_WRITE)))
-        .route("/v1/orders/{order_id}/cancel", post(orders::cancel).route_layer(scope(auth::ORDERS_WRITE)))
-        .route("/v1/inventory/{sku}/receipts", post(inventory::receive).route_layer(scope(auth::INVENTORY_WRITE)))
-        .layer(from_fn_with_state(gate, auth::authenticate));
+    let orders = OpenApiRouter::new()
+        .routes(routes!(orders::place))
+        .routes(routes!(orders::cancel))
+        .route_layer(scope(auth::ORDERS_WRITE));
+    let inventory = OpenApiRouter::new().routes(routes!(inventory::receive)).route_layer(scope(auth::INVENTORY_WRITE));
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi()).merge(orders).merge(inventory)
+}
+
+/// The OpenAPI document the API serves at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+pub(crate) fn router(state: AppState, body_limit: usize, gate: Gate) -> Router {
+    let (api, document) = documented().layer(from_fn_with_state(gate, auth::authenticate)).split_for_parts();
     Router::new()
         .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .merge(service_kit::ops::router(vec![Check::database(
             state.pool.clone(),
             event_store::postgres::MIGRATOR.migrations.len(),

@@ -6,17 +6,20 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use domain::order::{CancelledBy, LineInput, Order, OrderCommand, OrderState, PlaceOrder};
 use domain::Aggregate;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use service_kit::auth::Principal;
 use service_kit::http::{Problem, RequestContext};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{run_command, Accepted, AppState, JsonBody};
 use crate::commands::{execute, load};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "c-42", "currency": "EUR", "payment_token": "tok_visa",
+    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}]}))]
 pub(crate) struct PlaceOrderRequest {
     customer_id: String,
     currency: String,
@@ -24,7 +27,7 @@ pub(crate) struct PlaceOrderRequest {
     lines: Vec<LineRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LineRequest {
     sku: String,
@@ -32,11 +35,35 @@ struct LineRequest {
     unit_price_cents: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CancelOrderRequest {
     reason: String,
 }
+
+/// A command on an order was accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OrderAccepted {
+    order_id: Uuid,
+    /// The order stream's version after the command.
+    version: u64,
+    /// The global log position of the last event appended (read your writes with `min_position`).
+    position: u64,
+}
+
+/// Place an order. A customer token places orders for its own `customer_id` only.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrderRequest,
+    params(super::doc::IdempotencyKey),
+    responses(
+        (status = 202, description = "Accepted; the saga takes it from here", body = OrderAccepted,
+         headers(("location" = String), ("etag" = String))),
+        (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope `orders:write`, or another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken (every broken rule in `errors`), or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
 
 pub(crate) async fn place(
     State(state): State<AppState>,
@@ -67,13 +94,28 @@ pub(crate) async fn place(
         });
         let accepted = execute::<Order>(&*store, &Order::stream_id(order_id), &invocation, command).await?;
         Ok(Accepted {
-            body: json!({ "order_id": order_id, "version": accepted.stream_version, "position": accepted.position }),
+            body: json!(OrderAccepted { order_id, version: accepted.stream_version, position: accepted.position }),
             location: format!("/v1/orders/{order_id}"),
         })
     })
     .await
 }
 
+/// Cancel an order; a confirmed order's payment is refunded. A customer cancels only its own orders.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", request_body = CancelOrderRequest,
+    params(("order_id" = Uuid, Path), super::doc::IdempotencyKey, super::doc::IfMatch),
+    responses(
+        (status = 202, description = "Accepted", body = OrderAccepted),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope `orders:write`, or another customer's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's state forbids it (cancelled already, rejected)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -106,7 +148,7 @@ pub(crate) async fn cancel(
         let command = OrderCommand::Cancel { reason: request.reason, by: CancelledBy::Customer };
         let accepted = execute::<Order>(&*store, &Order::stream_id(order_id), &invocation, command).await?;
         Ok(Accepted {
-            body: json!({ "order_id": order_id, "version": accepted.stream_version, "position": accepted.position }),
+            body: json!(OrderAccepted { order_id, version: accepted.stream_version, position: accepted.position }),
             location: format!("/v1/orders/{order_id}"),
         })
     })

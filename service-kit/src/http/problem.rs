@@ -9,13 +9,14 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One broken rule of a request, by the field it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     pub field: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI reference naming the kind of problem (`/problems/validation`).
     #[serde(rename = "type")]
@@ -28,6 +29,7 @@ pub struct Problem {
     pub errors: Vec<FieldProblem>,
     /// Seconds until a retry makes sense (sent as `Retry-After`).
     #[serde(skip)]
+    #[schema(ignore)]
     pub retry_after: Option<u64>,
 }
 

@@ -1,0 +1,47 @@
+//! The OpenAPI document of the command API: its frame (title, security
+//! scheme, shared headers). The operations come from the `#[utoipa::path]`
+//! beside each handler, registered together with their routes, so the
+//! document cannot list a route that does not exist or miss one that does.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Order system: command API", version = "1",
+         description = "Commands on orders and inventory. Errors are RFC 9457 problem+json. See shared/API.md."),
+    modifiers(&BearerAuth),
+    components(schemas(service_kit::http::Problem, service_kit::http::FieldProblem)),
+    tags((name = "orders", description = "Place and cancel orders"), (name = "inventory", description = "Receive stock"))
+)]
+pub(crate) struct ApiDoc;
+
+/// `Authorization: Bearer <jwt>`; scopes per operation.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// `Idempotency-Key`: a retry with the same key and body answers as the first time.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by the handlers from the headers; this only documents it
+pub(crate) struct IdempotencyKey {
+    /// 1 to 255 visible ASCII characters; remembered for `IDEMPOTENCY_KEY_TTL`.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// `If-Match`: the stream version the client read (the `ETag` of an earlier answer).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct IfMatch {
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+}
