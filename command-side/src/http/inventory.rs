@@ -33,7 +33,7 @@ pub(crate) struct StockAccepted {
 }
 
 /// Receive stock of an item (created on its first receipt).
-#[utoipa::path(post, path = "/v1/inventory/{sku}/receipts", tag = "inventory", request_body = ReceiveStockRequest,
+#[utoipa::path(post, path = "/v1/inventory/{sku}/receipts", tag = "inventory", operation_id = "receive_stock", request_body = ReceiveStockRequest,
     params(("sku" = String, Path, description = "1 to 64 of `A-Z a-z 0-9 - _ .`"), super::doc::IdempotencyKey,
            super::doc::IfMatch),
     responses(

@@ -52,7 +52,7 @@ pub(crate) struct OrderAccepted {
 }
 
 /// Place an order. A customer token places orders for its own `customer_id` only.
-#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrderRequest,
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", operation_id = "place_order", request_body = PlaceOrderRequest,
     params(super::doc::IdempotencyKey),
     responses(
         (status = 202, description = "Accepted; the saga takes it from here", body = OrderAccepted,
@@ -102,7 +102,7 @@ pub(crate) async fn place(
 }
 
 /// Cancel an order; a confirmed order's payment is refunded. A customer cancels only its own orders.
-#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", request_body = CancelOrderRequest,
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", operation_id = "cancel_order", request_body = CancelOrderRequest,
     params(("order_id" = Uuid, Path), super::doc::IdempotencyKey, super::doc::IfMatch),
     responses(
         (status = 202, description = "Accepted", body = OrderAccepted),

@@ -3,7 +3,7 @@
 //! `POST /v1/admin/projections/{name}/rebuild`: asks the projections service
 //! to rebuild one (202); progress shows on the GET.
 //! `GET /metrics`: the same figures as Prometheus gauges.
-//! (Auth comes with issue 6.)
+//! All need the `admin` scope but `/metrics`.
 
 use std::collections::HashMap;
 
@@ -14,10 +14,11 @@ use axum::Json;
 use projections::rebuild::{self, RebuildStatus};
 use serde::Serialize;
 use service_kit::http::Problem;
+use utoipa::ToSchema;
 
 use super::{database_error, AppState};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct ProjectionView {
     name: String,
     /// Global position of the last event the projection processed (0: none).
@@ -31,16 +32,26 @@ pub(crate) struct ProjectionView {
     events_processed: i64,
     failure: Option<serde_json::Value>,
     updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The latest rebuild, if any.
+    /// The latest rebuild, if any: state, events done and total, rate, ETA.
     #[sqlx(skip)]
+    #[schema(value_type = Option<Object>)]
     rebuild: Option<RebuildStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Projections {
     projections: Vec<ProjectionView>,
 }
 
+/// Where each projection stands against the head of the log, and its latest rebuild.
+#[utoipa::path(get, path = "/v1/admin/projections", tag = "admin", operation_id = "list_projections",
+    responses(
+        (status = 200, description = "Every projection", body = Projections),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["admin"])))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projections>, Problem> {
     let projections = views(&state).await?;
     Ok(Json(Projections { projections }))
@@ -108,6 +119,17 @@ async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
     Ok(projections)
 }
 
+/// Asks the projections service to rebuild a read model from the log, without downtime.
+#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin", operation_id = "rebuild_projection",
+    params(("name" = String, Path, description = "`orders`, `inventory` or `payments`")),
+    responses(
+        (status = 202, description = "Requested; progress shows on `GET /v1/admin/projections`", body = Object),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["admin"])))]
 pub(crate) async fn request_rebuild(
     State(state): State<AppState>,
     Path(name): Path<String>,

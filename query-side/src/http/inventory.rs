@@ -5,10 +5,11 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Serialize;
 use service_kit::http::Problem;
+use utoipa::ToSchema;
 
 use super::{database_error, AppState, Freshness};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct InventoryView {
     sku: String,
     on_hand: i64,
@@ -17,6 +18,19 @@ pub(crate) struct InventoryView {
     version: i64,
 }
 
+/// One item's stock.
+#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory", operation_id = "get_inventory",
+    params(("sku" = String, Path), Freshness),
+    responses(
+        (status = 200, description = "The item", body = InventoryView),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["inventory:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     sku: Result<Path<String>, PathRejection>,

@@ -2,6 +2,7 @@
 //! problem+json for bad parameters and unknown ids.
 
 mod admin;
+mod doc;
 mod inventory;
 mod orders;
 mod payments;
@@ -10,12 +11,16 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 use service_kit::auth::{self, Gate};
 use service_kit::http::Problem;
 use sqlx::PgPool;
+use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::progress::Progress;
 
@@ -26,18 +31,32 @@ pub(crate) struct AppState {
     pub min_position_wait: Duration,
 }
 
-pub(crate) fn router(state: AppState, gate: Gate) -> Router {
+/// The API's routes with their documentation, registered together.
+fn documented() -> OpenApiRouter<AppState> {
     let scope = |scope: &'static str| from_fn(move |request, next| auth::require_scope(scope, request, next));
-    let api = Router::new()
-        .route("/v1/orders", get(orders::list).route_layer(scope(auth::ORDERS_READ)))
-        .route("/v1/orders/{order_id}", get(orders::get_one).route_layer(scope(auth::ORDERS_READ)))
-        .route("/v1/inventory/{sku}", get(inventory::get_one).route_layer(scope(auth::INVENTORY_READ)))
-        .route("/v1/payments/{order_id}", get(payments::get_one).route_layer(scope(auth::ORDERS_READ)))
-        .route("/v1/admin/projections", get(admin::list).route_layer(scope(auth::ADMIN)))
-        .route("/v1/admin/projections/{name}/rebuild", post(admin::request_rebuild).route_layer(scope(auth::ADMIN)))
-        .layer(from_fn_with_state(gate, auth::authenticate));
+    let orders = OpenApiRouter::new()
+        .routes(routes!(orders::list))
+        .routes(routes!(orders::get_one))
+        .routes(routes!(payments::get_one))
+        .route_layer(scope(auth::ORDERS_READ));
+    let inventory = OpenApiRouter::new().routes(routes!(inventory::get_one)).route_layer(scope(auth::INVENTORY_READ));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::request_rebuild))
+        .route_layer(scope(auth::ADMIN));
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi()).merge(orders).merge(inventory).merge(admin)
+}
+
+/// The OpenAPI document the API serves at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+pub(crate) fn router(state: AppState, gate: Gate) -> Router {
+    let (api, document) = documented().layer(from_fn_with_state(gate, auth::authenticate)).split_for_parts();
     Router::new()
         .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .route("/metrics", get(admin::metrics))
         .merge(service_kit::ops::health_router(vec![service_kit::ops::Check::database(
             state.pool.clone(),
@@ -51,9 +70,11 @@ pub(crate) fn router(state: AppState, gate: Gate) -> Router {
 }
 
 /// `?min_position=N` on a single-resource query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Freshness {
+    /// Wait (up to `MIN_POSITION_WAIT`) until the read model has applied this global position.
     min_position: Option<u64>,
 }
 

@@ -9,27 +9,53 @@ use service_kit::http::Problem;
 use uuid::Uuid;
 
 use service_kit::auth::Principal;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{database_error, AppState, Freshness};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct OrderView {
     order_id: Uuid,
     customer_id: String,
+    /// `pending`, `confirmed`, `rejected` or `cancelled`.
     status: String,
+    /// `none`, `pending`, `captured`, `declined` or `refunded`.
     payment_status: String,
     reason: Option<String>,
     currency: String,
     total_cents: i64,
+    #[schema(value_type = Vec<LineView>)]
     lines: serde_json::Value,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
+/// One line of an order, as the order view shows it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the `lines` JSON
+pub(crate) struct LineView {
+    sku: String,
+    quantity: u32,
+    unit_price_cents: u64,
+}
+
 const COLUMNS: &str = "order_id, customer_id, status, payment_status, reason, currency, total_cents, lines, \
                        version, created_at, updated_at";
 
+/// One order. A customer token reads its own orders only.
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", operation_id = "get_order",
+    params(("order_id" = Uuid, Path), Freshness),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
@@ -47,16 +73,21 @@ pub(crate) async fn get_one(
     Ok(Json(order))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only this customer's orders (a customer token: its own, whether given or not).
     customer_id: Option<String>,
+    /// `pending`, `confirmed`, `rejected` or `cancelled`.
     status: Option<String>,
+    /// 1 to 200, default 50.
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Page {
     items: Vec<OrderView>,
     next_cursor: Option<String>,
@@ -66,8 +97,17 @@ const STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "cancelled"];
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 
-/// Newest first. The cursor is the (created_at, order_id) of the last item,
-/// so pages stay stable while new orders arrive.
+/// Orders, newest first. The cursor is the (created_at, order_id) of the
+/// last item, so pages stay stable while new orders arrive.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", operation_id = "list_orders", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = Page),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,

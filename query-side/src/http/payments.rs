@@ -6,11 +6,12 @@ use axum::Json;
 use serde::Serialize;
 use service_kit::auth::Principal;
 use service_kit::http::Problem;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{database_error, AppState, Freshness};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct PaymentView {
     order_id: Uuid,
     status: String,
@@ -19,6 +20,19 @@ pub(crate) struct PaymentView {
     provider_ref: Option<String>,
 }
 
+/// The payment of an order. A customer token reads its own orders' payments only.
+#[utoipa::path(get, path = "/v1/payments/{order_id}", tag = "payments", operation_id = "get_payment",
+    params(("order_id" = Uuid, Path), Freshness),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
