@@ -277,6 +277,10 @@ async fn publish(js: &jetstream::Context, prefix: &str, batch: &[RecordedEvent])
     for (event_id, ack) in acks {
         ack.await.map_err(|e| RelayError::Publish { event_id, reason: e.to_string() })?;
     }
+    for event in batch {
+        let correlation_id = event.metadata.correlation_id.as_str();
+        tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, correlation_id, "published");
+    }
     Ok(())
 }
 

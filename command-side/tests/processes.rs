@@ -3,7 +3,8 @@
 //! database and JetStream streams of the test's own, with the payment gateway
 //! simulator beside them. The saga process is killed (SIGKILL) while orders
 //! are in flight and started again: every order still completes, once. Each
-//! process serves its health and metrics.
+//! process serves its health and metrics, and the correlation id the test sends
+//! with its requests is followed through every process's logs.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,14 +33,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `command-side <mode>` with `env`; its logs go to the test's output when `TEST_LOG` is set.
-fn start(mode: &str, env: &[(String, String)]) -> Service {
-    let logs = || if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+/// Starts `command-side <mode>` with `env`, its JSON logs written to `log`.
+fn start(mode: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_command-side"))
         .arg(mode)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(logs())
-        .stderr(logs())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
         .spawn()
         .expect("the command-side binary starts");
     Service(child)
@@ -71,16 +72,20 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
-            ("LOG_LEVEL", "info,sqlx=warn"),
+            ("LOG_LEVEL", "info,sqlx=warn,command_side=debug"),
+            ("LOG_FORMAT", "json"),
             ("JWT_SECRET", SECRET),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
 
-        let api_process = start("serve", &env);
-        let relay_process = start("relay", &env);
-        let mut saga = start("saga", &env);
+        let logs = std::env::temp_dir().join(format!("processes-test-{id}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = |name: &str| logs.join(format!("{name}.log"));
+        let api_process = start("serve", &env, &log("api"));
+        let relay_process = start("relay", &env, &log("relay"));
+        let mut saga = start("saga", &env, &log("saga"));
         let http = reqwest::Client::new();
         let api = format!("http://{api_addr}");
         let started = Instant::now();
@@ -98,8 +103,13 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             scope: "admin orders:write inventory:write".into(),
         };
         let token = auth::mint(auth::Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap();
+        let correlation_id = format!("corr-e2e-{id}");
         let post = |path: String, body: serde_json::Value| {
-            let request = http.post(format!("{api}{path}")).bearer_auth(&token).json(&body);
+            let request = http
+                .post(format!("{api}{path}"))
+                .bearer_auth(&token)
+                .header("x-correlation-id", correlation_id.as_str())
+                .json(&body);
             async move {
                 let response = request.send().await.unwrap();
                 assert_eq!(response.status(), 202);
@@ -114,7 +124,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
                 saga.0.wait().unwrap();
             }
             if n == 20 {
-                saga = start("saga", &env);
+                saga = start("saga", &env, &log("saga"));
             }
             let body = json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
                               "lines": [{"sku": "SKU-P", "quantity": 1, "unit_price_cents": 100}]});
@@ -146,11 +156,27 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             let metrics = http.get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
             assert!(metrics.contains(metric), "{ops} /metrics lacks {metric}");
         }
+        // The order's correlation id runs through every process's logs:
+        // the request, the relay's publish, each participant's handling.
+        for process in ["api", "relay", "saga"] {
+            let text = std::fs::read_to_string(log(process)).unwrap();
+            let lines = text.lines().filter(|line| line.contains(&correlation_id)).count();
+            assert!(lines > 0, "{process}'s log never names {correlation_id} (see {})", logs.display());
+        }
+        let saga_log = std::fs::read_to_string(log("saga")).unwrap();
+        for participant in ["inventory", "order", "payment", "deadline"] {
+            let tagged = format!("\"participant\":\"{participant}\"");
+            assert!(
+                saga_log.lines().any(|line| line.contains(&correlation_id) && line.contains(&tagged)),
+                "the {participant} participant's log never names {correlation_id}"
+            );
+        }
         let ledger: payment_gateway::Totals =
             http.get(format!("{gateway_url}/v1/ledger")).send().await.unwrap().json().await.unwrap();
         assert_eq!((ledger.charges_captured, ledger.captured_cents), (30, 3000), "each order charged once");
 
         drop((saga, relay_process, api_process));
+        let _ = std::fs::remove_dir_all(&logs);
         gateway_task.abort();
         let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());

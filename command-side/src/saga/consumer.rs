@@ -121,6 +121,7 @@ async fn handle(
                 }
             }
         };
+        tracing::debug!(verdict, "message settled");
         metrics::counter!("saga_messages_total", "participant" => participant.name(), "outcome" => verdict).increment(1);
         metrics::histogram!("saga_message_seconds", "participant" => participant.name())
             .record(started.elapsed().as_secs_f64());

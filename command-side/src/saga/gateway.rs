@@ -191,9 +191,10 @@ impl Gateway {
         amount_cents: u64,
         currency: &str,
         token: &str,
+        correlation_id: &str,
     ) -> Result<ChargeOutcome, GatewayError> {
         let body = ChargeBody { idempotency_key, amount_cents, currency, token };
-        let answer: ChargeAnswer = self.call("/v1/charges", &body).await?;
+        let answer: ChargeAnswer = self.call("/v1/charges", &body, correlation_id).await?;
         match answer.status.as_str() {
             "captured" => Ok(ChargeOutcome::Captured { charge_id: answer.charge_id }),
             "declined" => Ok(ChargeOutcome::Declined { reason: answer.reason.unwrap_or_else(|| "declined".into()) }),
@@ -208,20 +209,26 @@ impl Gateway {
         idempotency_key: &str,
         charge_id: &str,
         amount_cents: u64,
+        correlation_id: &str,
     ) -> Result<String, GatewayError> {
         let body = RefundBody { idempotency_key, charge_id, amount_cents };
-        let answer: RefundAnswer = self.call("/v1/refunds", &body).await?;
+        let answer: RefundAnswer = self.call("/v1/refunds", &body, correlation_id).await?;
         Ok(answer.refund_id)
     }
 
     /// One call, retried while it fails transiently and the breaker lets it through.
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, GatewayError> {
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        correlation_id: &str,
+    ) -> Result<T, GatewayError> {
         let retry = ExponentialBuilder::default()
             .with_min_delay(self.config.retry_min_delay)
             .with_max_delay(self.config.retry_max_delay)
             .with_max_times(self.config.retries)
             .with_jitter();
-        (|| self.attempt(path, body))
+        (|| self.attempt(path, body, correlation_id))
             .retry(retry)
             .when(|error| matches!(error, Attempt::Failed(_)))
             .notify(|error, delay| tracing::debug!(%path, ?delay, error = %error.message(), "payment gateway call failed; retrying"))
@@ -233,12 +240,17 @@ impl Gateway {
             })
     }
 
-    async fn attempt<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Attempt> {
+    async fn attempt<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        correlation_id: &str,
+    ) -> Result<T, Attempt> {
         if !self.breaker.is_call_permitted() {
             return Err(Attempt::BreakerOpen);
         }
         let started = std::time::Instant::now();
-        let outcome = self.send(path, body).await;
+        let outcome = self.send(path, body, correlation_id).await;
         metrics::histogram!("payment_gateway_call_seconds", "path" => path.to_owned())
             .record(started.elapsed().as_secs_f64());
         match &outcome {
@@ -248,14 +260,18 @@ impl Gateway {
         outcome
     }
 
-    async fn send<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Attempt> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.config.url))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| Attempt::Failed(e.to_string()))?;
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        correlation_id: &str,
+    ) -> Result<T, Attempt> {
+        let mut request = self.http.post(format!("{}{path}", self.config.url)).json(body);
+        if !correlation_id.is_empty() {
+            // The gateway's logs carry the order's correlation id too.
+            request = request.header("x-correlation-id", correlation_id);
+        }
+        let response = request.send().await.map_err(|e| Attempt::Failed(e.to_string()))?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(Attempt::Failed(format!("answered {status}")));
@@ -316,10 +332,10 @@ mod tests {
         };
         let gateway = Gateway::new(config);
         assert_eq!(gateway.breaker_state(), BreakerState::Closed);
-        let first = gateway.charge("k", 1, "EUR", "tok_visa").await;
+        let first = gateway.charge("k", 1, "EUR", "tok_visa", "corr").await;
         assert!(matches!(first, Err(GatewayError::Unavailable(_))), "{first:?}");
         assert_eq!(gateway.breaker_state(), BreakerState::Open);
-        let second = gateway.charge("k", 1, "EUR", "tok_visa").await.unwrap_err();
+        let second = gateway.charge("k", 1, "EUR", "tok_visa", "corr").await.unwrap_err();
         assert!(second.to_string().contains("circuit breaker is open"), "{second}");
     }
 }

@@ -257,7 +257,13 @@ impl Reactor {
         if payment.status == PaymentStatus::Requested {
             let outcome = self
                 .gateway
-                .charge(&order_id.to_string(), payment.amount_cents, &payment.currency, &payment.payment_token)
+                .charge(
+                    &order_id.to_string(),
+                    payment.amount_cents,
+                    &payment.currency,
+                    &payment.payment_token,
+                    &trigger.recorded.metadata.correlation_id,
+                )
                 .await?;
             let (purpose, command) = match outcome {
                 ChargeOutcome::Captured { charge_id } => {
@@ -269,18 +275,23 @@ impl Reactor {
             payment = self.payment_command(trigger, purpose, order_id, command).await?;
         }
         if payment.status == PaymentStatus::Refunded {
-            self.refund_at_gateway(order_id, &payment).await?;
+            self.refund_at_gateway(order_id, &payment, &trigger.recorded.metadata.correlation_id).await?;
         }
         Ok(())
     }
 
-    async fn refund_at_gateway(&self, order_id: Uuid, payment: &PaymentState) -> Result<(), ReactionError> {
+    async fn refund_at_gateway(
+        &self,
+        order_id: Uuid,
+        payment: &PaymentState,
+        correlation_id: &str,
+    ) -> Result<(), ReactionError> {
         let Some(charge_id) = payment.provider_ref.as_deref() else {
             return Err(ReactionError::Failed(format!(
                 "the payment of order {order_id} is refunded but has no capture"
             )));
         };
-        self.gateway.refund(&format!("refund-{order_id}"), charge_id, payment.refunded_cents).await?;
+        self.gateway.refund(&format!("refund-{order_id}"), charge_id, payment.refunded_cents, correlation_id).await?;
         Ok(())
     }
 }
