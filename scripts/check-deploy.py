@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Checks the packaging files that cannot run here (no Docker engine, no
+cluster): compose.yaml and deploy/k8s/*.yaml parse, and hang together.
+Exits non-zero naming every problem found. Needs PyYAML."""
+
+import pathlib
+import re
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+problems = []
+
+
+def check_compose():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose.get("services", {})
+    for name, service in services.items():
+        if "image" not in service and "build" not in service:
+            problems.append(f"compose: {name} has neither image nor build")
+        for needed in service.get("depends_on", {}) or {}:
+            if needed not in services:
+                problems.append(f"compose: {name} depends on unknown service {needed}")
+        env = service.get("environment", {}) or {}
+        if "order-system" in str(service.get("image", "")) and name != "migrate" and "HEALTH_URL" not in env:
+            problems.append(f"compose: {name} sets no HEALTH_URL for the image's health check")
+    for volume in re.findall(r"^\s+volumes: \[(\w+):", (ROOT / "compose.yaml").read_text(), re.M):
+        if volume not in (compose.get("volumes") or {}):
+            problems.append(f"compose: volume {volume} is not declared")
+
+
+def check_kubernetes():
+    docs = []
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            for key in ("apiVersion", "kind", "metadata"):
+                if key not in doc:
+                    problems.append(f"{path.name}: a document lacks {key}")
+            docs.append((path.name, doc))
+    deployments = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "Deployment"}
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in spec["selector"]["matchLabels"].items()):
+            problems.append(f"deployment {name}: the selector does not match the pod labels")
+        for container in spec["template"]["spec"]["containers"]:
+            for key in ("livenessProbe", "readinessProbe", "resources", "image"):
+                if key not in container:
+                    problems.append(f"deployment {name}: container {container['name']} has no {key}")
+            limits = container.get("resources", {}).get("limits", {})
+            if not {"cpu", "memory"} <= set(limits):
+                problems.append(f"deployment {name}: no cpu and memory limits")
+            ports = {p["name"] for p in container.get("ports", [])}
+            for probe in ("livenessProbe", "readinessProbe"):
+                port = container.get(probe, {}).get("httpGet", {}).get("port")
+                if port not in ports:
+                    problems.append(f"deployment {name}: {probe} names port {port!r}, not one of {ports}")
+    for file, doc in docs:
+        if doc.get("kind") == "Service":
+            selector = doc["spec"]["selector"]
+            if not any(all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items())
+                       for d in deployments.values()):
+                problems.append(f"{file}: service {doc['metadata']['name']} selects no deployment")
+        if doc.get("kind") == "HorizontalPodAutoscaler":
+            target = doc["spec"]["scaleTargetRef"]["name"]
+            if target not in deployments:
+                problems.append(f"{file}: HPA {doc['metadata']['name']} targets unknown deployment {target}")
+            if target in ("relay", "projections"):
+                problems.append(f"{file}: {target} runs one live instance by design; do not autoscale it")
+
+
+check_compose()
+check_kubernetes()
+for problem in problems:
+    print(problem, file=sys.stderr)
+sys.exit(1 if problems else 0)
