@@ -20,8 +20,14 @@ use sqlx::PgPool;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(&config.log_level, config.log_format);
-    match std::env::args().nth(1).as_deref() {
+    let mode = std::env::args().nth(1);
+    let service = match mode.as_deref() {
+        Some("relay") => "relay",
+        Some("saga") => "saga",
+        _ => "command-api",
+    };
+    let _telemetry = telemetry::init(service, &config.log_level, config.log_format);
+    match mode.as_deref() {
         None | Some("serve") => {
             let app = App::build(config).await.context("the command API cannot start")?;
             app.run_until(shutdown::signal()).await?;

@@ -268,8 +268,18 @@ async fn publish(js: &jetstream::Context, prefix: &str, batch: &[RecordedEvent])
     for event in batch {
         let failed = |reason: String| RelayError::Publish { event_id: event.event_id, reason };
         let payload = serde_json::to_vec(event).map_err(|e| failed(e.to_string()))?;
+        let mut headers = headers(event);
+        if !event.metadata.trace_context.is_empty() {
+            // A traced event: the publish is a span of its trace, and the consumers continue from it.
+            let span = tracing::info_span!("relay.publish", event_id = %event.event_id, event_type = %event.event_type);
+            service_kit::telemetry::continue_trace(&span, &event.metadata.trace_context);
+            let traceparent = service_kit::telemetry::traceparent(&span);
+            if !traceparent.is_empty() {
+                headers.insert("traceparent", traceparent.as_str());
+            }
+        }
         let ack = js
-            .publish_with_headers(subject(prefix, event), headers(event), payload.into())
+            .publish_with_headers(subject(prefix, event), headers, payload.into())
             .await
             .map_err(|e| failed(e.to_string()))?;
         acks.push((event.event_id, ack));
@@ -298,7 +308,8 @@ pub fn subject(prefix: &str, event: &RecordedEvent) -> String {
     format!("{prefix}.{}.{}", token(event.category()), token(&event.event_type))
 }
 
-/// `Nats-Msg-Id` (the event id), `Correlation-Id` and `Causation-Id`.
+/// `Nats-Msg-Id` (the event id), `Correlation-Id`, `Causation-Id`, and the
+/// writer's `traceparent` when it was traced.
 pub fn headers(event: &RecordedEvent) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
@@ -307,6 +318,9 @@ pub fn headers(event: &RecordedEvent) -> HeaderMap {
     }
     if !event.metadata.causation_id.is_empty() {
         headers.insert("Causation-Id", event.metadata.causation_id.as_str());
+    }
+    if !event.metadata.trace_context.is_empty() {
+        headers.insert("traceparent", event.metadata.trace_context.as_str());
     }
     headers
 }

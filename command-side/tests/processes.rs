@@ -4,9 +4,11 @@
 //! simulator beside them. The saga process is killed (SIGKILL) while orders
 //! are in flight and started again: every order still completes, once. Each
 //! process serves its health and metrics, and the correlation id the test sends
-//! with its requests is followed through every process's logs.
+//! with its requests is followed through every process's logs, and its
+//! trace through every process's spans (exported to a fake OTLP collector).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use command_side::commands;
@@ -27,6 +29,33 @@ impl Drop for Service {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The trace id of the client's `traceparent`.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// An OTLP/HTTP collector that keeps every export's body (protobuf).
+async fn collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let exports = Arc::new(Mutex::new(Vec::new()));
+    let kept = exports.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.to_vec());
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, exports)
 }
 
 fn free_port() -> u16 {
@@ -59,6 +88,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let gateway_task = tokio::spawn(gateway.run_until(std::future::pending()));
 
         let id = Uuid::new_v4().simple().to_string();
+        let (collector_url, exports) = collector().await;
         let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
         let api_addr = format!("127.0.0.1:{}", free_port());
         let (relay_ops, saga_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
@@ -74,6 +104,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
             ("LOG_LEVEL", "info,sqlx=warn,command_side=debug"),
             ("LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("JWT_SECRET", SECRET),
         ]
         .iter()
@@ -109,6 +141,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
                 .post(format!("{api}{path}"))
                 .bearer_auth(&token)
                 .header("x-correlation-id", correlation_id.as_str())
+                .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
                 .json(&body);
             async move {
                 let response = request.send().await.unwrap();
@@ -170,6 +203,27 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
                 saga_log.lines().any(|line| line.contains(&correlation_id) && line.contains(&tagged)),
                 "the {participant} participant's log never names {correlation_id}"
             );
+        }
+        // Each process exported spans of the client's trace over OTLP: the
+        // trace went from HTTP through the log and NATS to every participant.
+        let trace_id: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&TRACE_ID[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let started = Instant::now();
+        for service in ["command-api", "relay", "saga"] {
+            loop {
+                let traced = exports
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|body| contains(body, service.as_bytes()) && contains(body, &trace_id));
+                if traced {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{service} exported no span of the client's trace"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let ledger: payment_gateway::Totals =
             http.get(format!("{gateway_url}/v1/ledger")).send().await.unwrap().json().await.unwrap();

@@ -65,6 +65,7 @@ fn new_events(n: usize) -> Vec<NewEvent> {
                 correlation_id: Uuid::new_v4().to_string(),
                 causation_id: Uuid::new_v4().to_string(),
                 actor: "bench".into(),
+                ..Metadata::default()
             },
         })
         .collect()

@@ -49,7 +49,12 @@ pub fn event(event_type: &str, payload: serde_json::Value) -> NewEvent {
         event_type: event_type.to_owned(),
         schema_version: 1,
         payload,
-        metadata: Metadata { correlation_id: "corr-1".into(), causation_id: "cause-1".into(), actor: "test".into() },
+        metadata: Metadata {
+            correlation_id: "corr-1".into(),
+            causation_id: "cause-1".into(),
+            actor: "test".into(),
+            trace_context: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        },
     }
 }
 

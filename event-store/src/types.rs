@@ -64,6 +64,10 @@ pub struct Metadata {
     pub causation_id: String,
     /// The principal on whose behalf the event was written (`customer:c-42`, `saga:inventory`).
     pub actor: String,
+    /// W3C `traceparent` of the work that wrote it (empty when not traced):
+    /// the relay sends it on, so a trace spans the log and NATS.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_context: String,
 }
 
 /// An event to append.

@@ -7,7 +7,7 @@ use service_kit::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(&config.log_level, config.log_format);
+    let _telemetry = telemetry::init("payment-gateway", &config.log_level, config.log_format);
     let addr = config.http_addr;
     let app = App::build(config).await.with_context(|| format!("cannot listen on {addr} (GATEWAY_HTTP_ADDR)"))?;
     app.run_until(shutdown::signal()).await?;

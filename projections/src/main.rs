@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let page_size = config::ranged(env, "REBUILD_PAGE_SIZE", 5_000usize, 100, 100_000)?;
     let max_connections = config::ranged(env, "DATABASE_MAX_CONNECTIONS", 10u32, 4, 1000)?;
     let ops_addr = config::parsed(env, "PROJECTIONS_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9103)))?;
-    telemetry::init(&log_level, log_format);
+    let _telemetry = telemetry::init("projections", &log_level, log_format);
 
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)

@@ -7,7 +7,7 @@ use service_kit::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(&config.log_level, config.log_format);
+    let _telemetry = telemetry::init("query-api", &config.log_level, config.log_format);
     let app = App::build(config).await.context("the query API cannot start")?;
     app.run_until(shutdown::signal()).await?;
     Ok(())

@@ -176,6 +176,7 @@ where
             correlation_id: context.correlation_id.clone(),
             causation_id: context.request_id.clone(),
             actor: owner.clone(),
+            trace_context: service_kit::telemetry::traceparent(&tracing::Span::current()),
         },
         ids,
         expected_version,

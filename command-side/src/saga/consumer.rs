@@ -93,6 +93,8 @@ async fn handle(
     let delivered = message.info().map_or(1, |info| info.delivered);
     let correlation_id = header(&message, "Correlation-Id");
     let span = tracing::info_span!("saga", participant = participant.name(), subject = %message.subject, correlation_id, delivered);
+    // The trace of the request that caused the event goes on here.
+    service_kit::telemetry::continue_trace(&span, &header(&message, "traceparent"));
     async {
         let outcome = match Trigger::parse(&message.subject, &message.payload) {
             Ok(trigger) => participant.react(reactor, &trigger).await,

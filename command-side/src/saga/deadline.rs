@@ -88,6 +88,7 @@ pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32
                 correlation_id: correlation_id.clone(),
                 causation_id: format!("deadline/{order_id}"),
                 actor: "saga:deadline".into(),
+                trace_context: String::new(),
             },
             ids: EventIds::Derived(Uuid::new_v5(order_id, b"deadline/expire")),
             expected_version: None,

@@ -271,6 +271,10 @@ impl Gateway {
             // The gateway's logs carry the order's correlation id too.
             request = request.header("x-correlation-id", correlation_id);
         }
+        let traceparent = service_kit::telemetry::traceparent(&tracing::Span::current());
+        if !traceparent.is_empty() {
+            request = request.header("traceparent", traceparent);
+        }
         let response = request.send().await.map_err(|e| Attempt::Failed(e.to_string()))?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {

@@ -74,6 +74,8 @@ impl Trigger {
                 correlation_id: self.recorded.metadata.correlation_id.clone(),
                 causation_id: self.recorded.event_id.to_string(),
                 actor: format!("saga:{actor}"),
+                // The participant's span continues the trace of the event that caused it.
+                trace_context: service_kit::telemetry::traceparent(&tracing::Span::current()),
             },
             ids: EventIds::Derived(Uuid::new_v5(&self.recorded.event_id, format!("{actor}/{purpose}").as_bytes())),
             expected_version: None,

@@ -109,13 +109,17 @@ pub fn layers(router: Router, timeout: Duration) -> Router {
     let trace = TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)).make_span_with(
         |request: &Request| {
             let context = request.extensions().get::<RequestContext>();
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "http",
                 method = %request.method(),
                 path = %request.uri().path(),
                 request_id = context.map_or("", |c| c.request_id.as_str()),
                 correlation_id = context.map_or("", |c| c.correlation_id.as_str()),
-            )
+            );
+            // A caller's trace continues here.
+            let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+            crate::telemetry::continue_trace(&span, traceparent);
+            span
         },
     );
     router
