@@ -13,6 +13,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use tokio::net::TcpListener;
 
+use service_kit::ops::Check;
+
 use crate::http::{self, AppState};
 use crate::{idempotency, Config};
 
@@ -22,6 +24,8 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("cannot apply the migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("NATS_URL is not usable: {0}")]
+    Nats(String),
     #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -73,7 +77,19 @@ impl App {
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        let router = service_kit::http::layers(http::router(state, config.body_limit, gate), config.request_timeout);
+        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md). NATS
+        // is connected in the background: the API starts without it, not ready.
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| StartupError::Nats(e.to_string()))?;
+        let checks = vec![
+            Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()),
+            Check::nats(nats.clone()),
+        ];
+        let router = http::router(state, config.body_limit, gate, checks);
+        let router = service_kit::http::layers(router, config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;

@@ -26,6 +26,8 @@ pub struct Config {
     pub order_deadline: Duration,
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` and its response are remembered.
     pub idempotency_key_ttl: Duration,
+    /// `NATS_URL`: only for readiness here (the relay and the saga use NATS).
+    pub nats_url: String,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
     /// `LOG_LEVEL`: a tracing filter directive (`info`, `info,command_side=debug`).
@@ -62,6 +64,7 @@ impl Config {
                 "IDEMPOTENCY_KEY_TTL",
                 Duration::from_secs(24 * 3600),
             )?,
+            nats_url: config::parsed(source, "NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             auth: AuthConfig::from_source(source)?,
             log_level,
             log_format,

@@ -200,6 +200,7 @@ async fn still_connected(lock: &mut PgConnection) -> bool {
 ///
 /// `passed` events of no concern came between `checkpoint` and the batch;
 /// they count as processed with it.
+#[tracing::instrument(name = "projection.batch", skip_all, fields(projection = projection.name(), events = batch.len()))]
 pub(crate) async fn apply_batch(
     projection: &dyn Projection,
     pool: &PgPool,

@@ -9,6 +9,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use service_kit::ops::Check;
+
 use crate::http::{self, AppState};
 use crate::progress::Progress;
 use crate::Config;
@@ -17,6 +19,8 @@ use crate::Config;
 pub enum StartupError {
     #[error("cannot reach the database (DATABASE_URL): {0}")]
     Database(#[from] sqlx::Error),
+    #[error("NATS_URL is not usable: {0}")]
+    Nats(String),
     #[error("cannot listen on {addr} (QUERY_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -39,10 +43,21 @@ impl App {
     /// The read-model tables are created by the migrations the other services apply.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         service_kit::metrics::handle();
-        let state =
-            AppState { progress: Progress::start(pool.clone()), pool, min_position_wait: config.min_position_wait };
+        let state = AppState {
+            progress: Progress::start(pool.clone()),
+            pool: pool.clone(),
+            min_position_wait: config.min_position_wait,
+        };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        let router = service_kit::http::layers(http::router(state, gate), config.request_timeout);
+        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md). NATS
+        // is connected in the background: the API starts without it, not ready.
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| StartupError::Nats(e.to_string()))?;
+        let checks = vec![Check::database(pool, projections::migrations_expected()), Check::nats(nats)];
+        let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;

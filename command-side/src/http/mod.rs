@@ -55,15 +55,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     documented().into_openapi()
 }
 
-pub(crate) fn router(state: AppState, body_limit: usize, gate: Gate) -> Router {
+pub(crate) fn router(state: AppState, body_limit: usize, gate: Gate, checks: Vec<Check>) -> Router {
     let (api, document) = documented().layer(from_fn_with_state(gate, auth::authenticate)).split_for_parts();
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
-        .merge(service_kit::ops::router(vec![Check::database(
-            state.pool.clone(),
-            event_store::postgres::MIGRATOR.migrations.len(),
-        )]))
+        .merge(service_kit::ops::router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")

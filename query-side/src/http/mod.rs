@@ -52,16 +52,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     documented().into_openapi()
 }
 
-pub(crate) fn router(state: AppState, gate: Gate) -> Router {
+pub(crate) fn router(state: AppState, gate: Gate, checks: Vec<service_kit::ops::Check>) -> Router {
     let (api, document) = documented().layer(from_fn_with_state(gate, auth::authenticate)).split_for_parts();
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .route("/metrics", get(admin::metrics))
-        .merge(service_kit::ops::health_router(vec![service_kit::ops::Check::database(
-            state.pool.clone(),
-            projections::migrations_expected(),
-        )]))
+        .merge(service_kit::ops::health_router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
