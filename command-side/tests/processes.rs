@@ -1,7 +1,7 @@
-//! The write side as separate processes, as it is deployed: the binary
-//! `command-side` started three times (`serve`, `relay`, `saga`) against a
-//! database and JetStream streams of the test's own, with the payment gateway
-//! simulator beside them. The saga process is killed (SIGKILL) while orders
+//! The system as separate processes, as it is deployed: the binary
+//! `command-side` started three times (`serve`, `relay`, `saga`), the
+//! projections and the query API, against a database and JetStream streams of
+//! the test's own, with the payment gateway simulator beside them. The saga process is killed (SIGKILL) while orders
 //! are in flight and started again: every order still completes, once. Each
 //! process serves its health and metrics, and the correlation id the test sends
 //! with its requests is followed through every process's logs, and its
@@ -64,9 +64,25 @@ fn free_port() -> u16 {
 
 /// Starts `command-side <mode>` with `env`, its JSON logs written to `log`.
 fn start(mode: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
+    start_binary(std::path::Path::new(env!("CARGO_BIN_EXE_command-side")), &[mode], env, log)
+}
+
+/// A binary of another package of the workspace, built beside this one (a
+/// workspace test run builds every package's binaries).
+fn sibling(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_command-side")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the workspace's tests (cargo nextest run --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(String, String)], log: &std::path::Path) -> Service {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_command-side"))
-        .arg(mode)
+    let child = Command::new(binary)
+        .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::from(file))
@@ -92,17 +108,21 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
         let api_addr = format!("127.0.0.1:{}", free_port());
         let (relay_ops, saga_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let (projections_ops, query_addr) =
+            (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "5"),
             ("COMMAND_HTTP_ADDR", api_addr.as_str()),
             ("RELAY_OPS_ADDR", relay_ops.as_str()),
             ("SAGA_OPS_ADDR", saga_ops.as_str()),
+            ("PROJECTIONS_OPS_ADDR", projections_ops.as_str()),
+            ("QUERY_HTTP_ADDR", query_addr.as_str()),
             ("RELAY_STREAM", stream.as_str()),
             ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
-            ("LOG_LEVEL", "info,sqlx=warn,command_side=debug"),
+            ("LOG_LEVEL", "info,sqlx=warn,command_side=debug,projections=debug"),
             ("LOG_FORMAT", "json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -118,6 +138,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let api_process = start("serve", &env, &log("api"));
         let relay_process = start("relay", &env, &log("relay"));
         let mut saga = start("saga", &env, &log("saga"));
+        let projections_process = start_binary(&sibling("projections"), &["serve"], &env, &log("projections"));
+        let query_process = start_binary(&sibling("query-side"), &[], &env, &log("query"));
         let http = reqwest::Client::new();
         let api = format!("http://{api_addr}");
         let started = Instant::now();
@@ -132,7 +154,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             aud: "order-system".into(),
             exp: auth::now() + 600,
             nbf: None,
-            scope: "admin orders:write inventory:write".into(),
+            scope: "admin orders:write orders:read inventory:write".into(),
         };
         let token = auth::mint(auth::Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap();
         let correlation_id = format!("corr-e2e-{id}");
@@ -189,9 +211,28 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             let metrics = http.get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
             assert!(metrics.contains(metric), "{ops} /metrics lacks {metric}");
         }
-        // The order's correlation id runs through every process's logs:
-        // the request, the relay's publish, each participant's handling.
-        for process in ["api", "relay", "saga"] {
+        // A query about the last order, with the same correlation id, once
+        // the read model has it.
+        let last = orders.last().unwrap();
+        let started = Instant::now();
+        loop {
+            let response = http
+                .get(format!("http://{query_addr}/v1/orders/{last}"))
+                .bearer_auth(&token)
+                .header("x-correlation-id", correlation_id.as_str())
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the query API never showed {last}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The correlation id runs through every process's logs: the
+        // request, the relay's publish, each participant's handling, the
+        // projections' folding, the query.
+        for process in ["api", "relay", "saga", "projections", "query"] {
             let text = std::fs::read_to_string(log(process)).unwrap();
             let lines = text.lines().filter(|line| line.contains(&correlation_id)).count();
             assert!(lines > 0, "{process}'s log never names {correlation_id} (see {})", logs.display());
@@ -229,7 +270,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             http.get(format!("{gateway_url}/v1/ledger")).send().await.unwrap().json().await.unwrap();
         assert_eq!((ledger.charges_captured, ledger.captured_cents), (30, 3000), "each order charged once");
 
-        drop((saga, relay_process, api_process));
+        drop((saga, relay_process, api_process, projections_process, query_process));
         let _ = std::fs::remove_dir_all(&logs);
         gateway_task.abort();
         let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());

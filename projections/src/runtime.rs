@@ -210,7 +210,15 @@ pub(crate) async fn apply_batch(
 ) -> Result<LogPosition, RunError> {
     let name = projection.name();
     let (index, error) = match try_batch(projection, pool, target, (checkpoint, passed), batch).await {
-        Ok(Some(position)) => return Ok(position),
+        Ok(Some(position)) => {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for event in batch {
+                    let correlation_id = event.metadata.correlation_id.as_str();
+                    tracing::debug!(projection = name, event_id = %event.event_id, correlation_id, "applied");
+                }
+            }
+            return Ok(position);
+        }
         Ok(None) => return Err(RunError::LostLock(name)),
         Err(BatchError::Database(error)) if is_transient(&error) => {
             return Err(RunError::Interrupted { name, source: error })
