@@ -140,6 +140,9 @@ impl Shop {
             .await
             .unwrap();
         let api = format!("http://{}", app.local_addr());
+        // The streams exist before any test step publishes (the services would create them too).
+        relay::ensure_stream(&js, &config.events).await.unwrap();
+        saga::ensure_dead_letter_stream(&js, &config).await.unwrap();
         let (stop, stopping) = watch::channel(false);
         let store = PgEventStore::new(pool.clone());
         let gateway = Gateway::new(config.gateway.clone());
