@@ -21,9 +21,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -99,49 +99,29 @@ async fn weather(state: &AppState) -> Result<(), Problem> {
 
 async fn charge(
     State(state): State<AppState>,
-    body: Result<Json<ChargeRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return Problem::from(rejection).into_response(),
+    body: Result<Json<ChargeRequest>, JsonRejection>,
+) -> Result<Json<Charge>, Problem> {
+    let Json(request) = body?;
+    weather(&state).await?;
+    let charge = state.ledger.lock().unwrap_or_else(PoisonError::into_inner).charge(request).map_err(problem)?;
+    tracing::info!(charge_id = %charge.charge_id, status = ?charge.status, "charge");
+    let status = match charge.status {
+        ChargeStatus::Captured => "captured",
+        ChargeStatus::Declined => "declined",
     };
-    if let Err(problem) = weather(&state).await {
-        return problem.into_response();
-    }
-    let outcome = state.ledger.lock().unwrap_or_else(PoisonError::into_inner).charge(request);
-    match outcome {
-        Ok(charge) => {
-            tracing::info!(charge_id = %charge.charge_id, status = ?charge.status, "charge");
-            let status = match charge.status {
-                ChargeStatus::Captured => "captured",
-                ChargeStatus::Declined => "declined",
-            };
-            metrics::counter!("gateway_charges_total", "status" => status).increment(1);
-            Json(charge).into_response()
-        }
-        Err(error) => problem(error).into_response(),
-    }
+    metrics::counter!("gateway_charges_total", "status" => status).increment(1);
+    Ok(Json(charge))
 }
 
 async fn refund(
     State(state): State<AppState>,
-    body: Result<Json<RefundRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return Problem::from(rejection).into_response(),
-    };
-    if let Err(problem) = weather(&state).await {
-        return problem.into_response();
-    }
-    let outcome = state.ledger.lock().unwrap_or_else(PoisonError::into_inner).refund(request);
-    match outcome {
-        Ok(refund) => {
-            tracing::info!(refund_id = %refund.refund_id, charge_id = %refund.charge_id, "refund");
-            Json(refund).into_response()
-        }
-        Err(error) => problem(error).into_response(),
-    }
+    body: Result<Json<RefundRequest>, JsonRejection>,
+) -> Result<Json<Refund>, Problem> {
+    let Json(request) = body?;
+    weather(&state).await?;
+    let refund = state.ledger.lock().unwrap_or_else(PoisonError::into_inner).refund(request).map_err(problem)?;
+    tracing::info!(refund_id = %refund.refund_id, charge_id = %refund.charge_id, "refund");
+    Ok(Json(refund))
 }
 
 fn problem(error: LedgerError) -> Problem {
@@ -165,16 +145,13 @@ async fn get_faults(State(state): State<AppState>) -> Json<Faults> {
 
 async fn put_faults(
     State(state): State<AppState>,
-    body: Result<Json<Faults>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(faults) = match body {
-        Ok(body) => body,
-        Err(rejection) => return Problem::from(rejection).into_response(),
-    };
+    body: Result<Json<Faults>, JsonRejection>,
+) -> Result<StatusCode, Problem> {
+    let Json(faults) = body?;
     if !(0.0..=1.0).contains(&faults.error_rate) {
-        return Problem::validation(vec![]).with_detail("error_rate must be between 0 and 1").into_response();
+        return Err(Problem::validation(vec![]).with_detail("error_rate must be between 0 and 1"));
     }
     tracing::warn!(?faults, "injected faults changed");
     *state.faults.lock().unwrap_or_else(PoisonError::into_inner) = faults;
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT)
 }
