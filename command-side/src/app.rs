@@ -77,17 +77,9 @@ impl App {
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md). NATS
-        // is connected in the background: the API starts without it, not ready.
-        let nats = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|e| StartupError::Nats(e.to_string()))?;
-        let checks = vec![
-            Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()),
-            Check::nats(nats.clone()),
-        ];
+        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
+        let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
+        let checks = vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), nats];
         let router = http::router(state, config.body_limit, gate, checks);
         let router = service_kit::http::layers(router, config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)

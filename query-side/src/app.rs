@@ -49,14 +49,9 @@ impl App {
             min_position_wait: config.min_position_wait,
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md). NATS
-        // is connected in the background: the API starts without it, not ready.
-        let nats = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|e| StartupError::Nats(e.to_string()))?;
-        let checks = vec![Check::database(pool, projections::migrations_expected()), Check::nats(nats)];
+        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
+        let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
+        let checks = vec![Check::database(pool, projections::migrations_expected()), nats];
         let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await

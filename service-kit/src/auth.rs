@@ -345,6 +345,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+/// Adds the `bearer` (JWT) security scheme to an OpenAPI document; operations
+/// name it with their scopes: `security(("bearer" = ["orders:write"]))`.
+pub struct BearerSecurity;
+
+impl utoipa::Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
 /// Signs a token (HS256 with `secret`, or RS256/ES256 with a PEM private key): for `mint-token` and tests.
 pub fn mint(algorithm: Algorithm, key: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     let key = match algorithm {

@@ -53,6 +53,13 @@ impl Check {
         })
     }
 
+    /// Connects to NATS at `url` in the background, for readiness only: the
+    /// service starts without it and is not ready until it is connected.
+    pub async fn nats_at(url: &str) -> Result<Self, async_nats::ConnectError> {
+        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url).await?;
+        Ok(Self::nats(client))
+    }
+
     /// Connected to NATS.
     pub fn nats(client: async_nats::Client) -> Self {
         Self::new("nats", move || {

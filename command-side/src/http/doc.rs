@@ -3,29 +3,18 @@
 //! beside each handler, registered together with their routes, so the
 //! document cannot list a route that does not exist or miss one that does.
 
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi};
+use service_kit::auth::BearerSecurity;
+use utoipa::{IntoParams, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Order system: command API", version = "1",
          description = "Commands on orders and inventory. Errors are RFC 9457 problem+json. See shared/API.md."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerSecurity),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldProblem)),
     tags((name = "orders", description = "Place and cancel orders"), (name = "inventory", description = "Receive stock"))
 )]
 pub(crate) struct ApiDoc;
-
-/// `Authorization: Bearer <jwt>`; scopes per operation.
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let scheme = Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
-    }
-}
 
 /// `Idempotency-Key`: a retry with the same key and body answers as the first time.
 #[derive(IntoParams)]
