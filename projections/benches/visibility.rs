@@ -113,7 +113,12 @@ async fn main() {
         let facts = bench::server_facts(&pool).await;
         let baseline = notify_round_trips(&pool, measure.min(Duration::from_secs(10))).await;
 
-        let env = [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("AUTH_MODE", "off")];
+        let env = [
+            ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+            ("AUTH_MODE", "off"),
+            ("RATE_LIMIT_PER_SECOND", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
+        ];
         let config = command_side::Config::from_source(&service_kit::config::Vars(&env)).unwrap();
         let app = command_side::App::build_with_pool(config, pool_like(&pool, 10).await).await.unwrap();
         let base = format!("http://{}", app.local_addr());

@@ -134,8 +134,14 @@ impl Shop {
         });
         config.gateway.url = gateway_url.clone();
 
-        let env =
-            [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("ORDER_DEADLINE", setup.order_deadline), ("AUTH_MODE", "off")];
+        let env = [
+            ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+            ("ORDER_DEADLINE", setup.order_deadline),
+            ("AUTH_MODE", "off"),
+            // Load tests and benchmarks send hundreds of orders a second from one peer.
+            ("RATE_LIMIT_PER_SECOND", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
+        ];
         let app = App::build_with_pool(Config::from_source(&service_kit::config::Vars(&env)).unwrap(), pool.clone())
             .await
             .unwrap();
