@@ -20,10 +20,20 @@ use event_store::{EventStore, ExpectedVersion, StoreError};
 
 use crate::commands::{self, Accepted, CommandError, Invocation};
 
-/// Aggregate states by stream, at most `capacity` of them.
+/// Aggregate states by stream, at most `capacity` of them. Two generations
+/// stand in for least-recently-used: states land in the recent one; when it
+/// holds half the capacity it becomes the older one and the states nobody
+/// used since the last turn are dropped. A hot stream's state is used, so
+/// put back into the recent generation, all the time: it stays.
 pub struct StateCache {
-    entries: Mutex<HashMap<String, Kept>>,
+    generations: Mutex<Generations>,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Generations {
+    recent: HashMap<String, Kept>,
+    older: HashMap<String, Kept>,
 }
 
 struct Kept {
@@ -34,7 +44,7 @@ struct Kept {
 
 impl StateCache {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        Self { generations: Mutex::new(Generations::default()), capacity: capacity.max(2) }
     }
 
     /// Takes a stream's state out (a concurrent command on the same stream
@@ -43,7 +53,10 @@ impl StateCache {
     where
         A::State: Send + Sync + 'static,
     {
-        let kept = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(stream_id)?;
+        let kept = {
+            let mut generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+            generations.recent.remove(stream_id).or_else(|| generations.older.remove(stream_id))?
+        };
         let state = *kept.state.downcast::<Arc<A::State>>().ok()?;
         // Unshared unless a caller still holds the answer it was given.
         Some((kept.accepted, Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone())))
@@ -53,18 +66,17 @@ impl StateCache {
     where
         A::State: Send + Sync + 'static,
     {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
-            // Bounded, not clever: any one entry makes room.
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
-            }
+        let mut generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+        generations.older.remove(stream_id);
+        generations.recent.insert(stream_id.to_owned(), Kept { accepted, state: Box::new(state) });
+        if generations.recent.len() >= self.capacity / 2 {
+            generations.older = std::mem::take(&mut generations.recent);
         }
-        entries.insert(stream_id.to_owned(), Kept { accepted, state: Box::new(state) });
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        let generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+        generations.recent.len() + generations.older.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,13 +199,20 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_stays_within_its_capacity() {
-        let cache = StateCache::new(2);
-        for n in 0..5 {
+    fn the_cache_stays_within_its_capacity_and_keeps_what_is_used() {
+        let cache = StateCache::new(4);
+        let hot = || (Accepted { stream_version: 1, position: 1 }, Arc::new(Default::default()));
+        for n in 0..50 {
+            let (accepted, state) = hot();
+            cache.put::<Inventory>("inventory-hot", accepted, state);
+            assert!(cache.take::<Inventory>("inventory-hot").is_some(), "round {n}");
+            let (accepted, state) = hot();
+            cache.put::<Inventory>("inventory-hot", accepted, state);
             let state = Arc::new(Default::default());
             cache.put::<Inventory>(&format!("inventory-{n}"), Accepted { stream_version: 1, position: 1 }, state);
+            assert!(cache.len() <= 4);
         }
-        assert_eq!(cache.len(), 2);
-        assert!(cache.take::<Inventory>("inventory-4").is_some());
+        assert!(cache.take::<Inventory>("inventory-49").is_some());
+        assert!(cache.take::<Inventory>("inventory-0").is_none());
     }
 }
