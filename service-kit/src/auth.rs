@@ -264,6 +264,8 @@ impl JwtConfig {
 pub struct Gate {
     jwt: Option<Arc<JwtConfig>>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Requests seen, to forget idle principals now and then.
+    seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gate {
@@ -274,9 +276,12 @@ impl Gate {
         let per_second = NonZeroU32::new(config.rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
-        Self { jwt: config.jwt.clone().map(Arc::new), limiter: Arc::new(limiter) }
+        Self { jwt: config.jwt.clone().map(Arc::new), limiter: Arc::new(limiter), seen: Arc::default() }
     }
 }
+
+/// Requests between two sweeps of idle principals from the rate limiter.
+const FORGET_EVERY: u64 = 10_000;
 
 /// Middleware: authenticates the request (401), then applies the rate limit
 /// of its principal (429 with `Retry-After`), keyed by the token's subject,
@@ -307,6 +312,12 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
         let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
         peer.map_or_else(|| "peer:unknown".to_owned(), |ip| format!("peer:{ip}"))
     };
+    // One entry per principal seen: every so often those back at a full
+    // allowance are dropped, so the map does not grow with every customer ever.
+    if gate.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+        gate.limiter.retain_recent();
+        gate.limiter.shrink_to_fit();
+    }
     if let Err(not_until) = gate.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
