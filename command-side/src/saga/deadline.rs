@@ -75,13 +75,16 @@ pub async fn watch(
     }
 }
 
-/// Runs `Expire` on every order whose deadline has passed; answers how many.
-pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32) -> Result<usize, anyhow::Error> {
+/// Runs `Expire` on every order whose deadline has passed; answers how many
+/// it expired. An order whose expiry fails stays armed and is tried again at
+/// the next poll; it holds up none of the others.
+pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32) -> Result<usize, sqlx::Error> {
     let due: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT order_id, correlation_id FROM saga_deadlines WHERE deadline <= now() ORDER BY deadline LIMIT 500",
     )
     .fetch_all(pool)
     .await?;
+    let mut expired = 0;
     for (order_id, correlation_id) in &due {
         let invocation = Invocation {
             metadata: Metadata {
@@ -95,10 +98,14 @@ pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32
             max_attempts,
         };
         let expire = OrderCommand::Expire { now: Utc::now() };
-        commands::execute::<Order>(store, &Order::stream_id(order_id), &invocation, expire).await?;
+        if let Err(error) = commands::execute::<Order>(store, &Order::stream_id(order_id), &invocation, expire).await {
+            tracing::warn!(%order_id, %error, "could not expire an order past its deadline; trying again later");
+            continue;
+        }
         if disarm(pool, *order_id).await? {
             metrics::counter!("saga_deadlines_expired_total").increment(1);
+            expired += 1;
         }
     }
-    Ok(due.len())
+    Ok(expired)
 }
