@@ -530,16 +530,9 @@ async fn sigterm_lets_a_request_in_flight_finish() {
 #[test]
 fn the_committed_openapi_document_is_the_generated_one() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi/command-api.json");
-    let generated = command_side::openapi().to_pretty_json().unwrap() + "\n";
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).unwrap();
+    if let Err(difference) = service_kit::openapi::check_committed_copy(&command_side::openapi(), path) {
+        panic!("{difference}");
     }
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/openapi/command-api.json differs from the code's document: \
-         run `UPDATE_OPENAPI=1 cargo nextest run -p command-side openapi` and review the change"
-    );
 }
 
 #[tokio::test]

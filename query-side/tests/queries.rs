@@ -407,16 +407,9 @@ async fn the_metrics_report_each_projections_lag_and_a_failed_projection() {
 #[test]
 fn the_committed_openapi_document_is_the_generated_one() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi/query-api.json");
-    let generated = query_side::openapi().to_pretty_json().unwrap() + "\n";
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).unwrap();
+    if let Err(difference) = service_kit::openapi::check_committed_copy(&query_side::openapi(), path) {
+        panic!("{difference}");
     }
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/openapi/query-api.json differs from the code's document: \
-         run `UPDATE_OPENAPI=1 cargo nextest run -p query-side openapi` and review the change"
-    );
 }
 
 #[tokio::test]

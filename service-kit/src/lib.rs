@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
