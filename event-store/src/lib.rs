@@ -3,12 +3,16 @@
 //! - [`MemoryEventStore`]: in process, for unit tests of handlers.
 //! - [`PgEventStore`]: PostgreSQL, the default. Its global log never skips an
 //!   event, even when transactions commit out of sequence order (see `postgres`).
+//! - [`esdb::EsdbEventStore`] (feature `eventstoredb`): EventStoreDB / KurrentDB.
 //! - [`SharedTail`]: wraps a store so that the subscribers of one process
 //!   share one follower of the log.
 //!
-//! Every backend passes the same suite, `conformance` (feature `testing`).
+//! [`Backend`] picks one from configuration (`EVENT_STORE_URL`). Every
+//! backend passes the same suite, `conformance` (feature `testing`), within
+//! the [`Guarantees`] it declares.
 
 mod append;
+mod backend;
 mod error;
 mod memory;
 pub mod postgres;
@@ -20,6 +24,8 @@ mod types;
 pub mod bench;
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "eventstoredb")]
+pub mod esdb;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -27,6 +33,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
 pub use append::{MAX_EVENTS_PER_APPEND, MAX_STREAM_ID_LEN};
+pub use backend::{Backend, EVENT_STORE_URL};
 pub use error::StoreError;
 pub use memory::MemoryEventStore;
 pub use postgres::{PgEventStore, PgStoreConfig};
@@ -39,13 +46,38 @@ pub use types::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, 
 /// is yielded as an `Err` item and the subscription retries after a backoff.
 pub type EventStream = BoxStream<'static, Result<RecordedEvent, StoreError>>;
 
+/// What a backend guarantees where backends differ (see
+/// `docs/adr/0007-eventstoredb-backend.md`). The conformance suite checks
+/// each backend against what it declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guarantees {
+    /// An event id is unique in the whole store: appending a stored id to
+    /// another stream is refused (`DuplicateEventId`). Without it, ids are
+    /// unique within a stream only.
+    pub store_wide_event_ids: bool,
+    /// A repeated append with [`ExpectedVersion::Any`] is recognised however
+    /// old the original is. Without it, only within the backend's
+    /// idempotence window; with an exact expected version (what the command
+    /// handlers use) a repeat is recognised on every backend.
+    pub any_version_repeats_always_recognised: bool,
+}
+
+impl Guarantees {
+    /// PostgreSQL and memory: every guarantee.
+    pub const FULL: Guarantees = Guarantees { store_wide_event_ids: true, any_version_repeats_always_recognised: true };
+}
+
 /// An append-only store of event streams with a global log.
+///
+/// Appends go to one stream at a time, atomically; there is no append across
+/// streams (EventStoreDB has none), so a process that must change two
+/// aggregates does it in two appends, each idempotent (the sagas).
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events to one stream, atomically, if the stream is at the
     /// expected version. Appending events whose ids are all stored already,
     /// in this stream and with the same content, writes nothing and returns
-    /// the original result.
+    /// the original result (with `Any`, see [`Guarantees`]).
     async fn append(
         &self,
         stream_id: &str,
@@ -68,4 +100,30 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Where the readable log ends, and how far it lags what is committed.
     async fn stats(&self) -> Result<LogStats, StoreError>;
+
+    /// The log position of the event whose global number is `position` (the
+    /// `position` the command API answers with), if it is stored and readable.
+    async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError>;
+
+    /// How many readable events follow `after`, counting no further than
+    /// `at_most` (positions are not dense on every backend, so a lag in
+    /// events is counted, not subtracted). This default reads the log.
+    async fn count_after(&self, after: Option<LogPosition>, at_most: u64) -> Result<u64, StoreError> {
+        const PAGE: usize = 1_000;
+        let (mut after, mut counted) = (after, 0u64);
+        while counted < at_most {
+            let page = self.read_all(after, PAGE).await?;
+            counted += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.log_position),
+                _ => break,
+            }
+        }
+        Ok(counted.min(at_most))
+    }
+
+    /// What this backend guarantees where backends differ.
+    fn guarantees(&self) -> Guarantees {
+        Guarantees::FULL
+    }
 }

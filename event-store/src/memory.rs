@@ -130,6 +130,11 @@ impl EventStore for MemoryEventStore {
         let log = self.log();
         Ok(LogStats { readable_head: log.events.last().map(|e| e.log_position), held_back_events: 0 })
     }
+
+    async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {
+        let index = usize::try_from(position).ok().and_then(|p| p.checked_sub(1));
+        Ok(index.and_then(|i| self.log().events.get(i).map(|e| e.log_position)))
+    }
 }
 
 impl Tail for MemoryEventStore {

@@ -199,4 +199,16 @@ impl EventStore for SharedTail {
     async fn stats(&self) -> Result<LogStats, StoreError> {
         self.inner.stats().await
     }
+
+    async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {
+        self.inner.locate(position).await
+    }
+
+    async fn count_after(&self, after: Option<LogPosition>, at_most: u64) -> Result<u64, StoreError> {
+        self.inner.count_after(after, at_most).await
+    }
+
+    fn guarantees(&self) -> crate::Guarantees {
+        self.inner.guarantees()
+    }
 }

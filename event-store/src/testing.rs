@@ -100,6 +100,23 @@ pub trait Harness: Send + Sync + 'static {
     ) -> Result<Option<AppendResult>, StoreError>;
 }
 
+/// Where a backend has no transactions to hold open: wait, then append or not.
+async fn append_after(
+    store: &dyn EventStore,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    hold: Duration,
+    commit: bool,
+) -> Result<Option<AppendResult>, StoreError> {
+    tokio::time::sleep(hold).await;
+    if commit {
+        store.append(stream_id, expected, events).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 pub struct MemoryHarness(pub MemoryEventStore);
 
 #[async_trait]
@@ -116,12 +133,47 @@ impl Harness for MemoryHarness {
         hold: Duration,
         commit: bool,
     ) -> Result<Option<AppendResult>, StoreError> {
-        tokio::time::sleep(hold).await;
-        if commit {
-            self.0.append(stream_id, expected, events).await.map(Some)
-        } else {
-            Ok(None)
-        }
+        append_after(&self.0, stream_id, expected, events, hold, commit).await
+    }
+}
+
+/// The EventStoreDB server the conformance suite runs against, if any.
+#[cfg(feature = "eventstoredb")]
+pub const EVENTSTOREDB_URL: &str = "EVENTSTOREDB_URL";
+
+/// An EventStoreDB store of its own for one test, on the server named by
+/// `EVENTSTOREDB_URL` (`None` when unset): its streams carry a prefix no
+/// other test uses, so tests share the server and see only their own log.
+#[cfg(feature = "eventstoredb")]
+pub fn esdb_store() -> Option<crate::esdb::EsdbEventStore> {
+    let url = std::env::var(EVENTSTOREDB_URL).ok().filter(|url| !url.trim().is_empty())?;
+    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let config = crate::esdb::EsdbConfig {
+        streams: crate::esdb::Streams::new(&prefix, &["order", "payment", "inventory", "stress"]),
+        ..crate::esdb::EsdbConfig::new(&url, &[])
+    };
+    Some(crate::esdb::EsdbEventStore::connect(config).expect("EVENTSTOREDB_URL is not a usable connection string"))
+}
+
+#[cfg(feature = "eventstoredb")]
+pub struct EsdbHarness(pub crate::esdb::EsdbEventStore);
+
+#[cfg(feature = "eventstoredb")]
+#[async_trait]
+impl Harness for EsdbHarness {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.0.clone())
+    }
+
+    async fn append_held_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        append_after(&self.0, stream_id, expected, events, hold, commit).await
     }
 }
 

@@ -67,6 +67,80 @@ mod shared {
     }
 }
 
+/// The suite against EventStoreDB, when `EVENTSTOREDB_URL` names a server
+/// (`esdb://localhost:2113?tls=false`); without one every case returns at
+/// once and `esdb::suite_ran_or_was_skipped` says so in the test output.
+#[cfg(feature = "eventstoredb")]
+mod esdb {
+    use event_store::testing::{esdb_store, EsdbHarness, EVENTSTOREDB_URL};
+
+    use super::*;
+
+    #[test]
+    fn suite_ran_or_was_skipped() {
+        match std::env::var(EVENTSTOREDB_URL) {
+            Ok(url) if !url.trim().is_empty() => eprintln!("the conformance suite ran against EventStoreDB ({EVENTSTOREDB_URL} is set)"),
+            _ => eprintln!(
+                "SKIPPED: the EventStoreDB conformance suite did not run: set {EVENTSTOREDB_URL}=esdb://host:2113?tls=false to run it"
+            ),
+        }
+    }
+
+    macro_rules! esdb_cases {
+        ($($case:ident),+ $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(store) = esdb_store() {
+                    conformance::$case(Arc::new(EsdbHarness(store))).await;
+                }
+            }
+        )+};
+    }
+    event_store::conformance_cases!(esdb_cases);
+
+    /// Needs no server: with nothing listening, every operation fails fast
+    /// with a typed error and a subscription yields it instead of hanging.
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_typed_error_not_a_hang() {
+        use event_store::esdb::{EsdbConfig, EsdbEventStore};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let config = EsdbConfig {
+            operation_timeout: Duration::from_secs(2),
+            ..EsdbConfig::new(&format!("esdb://127.0.0.1:{port}?tls=false&maxDiscoverAttempts=2"), &["order"])
+        };
+        let store = EsdbEventStore::connect(config).unwrap();
+        fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
+            matches!(result, Err(StoreError::Unavailable(_)))
+        }
+        let started = Instant::now();
+        assert!(unavailable(store.append("order-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await));
+        assert!(unavailable(store.read_stream("order-1", 1).await));
+        assert!(unavailable(store.read_all(None, 10).await));
+        assert!(unavailable(store.stats().await));
+        let mut subscription = store.subscribe(None);
+        let item =
+            tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut subscription)).await;
+        assert!(matches!(item, Ok(Some(Err(StoreError::Unavailable(_))))), "{item:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    }
+
+    /// Appends to streams outside the store's categories are refused: the
+    /// log (`$all` filtered to them) must hold every accepted event.
+    #[tokio::test]
+    async fn streams_of_other_categories_are_refused_before_any_io() {
+        use event_store::esdb::{EsdbConfig, EsdbEventStore};
+        let store = EsdbEventStore::connect(EsdbConfig::new("esdb://127.0.0.1:1?tls=false", &["order"])).unwrap();
+        let refused = store.append("basket-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await;
+        assert!(matches!(refused, Err(StoreError::InvalidAppend(ref why)) if why.contains("basket-1")), "{refused:?}");
+        assert_eq!(
+            store.guarantees(),
+            event_store::Guarantees { store_wide_event_ids: false, any_version_repeats_always_recognised: false }
+        );
+    }
+}
+
 mod postgres {
     use super::*;
 

@@ -216,6 +216,14 @@ impl EventStore for PgEventStore {
     async fn stats(&self) -> Result<LogStats, StoreError> {
         self.timed(queries::stats(&self.inner.pool)).await
     }
+
+    async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {
+        self.timed(queries::locate(&self.inner.pool, position)).await
+    }
+
+    async fn count_after(&self, after: Option<LogPosition>, at_most: u64) -> Result<u64, StoreError> {
+        self.timed(queries::count_after(&self.inner.pool, after, at_most)).await
+    }
 }
 
 impl Tail for PgEventStore {

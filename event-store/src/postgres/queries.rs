@@ -209,6 +209,36 @@ pub(super) async fn read_all(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// The log position of the event at global `position`, if it is readable.
+pub(super) async fn locate(pool: &PgPool, position: u64) -> Result<Option<LogPosition>, StoreError> {
+    let commit: Option<i64> = sqlx::query_scalar(
+        "SELECT transaction_id::text::bigint FROM es_events \
+         WHERE position = $1 AND transaction_id < (SELECT es_read_horizon())",
+    )
+    .bind(to_i64(position))
+    .fetch_optional(pool)
+    .await?;
+    Ok(commit.map(|commit| LogPosition { commit: commit as u64, position }))
+}
+
+/// How many readable events follow `after`, at most `at_most`.
+pub(super) async fn count_after(pool: &PgPool, after: Option<LogPosition>, at_most: u64) -> Result<u64, StoreError> {
+    let after = after.unwrap_or(LogPosition::START);
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ( \
+           SELECT 1 FROM es_events \
+           WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+             AND transaction_id < (SELECT es_read_horizon()) \
+           LIMIT $3) AS counted",
+    )
+    .bind(after.commit.to_string())
+    .bind(to_i64(after.position))
+    .bind(to_i64(at_most))
+    .fetch_one(pool)
+    .await?;
+    Ok(count as u64)
+}
+
 /// Whether committed events exist after `after`, readable or not.
 pub(super) async fn anything_after(pool: &PgPool, after: Option<LogPosition>) -> Result<bool, StoreError> {
     let after = after.unwrap_or(LogPosition::START);

@@ -1,0 +1,354 @@
+//! The EventStoreDB / KurrentDB backend (feature `eventstoredb`), on the
+//! official gRPC client, the `eventstore` crate.
+//!
+//! A thin adapter: `mapping` turns the trait's values into EventStoreDB's and
+//! back (and is unit-tested); this module only calls the client. Where the
+//! two differ, the adapter either makes up for it or declares it in
+//! [`Guarantees`] (see `docs/adr/0007-eventstoredb-backend.md`):
+//!
+//! - **The log.** The store's global log is `$all` restricted to the
+//!   system's categories (`order-`, `payment-`, `inventory-` streams, under an
+//!   optional prefix): subscriptions filter on the server, reads of `$all`
+//!   filter here. Appends to streams of other categories are refused, so the
+//!   log holds every event the store accepted.
+//! - **Positions** are `$all`'s `(commit, prepare)` byte offsets: ordered,
+//!   never dense. Nothing is committed out of order, so nothing is held back.
+//! - **Idempotence.** After every append the adapter reads the appended
+//!   events back and compares them with what it sent, so a repeat with other
+//!   content is refused and the result names the exact last position (one
+//!   extra read per append). EventStoreDB recognises a repeat by event id
+//!   within a stream, and with `Any` only within its idempotence window; an
+//!   id may be stored again in another stream.
+//! - **One stream per append**, as everywhere (the trait has no other).
+
+mod mapping;
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventstore::{
+    AppendToStreamOptions, Client, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition,
+    SubscribeToAllOptions, SubscriptionFilter,
+};
+
+use crate::{
+    append, AppendResult, EventStore, EventStream, ExpectedVersion, Guarantees, LogPosition, LogStats, NewEvent,
+    RecordedEvent, StoreError,
+};
+pub use mapping::Streams;
+
+/// Events read from `$all` per request.
+const PAGE: usize = 500;
+
+/// How to reach EventStoreDB and which of its streams are the store's.
+#[derive(Clone)]
+pub struct EsdbConfig {
+    /// The connection string: `esdb://localhost:2113?tls=false`.
+    pub url: String,
+    pub streams: Streams,
+    /// Longest time one operation may take before it fails as unavailable.
+    pub operation_timeout: Duration,
+    /// Longest wait between attempts to subscribe again after a failure.
+    pub max_error_backoff: Duration,
+}
+
+impl EsdbConfig {
+    /// The store of `categories`' streams, unprefixed, with default timeouts.
+    pub fn new(url: &str, categories: &[&str]) -> Self {
+        Self {
+            url: url.to_owned(),
+            streams: Streams::new("", categories),
+            operation_timeout: Duration::from_secs(10),
+            max_error_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses a connection string (`kurrentdb://` is read as `esdb://`: the
+/// format is the same); the error says why it is not one.
+pub fn parse_settings(url: &str) -> Result<ClientSettings, String> {
+    let url = url.replacen("kurrentdb", "esdb", 1);
+    url.parse::<ClientSettings>().map_err(|e| format!("not an EventStoreDB connection string: {e}"))
+}
+
+#[derive(Clone)]
+pub struct EsdbEventStore {
+    client: Client,
+    config: std::sync::Arc<EsdbConfig>,
+}
+
+impl EsdbEventStore {
+    /// A client of the server; it connects on first use (call inside a Tokio runtime).
+    pub fn connect(config: EsdbConfig) -> Result<Self, StoreError> {
+        let settings = parse_settings(&config.url).map_err(|e| StoreError::Backend(e.into()))?;
+        let client = Client::new(settings).map_err(mapping::store_error)?;
+        Ok(Self { client, config: std::sync::Arc::new(config) })
+    }
+
+    fn streams(&self) -> &Streams {
+        &self.config.streams
+    }
+
+    async fn timed<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let limit = self.config.operation_timeout;
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
+    }
+
+    /// At most `limit` events of one stream from `from_version` on.
+    async fn read_stream_limited(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .forwards()
+            .position(StreamPosition::Position(from_version.saturating_sub(1)))
+            .max_count(limit);
+        let mut read = match self.client.read_stream(self.streams().name(stream_id), &options).await {
+            Ok(read) => read,
+            Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(error) => return Err(mapping::store_error(error)),
+        };
+        let mut events = Vec::new();
+        loop {
+            match read.next().await {
+                Ok(Some(resolved)) => {
+                    events.extend(mapping::recorded_event(self.streams(), resolved.get_original_event())?);
+                }
+                Ok(None) => return Ok(events),
+                Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(error) => return Err(mapping::store_error(error)),
+            }
+        }
+    }
+
+    /// The store's events among `$all`'s after `after`, at most `limit`,
+    /// reading pages of `$all` (which holds other streams too) until found.
+    async fn read_log(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut found = Vec::new();
+        let mut seen = after;
+        loop {
+            let options = ReadAllOptions::default().forwards().position(mapping::start_at(seen)).max_count(PAGE);
+            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
+            let mut read_count = 0;
+            while let Some(resolved) = read.next().await.map_err(mapping::store_error)? {
+                read_count += 1;
+                let event = resolved.get_original_event();
+                let position = mapping::log_position(event.position);
+                if seen.is_some_and(|seen| position <= seen) {
+                    continue; // reads start at `seen` itself
+                }
+                seen = Some(position);
+                if let Some(event) = mapping::recorded_event(self.streams(), event)? {
+                    found.push(event);
+                    if found.len() == limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if read_count < PAGE {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The last event of the store in `$all`, reading backwards from the end.
+    async fn head(&self) -> Result<Option<LogPosition>, StoreError> {
+        let mut before = StreamPosition::End;
+        loop {
+            let options = ReadAllOptions::default().position(before).backwards().max_count(PAGE);
+            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
+            let mut read_count = 0;
+            while let Some(resolved) = read.next().await.map_err(mapping::store_error)? {
+                read_count += 1;
+                let event = resolved.get_original_event();
+                if mapping::recorded_event(self.streams(), event)?.is_some() {
+                    return Ok(Some(mapping::log_position(event.position)));
+                }
+                before = StreamPosition::Position(event.position);
+            }
+            if read_count < PAGE {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads back what an append stored where it says it stored it, and
+    /// checks it is this append (EventStoreDB takes a repeated event id as
+    /// a repeat whatever its content).
+    async fn confirm(
+        &self,
+        stream_id: &str,
+        events: &[NewEvent],
+        last_revision: u64,
+    ) -> Result<AppendResult, StoreError> {
+        let first_version = (last_revision + 2).saturating_sub(events.len() as u64);
+        let stored = self.read_stream_limited(stream_id, first_version, events.len()).await?;
+        append::replayed_result(stream_id, events, stored)
+    }
+
+    /// The version conflict EventStoreDB reported, unless the events are
+    /// stored already where the expected version says (a late repeat).
+    async fn conflict(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        current: eventstore::CurrentRevision,
+    ) -> Result<AppendResult, StoreError> {
+        let Some(required) = expected.required() else {
+            // `Any` never conflicts on the version: EventStoreDB refuses an
+            // append that repeats only some stored ids (or in another order).
+            return Err(StoreError::DuplicateEventId { event_id: events[0].event_id });
+        };
+        let stored = self.read_stream_limited(stream_id, required + 1, events.len()).await?;
+        if stored.iter().any(|old| events.iter().any(|new| new.event_id == old.event_id)) {
+            return append::replayed_result(stream_id, events, stored);
+        }
+        Err(StoreError::WrongExpectedVersion {
+            stream_id: stream_id.to_owned(),
+            expected,
+            actual: mapping::version(current),
+        })
+    }
+}
+
+#[async_trait]
+impl EventStore for EsdbEventStore {
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id, events = events.len()))]
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        append::validate(stream_id, &events)?;
+        if !self.streams().owns(stream_id) {
+            return Err(StoreError::InvalidAppend(format!(
+                "stream {stream_id} is of no category of this store ({:?})",
+                self.streams().filter_prefixes()
+            )));
+        }
+        let data = events.iter().map(mapping::event_data).collect::<Result<Vec<_>, _>>()?;
+        let options = AppendToStreamOptions::default().expected_revision(mapping::expected_revision(expected));
+        let appended = self
+            .timed(async {
+                match self.client.append_to_stream(self.streams().name(stream_id), &options, data).await {
+                    Ok(written) => self.confirm(stream_id, &events, written.next_expected_version).await,
+                    Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
+                        self.conflict(stream_id, expected, &events, current).await
+                    }
+                    Err(error) => Err(mapping::store_error(error)),
+                }
+            })
+            .await;
+        let outcome = match &appended {
+            Ok(_) => "ok",
+            Err(StoreError::WrongExpectedVersion { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::counter!("event_store_appends_total", "outcome" => outcome).increment(1);
+        appended
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.timed(self.read_stream_limited(stream_id, from_version.max(1), usize::MAX)).await
+    }
+
+    async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.timed(self.read_log(after, limit)).await
+    }
+
+    fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
+        let follower = Follower { store: self.clone(), after, subscription: None, backoff: None };
+        Box::pin(futures_util::stream::unfold(follower, |mut follower| async move {
+            let item = follower.next().await;
+            Some((item, follower))
+        }))
+    }
+
+    async fn stats(&self) -> Result<LogStats, StoreError> {
+        // Nothing commits behind a reader: nothing is ever held back.
+        Ok(LogStats { readable_head: self.timed(self.head()).await?, held_back_events: 0 })
+    }
+
+    async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {
+        // Appends commit where they are prepared: an event's commit and
+        // prepare positions are the same.
+        let at = LogPosition { commit: position, position };
+        let options = ReadAllOptions::default().forwards().position(mapping::start_at(Some(at))).max_count(1);
+        self.timed(async {
+            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
+            let Some(resolved) = read.next().await.map_err(mapping::store_error)? else { return Ok(None) };
+            let event = resolved.get_original_event();
+            Ok(mapping::recorded_event(self.streams(), event)?
+                .map(|e| e.log_position)
+                .filter(|found| found.position == position))
+        })
+        .await
+    }
+
+    fn guarantees(&self) -> Guarantees {
+        Guarantees { store_wide_event_ids: false, any_version_repeats_always_recognised: false }
+    }
+}
+
+/// A catch-up subscription to `$all`, filtered on the server to the store's
+/// streams. The client subscribes again after a failure from the last event
+/// delivered; each failure is also handed on, as the trait asks.
+struct Follower {
+    store: EsdbEventStore,
+    after: Option<LogPosition>,
+    subscription: Option<eventstore::Subscription>,
+    backoff: Option<Duration>,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            let subscription = match &mut self.subscription {
+                Some(subscription) => subscription,
+                None => {
+                    if let Some(backoff) = self.backoff {
+                        tokio::time::sleep(backoff).await;
+                    }
+                    let filter = self
+                        .store
+                        .streams()
+                        .filter_prefixes()
+                        .into_iter()
+                        .fold(SubscriptionFilter::on_stream_name(), SubscriptionFilter::add_prefix);
+                    let options =
+                        SubscribeToAllOptions::default().position(mapping::start_at(self.after)).filter(filter);
+                    self.subscription.insert(self.store.client.subscribe_to_all(&options).await)
+                }
+            };
+            let resolved = match subscription.next().await {
+                Ok(resolved) => resolved,
+                Err(error) => {
+                    self.subscription = None;
+                    let next = self.backoff.map_or(Duration::from_millis(100), |b| b * 2);
+                    self.backoff = Some(next.min(self.store.config.max_error_backoff));
+                    return Err(mapping::store_error(error));
+                }
+            };
+            self.backoff = None;
+            let event = resolved.get_original_event();
+            let position = mapping::log_position(event.position);
+            if self.after.is_some_and(|after| position <= after) {
+                continue;
+            }
+            self.after = Some(position);
+            if let Some(event) = mapping::recorded_event(self.store.streams(), event)? {
+                return Ok(event);
+            }
+        }
+    }
+}
