@@ -2,6 +2,8 @@
 #   command-side serve | command-side relay | command-side saga | command-side migrate
 #   projections serve | query-side | payment-gateway | mint-token
 # Build: docker build -t order-system .
+# The binaries can keep their events in PostgreSQL (default) or EventStoreDB
+# (EVENT_STORE_URL=esdb://...): they are built with the `eventstoredb` feature.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -9,6 +11,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
+      --features command-side/eventstoredb,projections/eventstoredb,query-side/eventstoredb \
  && mkdir /out \
  && cp target/release/command-side target/release/projections target/release/query-side \
        target/release/payment-gateway target/release/mint-token /out/

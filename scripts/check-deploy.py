@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks the packaging files that cannot run here (no Docker engine, no
-cluster): compose.yaml and deploy/k8s/*.yaml parse, and hang together.
+cluster): compose.yaml, compose.eventstoredb.yaml and deploy/k8s/*.yaml
+parse, and hang together.
 Exits non-zero naming every problem found. Needs PyYAML."""
 
 import pathlib
@@ -28,6 +29,31 @@ def check_compose():
     for volume in re.findall(r"^\s+volumes: \[(\w+):", (ROOT / "compose.yaml").read_text(), re.M):
         if volume not in (compose.get("volumes") or {}):
             problems.append(f"compose: volume {volume} is not declared")
+
+
+def check_compose_override():
+    """compose.eventstoredb.yaml only adds to compose.yaml: EventStoreDB, and
+    EVENT_STORE_URL on every service that reads or writes events."""
+    base = yaml.safe_load((ROOT / "compose.yaml").read_text()).get("services", {})
+    path = ROOT / "compose.eventstoredb.yaml"
+    override = yaml.safe_load(path.read_text())
+    services = override.get("services", {})
+    known = set(base) | set(services)
+    for name, service in services.items():
+        if name not in base and "image" not in service:
+            problems.append(f"{path.name}: {name} is new but has no image")
+        for needed in service.get("depends_on", {}) or {}:
+            if needed not in known:
+                problems.append(f"{path.name}: {name} depends on unknown service {needed}")
+    for name in ("command-api", "relay", "saga", "projections", "query-api"):
+        url = ((services.get(name) or {}).get("environment") or {}).get("EVENT_STORE_URL", "")
+        if not url.startswith("esdb://"):
+            problems.append(f"{path.name}: {name} does not set EVENT_STORE_URL to EventStoreDB")
+    for volume in re.findall(r"^\s+volumes: \[(\w+):", path.read_text(), re.M):
+        if volume not in (override.get("volumes") or {}):
+            problems.append(f"{path.name}: volume {volume} is not declared")
+    if "eventstoredb" not in (ROOT / "Dockerfile").read_text():
+        problems.append("Dockerfile: the image is not built with the eventstoredb feature")
 
 
 def check_kubernetes():
@@ -73,6 +99,7 @@ def check_kubernetes():
 
 
 check_compose()
+check_compose_override()
 check_kubernetes()
 for problem in problems:
     print(problem, file=sys.stderr)

@@ -3,11 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use event_store::PgEventStore;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
@@ -28,6 +26,8 @@ pub enum StartupError {
     Nats(String),
     #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
+    EventStore(#[from] event_store::StoreError),
 }
 
 pub struct App {
@@ -69,8 +69,9 @@ impl App {
     /// Migrates and binds with a pool of the caller's (the tests' own database).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         event_store::postgres::MIGRATOR.run(&pool).await?;
+        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES)?;
         let state = AppState {
-            store: Arc::new(PgEventStore::new(pool.clone())),
+            store: store.clone(),
             pool: pool.clone(),
             command_max_attempts: config.command_max_attempts,
             order_deadline: chrono::Duration::from_std(config.order_deadline)
@@ -79,7 +80,8 @@ impl App {
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
         let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
-        let checks = vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), nats];
+        let mut checks = vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), nats];
+        checks.extend(Check::event_store_if_separate(&config.event_store, &store));
         let router = http::router(state, config.body_limit, gate, checks);
         let router = service_kit::http::layers(router, config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)

@@ -14,6 +14,8 @@ pub struct Config {
     pub database_url: Secret,
     /// `DATABASE_MAX_CONNECTIONS`
     pub database_max_connections: u32,
+    /// `EVENT_STORE_URL`: where the events live (PostgreSQL unless it names EventStoreDB).
+    pub event_store: event_store::Backend,
     /// `COMMAND_HTTP_ADDR`: where the API listens.
     pub http_addr: SocketAddr,
     /// `HTTP_BODY_LIMIT`: largest request body in bytes (larger: 413).
@@ -54,6 +56,7 @@ impl Config {
         Ok(Self {
             database_url,
             database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 1, 1000)?,
+            event_store: config::event_store(source)?,
             http_addr: config::parsed(source, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             body_limit: config::ranged(source, "HTTP_BODY_LIMIT", 64 * 1024, 1024, 16 * 1024 * 1024)?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,

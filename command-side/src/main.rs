@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use command_side::relay::{self, RelayConfig};
 use command_side::saga::{self, SagaConfig};
 use command_side::{App, Config};
-use event_store::{EventStore, PgEventStore};
+use event_store::EventStore;
 use service_kit::ops::{Check, OpsServer};
 use service_kit::{shutdown, telemetry};
 use sqlx::PgPool;
@@ -48,8 +48,8 @@ async fn relay(config: Config) -> anyhow::Result<()> {
     let ops = bind_ops(relay_config.ops_addr, "RELAY_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the relay cannot reach the database")?;
     let client = nats().await?;
-    let store: Arc<dyn EventStore> = Arc::new(PgEventStore::new(pool.clone()));
-    let ops = tokio::spawn(ops.run(checks(&pool, &client), shutdown::signal()));
+    let store = open_store(&config, &pool)?;
+    let ops = tokio::spawn(ops.run(checks(&config, &store, &pool, &client), shutdown::signal()));
     let lag = tokio::spawn(relay::report_lag(store.clone(), pool.clone(), relay_config.stream.clone(), LAG_EVERY));
     tracing::info!(stream = %relay_config.stream, "relay starting");
     relay::run_supervised(store, pool, jetstream::new(client), relay_config, shutdown::signal()).await;
@@ -63,8 +63,8 @@ async fn saga(config: Config) -> anyhow::Result<()> {
     let ops = bind_ops(saga_config.ops_addr, "SAGA_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the saga participants cannot reach the database")?;
     let client = nats().await?;
-    let store = Arc::new(PgEventStore::new(pool.clone()));
-    let ops = tokio::spawn(ops.run(checks(&pool, &client), shutdown::signal()));
+    let store = open_store(&config, &pool)?;
+    let ops = tokio::spawn(ops.run(checks(&config, &store, &pool, &client), shutdown::signal()));
     tracing::info!(stream = %saga_config.events.stream, gateway = %saga_config.gateway.url, "saga participants starting");
     let gateway = saga::gateway::Gateway::new(saga_config.gateway.clone());
     saga::run(store, pool, jetstream::new(client), saga_config, gateway, shutdown::signal()).await?;
@@ -79,9 +79,19 @@ async fn bind_ops(addr: SocketAddr, setting: &str) -> anyhow::Result<OpsServer> 
     OpsServer::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({setting})"))
 }
 
-/// Ready when the database (migrated) and NATS answer.
-fn checks(pool: &PgPool, client: &async_nats::Client) -> Vec<Check> {
-    vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), Check::nats(client.clone())]
+/// The event store `EVENT_STORE_URL` names (PostgreSQL, the pool's, by default).
+fn open_store(config: &Config, pool: &PgPool) -> anyhow::Result<Arc<dyn EventStore>> {
+    config.event_store.open(pool.clone(), &domain::CATEGORIES).context("cannot open the event store (EVENT_STORE_URL)")
+}
+
+/// Ready when the database (migrated), the event store and NATS answer.
+fn checks(config: &Config, store: &Arc<dyn EventStore>, pool: &PgPool, client: &async_nats::Client) -> Vec<Check> {
+    let mut checks = vec![
+        Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()),
+        Check::nats(client.clone()),
+    ];
+    checks.extend(Check::event_store_if_separate(&config.event_store, store));
+    checks
 }
 
 /// `NATS_URL`; waits for NATS if it is not up yet, rather than failing.

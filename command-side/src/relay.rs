@@ -241,19 +241,28 @@ pub async fn run_supervised(
     }
 }
 
-/// Reports `relay_lag_events` (readable head minus the checkpoint, in log
-/// positions) every `every`, for as long as it is polled.
+/// The most events `relay_lag_events` counts: beyond, it says this many.
+pub const LAG_COUNT_LIMIT: u64 = 100_000;
+
+/// Reports `relay_lag_events` (readable events after the checkpoint, up to
+/// [`LAG_COUNT_LIMIT`]) every `every`, for as long as it is polled.
 pub async fn report_lag(store: Arc<dyn EventStore>, pool: PgPool, stream: String, every: Duration) {
     loop {
-        let head = store.stats().await.ok().and_then(|stats| stats.readable_head).map_or(0, |head| head.position);
-        let checkpoint: Result<Option<i64>, _> =
-            sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE name = $1")
+        let checkpoint: Result<Option<(i64, i64)>, _> =
+            sqlx::query_as("SELECT commit_id, position FROM relay_checkpoints WHERE name = $1")
                 .bind(&stream)
                 .fetch_optional(&pool)
                 .await;
-        if let Ok(checkpoint) = checkpoint {
-            let lag = head.saturating_sub(checkpoint.unwrap_or(0).max(0) as u64);
-            metrics::gauge!("relay_lag_events").set(lag as f64);
+        let after = checkpoint.map(|row| {
+            row.map(|(commit, position)| LogPosition { commit: commit as u64, position: position as u64 })
+                .filter(|checkpoint| *checkpoint != LogPosition::START)
+        });
+        match after {
+            Ok(after) => match store.count_after(after, LAG_COUNT_LIMIT).await {
+                Ok(lag) => metrics::gauge!("relay_lag_events").set(lag as f64),
+                Err(error) => tracing::debug!(%error, "cannot count the relay's lag"),
+            },
+            Err(error) => tracing::debug!(%error, "cannot read the relay's checkpoint"),
         }
         tokio::time::sleep(every).await;
     }

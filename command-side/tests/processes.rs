@@ -73,7 +73,7 @@ fn sibling(name: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_BIN_EXE_command-side")).with_file_name(name);
     assert!(
         path.exists(),
-        "{} is not built: run the workspace's tests (cargo nextest run --workspace)",
+        "{} is not built: run the workspace's tests (cargo nextest run --workspace --all-features)",
         path.display()
     );
     path

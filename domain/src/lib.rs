@@ -15,6 +15,14 @@ pub mod rules;
 pub use codec::{DecodeError, EventPayload};
 pub use error::{DomainError, FieldError};
 
+/// The stream categories of the system: every event lives in a stream of one
+/// of them (`order-<uuid>`, `payment-<order uuid>`, `inventory-<sku>`).
+pub const CATEGORIES: [&str; 3] = [
+    <order::Order as Aggregate>::CATEGORY,
+    <payment::Payment as Aggregate>::CATEGORY,
+    <inventory::Inventory as Aggregate>::CATEGORY,
+];
+
 /// An event-sourced aggregate: its state is the fold of its events.
 pub trait Aggregate {
     /// Stream category: an instance lives in the stream `<CATEGORY>-<id>`.

@@ -30,6 +30,29 @@ pub(crate) fn validate(stream_id: &str, events: &[NewEvent]) -> Result<(), Store
     Ok(())
 }
 
+/// Records an append's outcome (metrics `event_store_appends_total`,
+/// `event_store_events_appended_total`, `event_store_append_seconds`) and
+/// logs its failure; the same for every backend.
+pub(crate) fn observe(appended: &Result<AppendResult, StoreError>, events: usize, started: std::time::Instant) {
+    let outcome = match appended {
+        Ok(_) => {
+            metrics::counter!("event_store_events_appended_total").increment(events as u64);
+            "ok"
+        }
+        // A conflict is the optimistic concurrency doing its job: the caller decides again.
+        Err(error @ StoreError::WrongExpectedVersion { .. }) => {
+            tracing::debug!(%error, "append conflict");
+            "conflict"
+        }
+        Err(error) => {
+            tracing::error!(%error, "append failed");
+            "error"
+        }
+    };
+    metrics::counter!("event_store_appends_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
+}
+
 /// Some of the events' ids are stored already. If the stored events are
 /// exactly this append (same stream, same order, same content), the result
 /// is the original one; otherwise the retry is a different append.

@@ -127,8 +127,10 @@ async fn main() {
             let _ = api_stopped.await;
         }));
         let (stop_projections, projections_stopped) = oneshot::channel::<()>();
+        let projection_pool = pool_like(&pool, 10).await;
         let projecting = tokio::spawn(projections::service::run_all(
-            pool_like(&pool, 10).await,
+            Arc::new(event_store::PgEventStore::new(projection_pool.clone())),
+            projection_pool,
             ProjectorConfig::default(),
             Default::default(),
             async move {

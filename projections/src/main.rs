@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use event_store::PgEventStore;
+use event_store::EventStore;
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use projections::rebuild::{self, Progress, RebuildOptions};
@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let env = &Environment;
     let database_url = config::database_url(env, DEFAULT_DATABASE_URL)?;
+    let backend = config::event_store(env)?;
     // A rebuild on the command line draws a progress bar: only warnings are logged beside it.
     let default_level = if rebuild_name.is_some() { "warn" } else { "info,sqlx=warn" };
     let (log_level, log_format) = config::logging(env, default_level)?;
@@ -53,27 +54,34 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot reach the database (DATABASE_URL)")?;
     event_store::postgres::MIGRATOR.run(&pool).await.context("cannot apply the migrations")?;
+    let store =
+        backend.open(pool.clone(), &domain::CATEGORIES).context("cannot open the event store (EVENT_STORE_URL)")?;
     let rebuild_options = RebuildOptions { page_size, ..RebuildOptions::default() };
     match rebuild_name {
-        Some(name) => rebuild_with_progress_bar(pool, &name, rebuild_options).await,
+        Some(name) => rebuild_with_progress_bar(store, pool, &name, rebuild_options).await,
         None => {
             let ops = OpsServer::bind(ops_addr)
                 .await
                 .with_context(|| format!("cannot listen on {ops_addr} (PROJECTIONS_OPS_ADDR)"))?;
-            let checks = vec![Check::database(pool.clone(), projections::migrations_expected())];
+            let mut checks = vec![Check::database(pool.clone(), projections::migrations_expected())];
+            checks.extend(Check::event_store_if_separate(&backend, &store));
             let ops = tokio::spawn(ops.run(checks, service_kit::shutdown::signal()));
             let config = ProjectorConfig { batch_size, ..ProjectorConfig::default() };
             tracing::info!("projections running");
-            projections::service::run_all(pool, config, rebuild_options, service_kit::shutdown::signal()).await;
+            projections::service::run_all(store, pool, config, rebuild_options, service_kit::shutdown::signal()).await;
             ops.await??;
             Ok(())
         }
     }
 }
 
-async fn rebuild_with_progress_bar(pool: PgPool, name: &str, options: RebuildOptions) -> anyhow::Result<()> {
+async fn rebuild_with_progress_bar(
+    store: Arc<dyn EventStore>,
+    pool: PgPool,
+    name: &str,
+    options: RebuildOptions,
+) -> anyhow::Result<()> {
     let projection = projections::by_name(name).context("checked in main")?;
-    let store = Arc::new(PgEventStore::new(pool.clone()));
     let (progress, mut updates) = watch::channel(Progress::default());
     let bar = ProgressBar::new(0).with_prefix(name.to_owned()).with_style(
         ProgressStyle::with_template(

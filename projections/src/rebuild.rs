@@ -154,13 +154,13 @@ impl Rebuild<'_> {
             let before = done;
             (checkpoint, done) = self.replay(checkpoint, done).await?;
             self.create_indexes().await?;
-            // Swap once the live projection is about as far as the replay, so
-            // that the tables stay locked for a few events at most. (Positions
-            // only estimate the distance; a replay that found nothing new
-            // swaps whatever it says.)
+            // Swap once the replay is within a page of the head (where the
+            // live projection is), so that the tables stay locked for a few
+            // events at most. A replay that found nothing new swaps whatever
+            // the count says.
             let live = checkpoint::load(&self.pool, name).await?;
-            let far_behind = live > checkpoint
-                && live.map_or(0, |l| l.position) > checkpoint.map_or(0, |c| c.position) + self.page_size();
+            let far_behind =
+                live > checkpoint && self.store.count_after(checkpoint, self.page_size() + 1).await? > self.page_size();
             if far_behind && done > before {
                 continue;
             }
@@ -266,13 +266,14 @@ impl Rebuild<'_> {
         let _stop_reading = AbortOnDrop(reader);
         let mut total_refreshed = Instant::now() - TOTAL_REFRESH;
         let mut total = self.progress.borrow().events_total;
+        let mut remaining = None;
         while let Some(page) = incoming.recv().await {
             let page = page?;
             if page.is_empty() {
                 break;
             }
             if total_refreshed.elapsed() >= TOTAL_REFRESH {
-                total = done + self.events_left(checkpoint).await?;
+                total = done + self.events_left(checkpoint, done, &mut remaining).await?;
                 total_refreshed = Instant::now();
             }
             // In a task of its own, as in the runtime: cancelling the rebuild
@@ -295,10 +296,24 @@ impl Rebuild<'_> {
         Ok((checkpoint, done))
     }
 
-    /// The readable events after `checkpoint`, estimated from positions.
-    async fn events_left(&self, checkpoint: Option<LogPosition>) -> Result<u64, RebuildError> {
-        let head = self.store.stats().await?.readable_head.map_or(0, |head| head.position);
-        let left = head.saturating_sub(checkpoint.map_or(0, |c| c.position));
+    /// The readable events after `checkpoint`: counted once, then kept up
+    /// to date by counting only those that arrived since (positions are not
+    /// dense on every backend: a distance in events is counted).
+    async fn events_left(
+        &self,
+        checkpoint: Option<LogPosition>,
+        done: u64,
+        remaining: &mut Option<Remaining>,
+    ) -> Result<u64, RebuildError> {
+        let head = self.store.stats().await?.readable_head;
+        let left = match remaining.take() {
+            None => self.store.count_after(checkpoint, u64::MAX).await?,
+            Some(before) => {
+                let arrived = if head > before.head { self.store.count_after(before.head, u64::MAX).await? } else { 0 };
+                before.left.saturating_sub(done - before.done) + arrived
+            }
+        };
+        *remaining = Some(Remaining { head, left, done });
         sqlx::query("UPDATE projection_rebuilds SET events_total = events_done + $2 WHERE name = $1")
             .bind(self.projection.name())
             .bind(left as i64)
@@ -560,4 +575,14 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<RebuildStatus>, sqlx::Error> 
             },
         )
         .collect())
+}
+
+/// What `events_left` counted last time.
+struct Remaining {
+    /// The readable head then.
+    head: Option<LogPosition>,
+    /// Events left after the checkpoint then.
+    left: u64,
+    /// Events done then.
+    done: u64,
 }

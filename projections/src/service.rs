@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStore, PgEventStore, SharedTail};
+use event_store::{EventStore, SharedTail};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -27,16 +27,17 @@ const SHARED_EVENTS: usize = 10_000;
 /// How often a failed projection, and the rebuild requests, are looked at.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Runs every projection, and the rebuilds requested, until `shutdown` completes.
+/// Runs every projection over `store`'s log into `pool`'s read models, and
+/// the rebuilds requested, until `shutdown` completes.
 pub async fn run_all(
+    store: Arc<dyn EventStore>,
     pool: PgPool,
     config: ProjectorConfig,
     rebuild_options: RebuildOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     // The projections read each new event of the log once, together.
-    let store: Arc<dyn EventStore> =
-        Arc::new(SharedTail::new(Arc::new(PgEventStore::new(pool.clone())), SHARED_EVENTS));
+    let store: Arc<dyn EventStore> = Arc::new(SharedTail::new(store, SHARED_EVENTS));
     let (stop, stopping) = watch::channel(false);
     let mut tasks: Vec<_> = crate::all()
         .into_iter()

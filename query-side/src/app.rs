@@ -23,6 +23,8 @@ pub enum StartupError {
     Nats(String),
     #[error("cannot listen on {addr} (QUERY_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
+    EventStore(#[from] event_store::StoreError),
 }
 
 pub struct App {
@@ -43,7 +45,9 @@ impl App {
     /// The read-model tables are created by the migrations the other services apply.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         service_kit::metrics::handle();
+        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES)?;
         let state = AppState {
+            store: store.clone(),
             progress: Progress::start(pool.clone()),
             pool: pool.clone(),
             min_position_wait: config.min_position_wait,
@@ -51,7 +55,8 @@ impl App {
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
         let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
-        let checks = vec![Check::database(pool, projections::migrations_expected()), nats];
+        let mut checks = vec![Check::database(pool, projections::migrations_expected()), nats];
+        checks.extend(Check::event_store_if_separate(&config.event_store, &store));
         let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await

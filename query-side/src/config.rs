@@ -13,6 +13,8 @@ pub struct Config {
     pub database_url: Secret,
     /// `DATABASE_MAX_CONNECTIONS`
     pub database_max_connections: u32,
+    /// `EVENT_STORE_URL`: where the events live; read for `min_position` and the projections' lag.
+    pub event_store: event_store::Backend,
     /// `QUERY_HTTP_ADDR`: where the API listens.
     pub http_addr: SocketAddr,
     /// `HTTP_REQUEST_TIMEOUT`
@@ -39,6 +41,7 @@ impl Config {
         Ok(Self {
             database_url: config::database_url(source, DEFAULT_DATABASE_URL)?,
             database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 2, 1000)?,
+            event_store: config::event_store(source)?,
             http_addr: config::parsed(source, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             min_position_wait: config::nonzero_duration(source, "MIN_POSITION_WAIT", Duration::from_secs(2))?,

@@ -7,11 +7,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use event_store::{EventStore, LogPosition, StoreError};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 pub const CHANNEL: &str = "projection_progress";
+
+/// Why a wait for a position could not tell.
+#[derive(Debug)]
+pub enum ProgressError {
+    /// The read models' database.
+    Database(sqlx::Error),
+    /// The event store, where the position is looked up.
+    Store(StoreError),
+}
 const FALLBACK_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
@@ -28,26 +38,40 @@ impl Progress {
         Self { pool, wake }
     }
 
-    /// Whether `projection` has applied the event at global `position`.
-    pub async fn reached(&self, projection: &str, position: u64) -> Result<bool, sqlx::Error> {
+    /// Whether `projection` has applied the event at log position `at`.
+    pub async fn reached(&self, projection: &str, at: LogPosition) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM es_events e JOIN projection_checkpoints c ON c.name = $2 \
-             WHERE e.position = $1 AND (c.commit_id, c.position) >= (e.transaction_id::text::bigint, e.position))",
+            "SELECT EXISTS (SELECT 1 FROM projection_checkpoints WHERE name = $1 AND (commit_id, position) >= ($2, $3))",
         )
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
         .bind(projection)
+        .bind(i64::try_from(at.commit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(at.position).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await
     }
 
-    /// Waits, at most `limit`, until `projection` has applied `position`.
-    pub async fn wait_for(&self, projection: &str, position: u64, limit: Duration) -> Result<bool, sqlx::Error> {
+    /// Waits, at most `limit`, until `projection` has applied the event at
+    /// global `position` (found in `store`'s log; one not there yet, or
+    /// never, is not reached).
+    pub async fn wait_for(
+        &self,
+        store: &Arc<dyn EventStore>,
+        projection: &str,
+        position: u64,
+        limit: Duration,
+    ) -> Result<bool, ProgressError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut wake = self.wake.subscribe();
+        let mut located = None;
         loop {
             wake.borrow_and_update();
-            if self.reached(projection, position).await? {
-                return Ok(true);
+            if located.is_none() {
+                located = store.locate(position).await.map_err(ProgressError::Store)?;
+            }
+            if let Some(at) = located {
+                if self.reached(projection, at).await.map_err(ProgressError::Database)? {
+                    return Ok(true);
+                }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

@@ -80,7 +80,8 @@ impl TestApp {
         let (stop, stopped) = oneshot::channel::<()>();
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            projections::service::run_all(pool, ProjectorConfig::default(), Default::default(), async move {
+            let store = std::sync::Arc::new(event_store::PgEventStore::new(pool.clone()));
+            projections::service::run_all(store, pool, ProjectorConfig::default(), Default::default(), async move {
                 let _ = stopped.await;
             })
             .await;

@@ -86,6 +86,14 @@ pub fn database_url(source: &dyn Source, default: &str) -> Result<Secret, Config
     Ok(Secret::new(url))
 }
 
+/// `EVENT_STORE_URL`: which event store holds the events (see
+/// [`event_store::Backend`]). The value is never echoed (it may hold a password).
+pub fn event_store(source: &dyn Source) -> Result<event_store::Backend, ConfigError> {
+    let value = source.get(event_store::EVENT_STORE_URL);
+    event_store::Backend::from_setting(value.as_deref())
+        .map_err(|reason| ConfigError::new(event_store::EVENT_STORE_URL, "***", reason))
+}
+
 /// `LOG_LEVEL` (a tracing filter directive) and `LOG_FORMAT` (`json` or `pretty`).
 pub fn logging(source: &dyn Source, default_level: &str) -> Result<(String, crate::telemetry::LogFormat), ConfigError> {
     let level = source.get("LOG_LEVEL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default_level.to_owned());

@@ -13,7 +13,7 @@ pub fn check_committed_copy(document: &utoipa::openapi::OpenApi, path: &str) -> 
         Ok(())
     } else {
         Err(format!(
-            "{path} differs from the code's document: run `UPDATE_OPENAPI=1 cargo nextest run --workspace openapi` \
+            "{path} differs from the code's document: run `UPDATE_OPENAPI=1 cargo nextest run --workspace --all-features openapi` \
              and review the change"
         ))
     }

@@ -53,6 +53,23 @@ impl Check {
         })
     }
 
+    /// The event store answers. Only asked where it is not the database
+    /// already checked (EventStoreDB): see [`Check::event_store_if_separate`].
+    pub fn event_store(store: Arc<dyn event_store::EventStore>) -> Self {
+        Self::new("event_store", move || {
+            let store = store.clone();
+            async move { store.stats().await.map(|_| ()).map_err(|e| format!("does not answer: {e}")) }
+        })
+    }
+
+    /// [`Check::event_store`] unless the events live in PostgreSQL.
+    pub fn event_store_if_separate(
+        backend: &event_store::Backend,
+        store: &Arc<dyn event_store::EventStore>,
+    ) -> Option<Self> {
+        (*backend != event_store::Backend::Postgres).then(|| Self::event_store(store.clone()))
+    }
+
     /// Connects to NATS at `url` in the background, for readiness only: the
     /// service starts without it and is not ready until it is connected.
     pub async fn nats_at(url: &str) -> Result<Self, async_nats::ConnectError> {

@@ -233,6 +233,7 @@ impl EventStore for EsdbEventStore {
                 self.streams().filter_prefixes()
             )));
         }
+        let started = std::time::Instant::now();
         let data = events.iter().map(mapping::event_data).collect::<Result<Vec<_>, _>>()?;
         let options = AppendToStreamOptions::default().expected_revision(mapping::expected_revision(expected));
         let appended = self
@@ -246,12 +247,7 @@ impl EventStore for EsdbEventStore {
                 }
             })
             .await;
-        let outcome = match &appended {
-            Ok(_) => "ok",
-            Err(StoreError::WrongExpectedVersion { .. }) => "conflict",
-            Err(_) => "error",
-        };
-        metrics::counter!("event_store_appends_total", "outcome" => outcome).increment(1);
+        append::observe(&appended, events.len(), started);
         appended
     }
 

@@ -180,23 +180,7 @@ impl EventStore for PgEventStore {
         append::validate(stream_id, &events)?;
         let started = std::time::Instant::now();
         let appended = self.timed(self.append_resolving_races(stream_id, expected, &events)).await;
-        let outcome = match &appended {
-            Ok(_) => {
-                metrics::counter!("event_store_events_appended_total").increment(events.len() as u64);
-                "ok"
-            }
-            // A conflict is the optimistic concurrency doing its job: the caller decides again.
-            Err(error @ StoreError::WrongExpectedVersion { .. }) => {
-                tracing::debug!(%error, "append conflict");
-                "conflict"
-            }
-            Err(error) => {
-                tracing::error!(%error, "append failed");
-                "error"
-            }
-        };
-        metrics::counter!("event_store_appends_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
+        append::observe(&appended, events.len(), started);
         appended
     }
 

@@ -16,16 +16,27 @@ use serde::Serialize;
 use service_kit::http::Problem;
 use utoipa::ToSchema;
 
-use super::{database_error, AppState};
+use event_store::LogPosition;
+
+use super::{database_error, store_error, AppState};
+
+/// The most events a projection's lag counts.
+const LAG_COUNT_LIMIT: u64 = 1_000_000;
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct ProjectionView {
     name: String,
+    /// The checkpoint's commit (with `checkpoint`, its log position).
+    #[serde(skip)]
+    #[schema(ignore)]
+    commit_id: i64,
     /// Global position of the last event the projection processed (0: none).
     checkpoint: i64,
     /// Global position of the newest readable event.
+    #[sqlx(skip)]
     head: i64,
-    /// Readable events the projection has not processed yet.
+    /// Readable events the projection has not processed yet (counted up to 1,000,000).
+    #[sqlx(skip)]
     lag: i64,
     /// `running`, or `failed` (see `failure`).
     state: String,
@@ -85,28 +96,27 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
 /// Every projection, where it stands, and its latest rebuild.
 async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
     let names: Vec<&str> = projections::all().iter().map(|projection| projection.name()).collect();
-    // The head and the lag count only readable events, below the horizon,
-    // the same events the projections can see.
     let mut projections: Vec<ProjectionView> = sqlx::query_as(
-        "WITH horizon AS MATERIALIZED (SELECT es_read_horizon() AS xid), \
-              head AS MATERIALIZED ( \
-                SELECT coalesce(max(position), 0) AS position FROM es_events, horizon \
-                WHERE transaction_id < horizon.xid) \
-         SELECT p.name, coalesce(c.position, 0) AS checkpoint, head.position AS head, \
-                (SELECT count(*) FROM es_events e, horizon \
-                  WHERE (e.transaction_id, e.position) > (coalesce(c.commit_id, 0)::text::xid8, coalesce(c.position, 0)) \
-                    AND e.transaction_id < horizon.xid) AS lag, \
+        "SELECT p.name, coalesce(c.commit_id, 0) AS commit_id, coalesce(c.position, 0) AS checkpoint, \
                 coalesce(c.state, 'not started') AS state, coalesce(c.events_processed, 0) AS events_processed, \
                 CASE WHEN c.error IS NULL THEN NULL ELSE json_build_object( \
                   'event_id', c.failed_event_id, 'position', c.failed_position, 'error', c.error)::jsonb END AS failure, \
                 c.updated_at \
-         FROM unnest($1::text[]) AS p(name) LEFT JOIN projection_checkpoints c USING (name), head \
+         FROM unnest($1::text[]) AS p(name) LEFT JOIN projection_checkpoints c USING (name) \
          ORDER BY p.name",
     )
     .bind(&names)
     .fetch_all(&state.pool)
     .await
     .map_err(database_error)?;
+    // The head and the lag count only readable events, the ones the projections can see.
+    let head = state.store.stats().await.map_err(store_error)?.readable_head;
+    for projection in &mut projections {
+        projection.head = head.map_or(0, |head| head.position as i64);
+        let checkpoint = LogPosition { commit: projection.commit_id as u64, position: projection.checkpoint as u64 };
+        let after = (checkpoint != LogPosition::START).then_some(checkpoint);
+        projection.lag = state.store.count_after(after, LAG_COUNT_LIMIT).await.map_err(store_error)? as i64;
+    }
     let mut rebuilds: HashMap<String, RebuildStatus> = rebuild::statuses(&state.pool)
         .await
         .map_err(database_error)?

@@ -7,12 +7,14 @@ mod inventory;
 mod orders;
 mod payments;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::Router;
+use event_store::{EventStore, StoreError};
 use serde::Deserialize;
 use service_kit::auth::{self, Gate};
 use service_kit::http::Problem;
@@ -22,11 +24,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressError};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub pool: PgPool,
+    pub store: Arc<dyn EventStore>,
     pub progress: Progress,
     pub min_position_wait: Duration,
 }
@@ -80,14 +83,23 @@ impl AppState {
     /// `Retry-After` if it has not within the configured time.
     pub async fn fresh_enough(&self, projection: &str, freshness: &Freshness) -> Result<(), Problem> {
         let Some(position) = freshness.min_position else { return Ok(()) };
-        match self.progress.wait_for(projection, position, self.min_position_wait).await {
+        match self.progress.wait_for(&self.store, projection, position, self.min_position_wait).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Problem::unavailable(
                 format!("the {projection} read model has not reached position {position} yet"),
                 1,
             )),
-            Err(error) => Err(database_error(error)),
+            Err(ProgressError::Database(error)) => Err(database_error(error)),
+            Err(ProgressError::Store(error)) => Err(store_error(error)),
         }
+    }
+}
+
+pub(crate) fn store_error(error: StoreError) -> Problem {
+    tracing::error!(%error, "event store query failed");
+    match error {
+        StoreError::Unavailable(_) => Problem::unavailable("the event store is unavailable", 1),
+        _ => Problem::internal(),
     }
 }
 
