@@ -188,6 +188,13 @@ impl EsdbEventStore {
     ) -> Result<AppendResult, StoreError> {
         let first_version = (last_revision + 2).saturating_sub(events.len() as u64);
         let stored = self.read_stream_limited(stream_id, first_version, events.len()).await?;
+        if stored.len() < events.len() {
+            // Written, but not readable where it says: the outcome is unknown,
+            // and a retry with the same ids is safe.
+            return Err(StoreError::Unavailable(
+                format!("the append to {stream_id} was acknowledged but its events cannot be read back yet").into(),
+            ));
+        }
         append::replayed_result(stream_id, events, stored)
     }
 
@@ -281,8 +288,24 @@ impl EventStore for EsdbEventStore {
         let at = LogPosition { commit: position, position };
         let options = ReadAllOptions::default().forwards().position(mapping::start_at(Some(at))).max_count(1);
         self.timed(async {
-            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
-            let Some(resolved) = read.next().await.map_err(mapping::store_error)? else { return Ok(None) };
+            // A number that is no event's position may be refused by the
+            // server: then no event has it. Not reaching the server is an error.
+            let refused = |error| match mapping::store_error(error) {
+                unavailable @ StoreError::Unavailable(_) => Err(unavailable),
+                other => {
+                    tracing::debug!(error = %other, position, "no event at this position");
+                    Ok(None)
+                }
+            };
+            let mut read = match self.client.read_all(&options).await {
+                Ok(read) => read,
+                Err(error) => return refused(error),
+            };
+            let resolved = match read.next().await {
+                Ok(Some(resolved)) => resolved,
+                Ok(None) => return Ok(None),
+                Err(error) => return refused(error),
+            };
             let event = resolved.get_original_event();
             Ok(mapping::recorded_event(self.streams(), event)?
                 .map(|e| e.log_position)
