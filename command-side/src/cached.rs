@@ -2,9 +2,10 @@
 //! commands, for the saga participants: a hot inventory item's stream grows
 //! with every reservation, and reading all of it for each new one would make
 //! a command cost as much as the item's whole history. With the state kept,
-//! a command reads only the events appended since (usually none), decides,
-//! and appends with the version it knows, so optimistic concurrency still
-//! refuses a stale decision.
+//! a command decides on it at once and appends with the version it knows:
+//! optimistic concurrency refuses a stale decision, and only then are the
+//! events appended since read. A decision that writes nothing (or refuses)
+//! proves nothing about the state, so it is taken again after a read.
 //!
 //! Only for commands that are idempotent in the domain (everything a saga
 //! participant sends): unlike [`crate::commands::execute`], a replay is not
@@ -98,25 +99,33 @@ where
     A::Command: Clone,
     A::State: Send + Sync + 'static,
 {
-    let (mut accepted, mut state) =
-        cache.take::<A>(stream_id).unwrap_or((Accepted { stream_version: 0, position: 0 }, A::State::default()));
+    let kept = cache.take::<A>(stream_id);
+    // A kept state may be behind the store until this call has read it.
+    let mut unread = kept.is_some();
+    let (mut accepted, mut state) = kept.unwrap_or((Accepted { stream_version: 0, position: 0 }, A::State::default()));
+    if !unread {
+        catch_up::<A>(store, stream_id, &mut accepted, &mut state).await?;
+    }
     for _ in 0..invocation.max_attempts.max(1) {
-        for stored in store.read_stream(stream_id, accepted.stream_version + 1).await? {
-            state = A::evolve(state, &commands::decode::<A>(&stored)?);
-            accepted = Accepted { stream_version: stored.stream_version, position: stored.log_position.position };
+        let mut decision = A::decide(&state, command.clone());
+        if unread && !matches!(&decision, Ok(events) if !events.is_empty()) {
+            // Writing nothing, or refusing, is only the answer on a current state.
+            if catch_up::<A>(store, stream_id, &mut accepted, &mut state).await? > 0 {
+                decision = A::decide(&state, command.clone());
+            }
         }
-        let events = match A::decide(&state, command.clone()) {
+        let events = match decision {
+            Ok(events) if events.is_empty() => {
+                let state = Arc::new(state);
+                cache.put::<A>(stream_id, accepted, state.clone());
+                return Ok((accepted, state));
+            }
             Ok(events) => events,
             Err(rejected) => {
                 cache.put::<A>(stream_id, accepted, Arc::new(state));
                 return Err(rejected.into());
             }
         };
-        if events.is_empty() {
-            let state = Arc::new(state);
-            cache.put::<A>(stream_id, accepted, state.clone());
-            return Ok((accepted, state));
-        }
         let new_events = commands::to_append(&events, invocation);
         match store.append(stream_id, ExpectedVersion::Exact(accepted.stream_version), new_events).await {
             Ok(result) => {
@@ -127,12 +136,30 @@ where
                 return Ok((accepted, state));
             }
             // Someone appended first: read what they did, and decide again.
-            Err(StoreError::WrongExpectedVersion { .. }) => {}
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                unread = false;
+                catch_up::<A>(store, stream_id, &mut accepted, &mut state).await?;
+            }
             Err(other) => return Err(other.into()),
         }
     }
     cache.put::<A>(stream_id, accepted, Arc::new(state));
     Err(CommandError::Contention(invocation.max_attempts))
+}
+
+/// Applies the events appended after `accepted` to `state`; answers how many.
+async fn catch_up<A: Aggregate>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    accepted: &mut Accepted,
+    state: &mut A::State,
+) -> Result<usize, CommandError> {
+    let events = store.read_stream(stream_id, accepted.stream_version + 1).await?;
+    for stored in &events {
+        *state = A::evolve(std::mem::take(state), &commands::decode::<A>(stored)?);
+        *accepted = Accepted { stream_version: stored.stream_version, position: stored.log_position.position };
+    }
+    Ok(events.len())
 }
 
 #[cfg(test)]
@@ -164,6 +191,21 @@ mod tests {
             execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
         assert_eq!((accepted.stream_version, state.reserved, state.available()), (3, 2, 3));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_state_that_would_do_nothing_is_read_up_to_date_first() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        // Another process reserves for order 1; the kept state knows nothing of it.
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let release = InventoryCommand::Release { sku: "SKU-1".into(), order_id: Uuid::from_u128(1) };
+        let (accepted, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), release).await.unwrap();
+        assert_eq!((accepted.stream_version, state.reserved, state.available()), (3, 0, 5), "released");
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -49,8 +49,19 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
 }
 
 /// `true` if the order had a deadline armed.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit` off for
+/// this statement's transaction): a disarm lost in a database crash only
+/// leaves a deadline that expires a finished order, which changes nothing.
+/// Arming, whose loss would leave a stuck order pending for ever, waits.
 async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM saga_deadlines WHERE order_id = $1").bind(order_id).execute(pool).await?;
+    let deleted = sqlx::query(
+        "WITH no_flush_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
+         DELETE FROM saga_deadlines USING no_flush_wait WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .execute(pool)
+    .await?;
     Ok(deleted.rows_affected() == 1)
 }
 
