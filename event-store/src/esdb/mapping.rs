@@ -81,12 +81,30 @@ pub fn start_at(after: Option<LogPosition>) -> eventstore::StreamPosition<events
 }
 
 /// What an event carries in EventStoreDB's custom metadata: the trait's
-/// metadata and the schema version (EventStoreDB has no field for it).
+/// metadata and the schema version (EventStoreDB has no field for it), and
+/// the correlation and causation ids again under the names EventStoreDB's
+/// own tools read (`$correlationId`, `$causationId`: the `$by_correlation_id`
+/// projection, the UI). Reading takes the trait's fields and ignores those.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredMetadata {
     schema_version: u16,
     #[serde(flatten)]
     metadata: Metadata,
+    #[serde(rename = "$correlationId", default, skip_serializing_if = "String::is_empty", skip_deserializing)]
+    esdb_correlation_id: String,
+    #[serde(rename = "$causationId", default, skip_serializing_if = "String::is_empty", skip_deserializing)]
+    esdb_causation_id: String,
+}
+
+impl StoredMetadata {
+    fn new(event: &NewEvent) -> Self {
+        Self {
+            schema_version: event.schema_version,
+            metadata: event.metadata.clone(),
+            esdb_correlation_id: event.metadata.correlation_id.clone(),
+            esdb_causation_id: event.metadata.causation_id.clone(),
+        }
+    }
 }
 
 pub fn event_data(event: &NewEvent) -> Result<eventstore::EventData, StoreError> {
@@ -94,7 +112,7 @@ pub fn event_data(event: &NewEvent) -> Result<eventstore::EventData, StoreError>
     eventstore::EventData::json(&event.event_type, &event.payload)
         .map_err(encoding)?
         .id(event.event_id)
-        .metadata_as_json(&StoredMetadata { schema_version: event.schema_version, metadata: event.metadata.clone() })
+        .metadata_as_json(&StoredMetadata::new(event))
         .map_err(encoding)
 }
 
@@ -281,16 +299,27 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_metadata_is_the_trait_s_plus_the_schema_version() {
-        let stored = StoredMetadata {
+    fn the_stored_metadata_is_the_trait_s_plus_the_schema_version_and_eventstoredb_s_ids() {
+        let new = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "StockReserved".into(),
             schema_version: 2,
-            metadata: Metadata { actor: "saga:inventory".into(), ..Default::default() },
+            payload: json!({}),
+            metadata: Metadata {
+                correlation_id: "corr".into(),
+                causation_id: "cause".into(),
+                actor: "saga:inventory".into(),
+                trace_context: String::new(),
+            },
         };
-        let json = serde_json::to_value(&stored).unwrap();
+        let json = serde_json::to_value(StoredMetadata::new(&new)).unwrap();
         assert_eq!(
             json,
-            json!({ "schema_version": 2, "correlation_id": "", "causation_id": "", "actor": "saga:inventory" })
+            json!({ "schema_version": 2, "correlation_id": "corr", "causation_id": "cause", "actor": "saga:inventory",
+                    "$correlationId": "corr", "$causationId": "cause" })
         );
+        let back: StoredMetadata = serde_json::from_value(json).unwrap();
+        assert_eq!((back.schema_version, back.metadata), (2, new.metadata));
     }
 
     #[test]
