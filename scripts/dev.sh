@@ -8,13 +8,19 @@
 # simulator (http://127.0.0.1:8090), projections, query-side
 # (http://127.0.0.1:8081). The relay, the participants and the projections
 # serve /health/* and /metrics on 127.0.0.1:9101, 9102 and 9103.
-# Configuration: the environment variables in the README's table.
+# Configuration: the environment variables in the README's table
+# (EVENT_STORE_URL=esdb://... keeps the events in EventStoreDB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The services check the server with the tests' database; this system creates its own.
 env -u DATABASE_URL bash scripts/services.sh
-cargo build --bins --quiet
+# EVENT_STORE_URL naming EventStoreDB needs the binaries built with its feature.
+features=()
+case "${EVENT_STORE_URL:-}" in
+  esdb*|kurrentdb*) features=(--features command-side/eventstoredb,projections/eventstoredb,query-side/eventstoredb) ;;
+esac
+cargo build --bins --quiet "${features[@]}"
 
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
 pids=()
