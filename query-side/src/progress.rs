@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 pub const CHANNEL: &str = "projection_progress";
+const FALLBACK_POLL: Duration = Duration::from_millis(250);
 
 /// Why a wait for a position could not tell.
 #[derive(Debug)]
@@ -22,7 +23,6 @@ pub enum ProgressError {
     /// The event store, where the position is looked up.
     Store(StoreError),
 }
-const FALLBACK_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Progress {

@@ -321,7 +321,9 @@ impl EventStore for EsdbEventStore {
 
 /// A catch-up subscription to `$all`, filtered on the server to the store's
 /// streams. The client subscribes again after a failure from the last event
-/// delivered; each failure is also handed on, as the trait asks.
+/// delivered; each failure is also handed on, as the trait asks. An event of
+/// the store that cannot be read stops the subscription there (an error
+/// each time it is reached), as on PostgreSQL: the log is never skipped.
 struct Follower {
     store: EsdbEventStore,
     after: Option<LogPosition>,
@@ -364,9 +366,19 @@ impl Follower {
             if self.after.is_some_and(|after| position <= after) {
                 continue;
             }
-            self.after = Some(position);
-            if let Some(event) = mapping::recorded_event(self.store.streams(), event)? {
-                return Ok(event);
+            match mapping::recorded_event(self.store.streams(), event) {
+                Ok(ours) => {
+                    self.after = Some(position);
+                    if let Some(event) = ours {
+                        return Ok(event);
+                    }
+                }
+                Err(damaged) => {
+                    // Never skipped: subscribe again from before it, and say so each time.
+                    self.subscription = None;
+                    self.backoff = Some(self.store.config.max_error_backoff);
+                    return Err(damaged);
+                }
             }
         }
     }
