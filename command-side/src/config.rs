@@ -101,6 +101,7 @@ mod tests {
             ("IDEMPOTENCY_KEY_TTL", "1 fortnight"),
             ("LOG_LEVEL", "info,[[["),
             ("LOG_FORMAT", "xml"),
+            ("EVENT_STORE_URL", "mysql://events"),
         ] {
             let error = Config::from_source(&Vars(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name, "{error}");
@@ -111,5 +112,19 @@ mod tests {
     fn a_bad_database_url_is_not_echoed() {
         let error = Config::from_source(&Vars(&[("DATABASE_URL", "mysql://user:hunter2@host/db")])).unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
+        let error = Config::from_source(&Vars(&[("EVENT_STORE_URL", "esdb://admin:hunter2@h:2113?tls=sometimes")]))
+            .unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_events_live_in_postgresql_unless_event_store_url_says_otherwise() {
+        assert_eq!(Config::from_source(&Vars(&[])).unwrap().event_store, event_store::Backend::Postgres);
+        let esdb = Config::from_source(&Vars(&[("EVENT_STORE_URL", "esdb://localhost:2113?tls=false")]));
+        if cfg!(feature = "eventstoredb") {
+            assert_eq!(esdb.unwrap().event_store.name(), "eventstoredb");
+        } else {
+            assert!(esdb.unwrap_err().reason.contains("--features eventstoredb"));
+        }
     }
 }
