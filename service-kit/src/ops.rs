@@ -103,9 +103,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S>
 /// `/health/live` and `/health/ready` only, for a service that renders its own `/metrics`.
 pub fn health_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
     let checks = Arc::new(checks);
-    Router::new()
-        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/health/ready", get(move || ready(checks.clone())))
+    Router::new().route("/health/live", get(live)).route("/health/ready", get(move || ready(checks.clone())))
 }
 
 async fn ready(checks: Arc<Vec<Check>>) -> Response {
@@ -125,6 +123,38 @@ async fn ready(checks: Arc<Vec<Check>>) -> Response {
         Problem::unavailable(format!("not ready: {}", failing.join("; ")), 5).into_response()
     }
 }
+
+/// The operations routes in an API's OpenAPI document (merged into each
+/// API's own; the routes themselves are [`router`]'s and [`health_router`]'s).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(live, ready_doc, metrics_doc),
+    tags((name = "operations", description = "Health and metrics, for orchestrators and monitoring; no token needed"))
+)]
+pub struct OpsApi;
+
+/// The process runs.
+#[utoipa::path(get, path = "/health/live", tag = "operations", operation_id = "live",
+    responses((status = 204, description = "The process runs")))]
+async fn live() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// Every dependency answers (the database with its migrations applied, NATS, the event store where it is not the database).
+#[utoipa::path(get, path = "/health/ready", tag = "operations", operation_id = "ready",
+    responses(
+        (status = 204, description = "Ready"),
+        (status = 503, description = "Not ready: `detail` names each dependency that does not answer (`Retry-After`)",
+         body = Problem, content_type = "application/problem+json"),
+    ))]
+#[allow(dead_code)] // documents `ready`, which takes the checks
+fn ready_doc() {}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
+#[allow(dead_code)] // documents the `/metrics` routes, which render the process's recorder
+fn metrics_doc() {}
 
 /// The ops routes on an address of their own, for a service without an API.
 pub struct OpsServer {

@@ -47,7 +47,9 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::cancel))
         .route_layer(scope(auth::ORDERS_WRITE));
     let inventory = OpenApiRouter::new().routes(routes!(inventory::receive)).route_layer(scope(auth::INVENTORY_WRITE));
-    OpenApiRouter::with_openapi(doc::ApiDoc::openapi()).merge(orders).merge(inventory)
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
+        .merge(orders)
+        .merge(inventory)
 }
 
 /// The OpenAPI document the API serves at `/openapi.json`.

@@ -47,7 +47,10 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list))
         .routes(routes!(admin::request_rebuild))
         .route_layer(scope(auth::ADMIN));
-    OpenApiRouter::with_openapi(doc::ApiDoc::openapi()).merge(orders).merge(inventory).merge(admin)
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
+        .merge(orders)
+        .merge(inventory)
+        .merge(admin)
 }
 
 /// The OpenAPI document the API serves at `/openapi.json`.
