@@ -184,9 +184,9 @@ impl EsdbEventStore {
         &self,
         stream_id: &str,
         events: &[NewEvent],
-        last_revision: u64,
+        written: eventstore::WriteResult,
     ) -> Result<AppendResult, StoreError> {
-        let first_version = (last_revision + 2).saturating_sub(events.len() as u64);
+        let first_version = (written.next_expected_version + 2).saturating_sub(events.len() as u64);
         let stored = self.read_stream_limited(stream_id, first_version, events.len()).await?;
         if stored.len() < events.len() {
             // Written, but not readable where it says: the outcome is unknown,
@@ -195,7 +195,13 @@ impl EsdbEventStore {
                 format!("the append to {stream_id} was acknowledged but its events cannot be read back yet").into(),
             ));
         }
-        append::replayed_result(stream_id, events, stored)
+        let mut result = append::replayed_result(stream_id, events, stored)?;
+        if result.log_position == LogPosition::START {
+            // A server that leaves `$all` positions out of stream reads: the
+            // write's own position is where the append committed.
+            result.log_position = mapping::log_position(written.position);
+        }
+        Ok(result)
     }
 
     /// The version conflict EventStoreDB reported, unless the events are
@@ -246,7 +252,7 @@ impl EventStore for EsdbEventStore {
         let appended = self
             .timed(async {
                 match self.client.append_to_stream(self.streams().name(stream_id), &options, data).await {
-                    Ok(written) => self.confirm(stream_id, &events, written.next_expected_version).await,
+                    Ok(written) => self.confirm(stream_id, &events, written).await,
                     Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
                         self.conflict(stream_id, expected, &events, current).await
                     }
