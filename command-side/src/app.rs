@@ -69,7 +69,7 @@ impl App {
     /// Migrates and binds with a pool of the caller's (the tests' own database).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         event_store::postgres::MIGRATOR.run(&pool).await?;
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES)?;
+        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
         let state = AppState {
             store: store.clone(),
             pool: pool.clone(),

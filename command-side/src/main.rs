@@ -48,7 +48,7 @@ async fn relay(config: Config) -> anyhow::Result<()> {
     let ops = bind_ops(relay_config.ops_addr, "RELAY_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the relay cannot reach the database")?;
     let client = nats().await?;
-    let store = open_store(&config, &pool)?;
+    let store = open_store(&config, &pool).await?;
     let ops = tokio::spawn(ops.run(checks(&config, &store, &pool, &client), shutdown::signal()));
     let lag = tokio::spawn(relay::report_lag(store.clone(), pool.clone(), relay_config.stream.clone(), LAG_EVERY));
     tracing::info!(stream = %relay_config.stream, "relay starting");
@@ -63,7 +63,7 @@ async fn saga(config: Config) -> anyhow::Result<()> {
     let ops = bind_ops(saga_config.ops_addr, "SAGA_OPS_ADDR").await?;
     let pool = command_side::migrate(&config).await.context("the saga participants cannot reach the database")?;
     let client = nats().await?;
-    let store = open_store(&config, &pool)?;
+    let store = open_store(&config, &pool).await?;
     let ops = tokio::spawn(ops.run(checks(&config, &store, &pool, &client), shutdown::signal()));
     tracing::info!(stream = %saga_config.events.stream, gateway = %saga_config.gateway.url, "saga participants starting");
     let gateway = saga::gateway::Gateway::new(saga_config.gateway.clone());
@@ -80,8 +80,12 @@ async fn bind_ops(addr: SocketAddr, setting: &str) -> anyhow::Result<OpsServer> 
 }
 
 /// The event store `EVENT_STORE_URL` names (PostgreSQL, the pool's, by default).
-fn open_store(config: &Config, pool: &PgPool) -> anyhow::Result<Arc<dyn EventStore>> {
-    config.event_store.open(pool.clone(), &domain::CATEGORIES).context("cannot open the event store (EVENT_STORE_URL)")
+async fn open_store(config: &Config, pool: &PgPool) -> anyhow::Result<Arc<dyn EventStore>> {
+    config
+        .event_store
+        .open(pool.clone(), &domain::CATEGORIES)
+        .await
+        .context("cannot open the event store (EVENT_STORE_URL)")
 }
 
 /// Ready when the database (migrated), the event store and NATS answer.

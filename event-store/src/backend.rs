@@ -64,7 +64,12 @@ impl Backend {
 
     /// The store: PostgreSQL over `pool`, or a client of EventStoreDB that
     /// holds the streams of `categories` (the system's: `order`, ...).
-    pub fn open(&self, pool: PgPool, categories: &[&str]) -> Result<Arc<dyn EventStore>, StoreError> {
+    ///
+    /// `pool`'s database records which backend its read models and
+    /// checkpoints come from (the first opener records it); opening another
+    /// one there is refused, since positions of one mean nothing in the other.
+    pub async fn open(&self, pool: PgPool, categories: &[&str]) -> Result<Arc<dyn EventStore>, StoreError> {
+        claim(&pool, self.name()).await?;
         match self {
             Self::Postgres => {
                 let _ = categories; // every stream of the database is the system's
@@ -78,6 +83,35 @@ impl Backend {
             #[cfg(not(feature = "eventstoredb"))]
             Self::EventStoreDb { .. } => Err(StoreError::Backend("this build has no EventStoreDB support".into())),
         }
+    }
+}
+
+/// Records `backend` as the database's event store unless one is recorded;
+/// refuses if another one is. A database without the table yet (a service
+/// that does not migrate, started first) is left to the services that do.
+async fn claim(pool: &PgPool, backend: &str) -> Result<(), StoreError> {
+    let recorded: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
+        "WITH claimed AS (INSERT INTO event_store_backend (backend) VALUES ($1) ON CONFLICT DO NOTHING RETURNING backend) \
+         SELECT backend FROM claimed UNION ALL SELECT backend FROM event_store_backend LIMIT 1",
+    )
+    .bind(backend)
+    .fetch_optional(pool)
+    .await;
+    match recorded {
+        Ok(Some(recorded)) if recorded != backend => Err(StoreError::Backend(
+            format!(
+                "this database's read models and checkpoints were built from the {recorded} event store, but \
+                 EVENT_STORE_URL names {backend}: events are not moved between backends. Set EVENT_STORE_URL back, \
+                 or start from a new database (DATABASE_URL); see docs/operations.md"
+            )
+            .into(),
+        )),
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+            tracing::debug!("event_store_backend does not exist yet: the migrating services will record the backend");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
     }
 }
 

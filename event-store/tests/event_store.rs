@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use event_store::conformance::{self, assert_quiet, event, take};
 use event_store::testing::{with_database, Harness, MemoryHarness, PgHarness};
-use event_store::{EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
+use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 
@@ -214,6 +214,22 @@ mod postgres {
         })
         .await;
         open.rollback().await.unwrap();
+    }
+
+    /// A database's read models and checkpoints keep to the backend they were
+    /// built from: opening another event store over it is refused.
+    #[tokio::test]
+    async fn a_database_keeps_to_the_event_store_it_was_built_from() {
+        with_database(4, |pool| async move {
+            Backend::Postgres.open(pool.clone(), &["order"]).await.unwrap();
+            Backend::Postgres.open(pool.clone(), &["order"]).await.unwrap();
+            // As if the events had lived in EventStoreDB so far.
+            sqlx::query("UPDATE event_store_backend SET backend = 'eventstoredb'").execute(&pool).await.unwrap();
+            let error = Backend::Postgres.open(pool.clone(), &["order"]).await.err().expect("refused");
+            assert!(error.to_string().contains("built from the eventstoredb event store"), "{error}");
+            assert!(error.to_string().contains("EVENT_STORE_URL names postgres"), "{error}");
+        })
+        .await;
     }
 
     /// Positions of rolled-back appends are gaps in the sequence; the log

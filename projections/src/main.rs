@@ -54,8 +54,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot reach the database (DATABASE_URL)")?;
     event_store::postgres::MIGRATOR.run(&pool).await.context("cannot apply the migrations")?;
-    let store =
-        backend.open(pool.clone(), &domain::CATEGORIES).context("cannot open the event store (EVENT_STORE_URL)")?;
+    let store = backend
+        .open(pool.clone(), &domain::CATEGORIES)
+        .await
+        .context("cannot open the event store (EVENT_STORE_URL)")?;
     let rebuild_options = RebuildOptions { page_size, ..RebuildOptions::default() };
     match rebuild_name {
         Some(name) => rebuild_with_progress_bar(store, pool, &name, rebuild_options).await,

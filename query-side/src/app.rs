@@ -45,7 +45,7 @@ impl App {
     /// The read-model tables are created by the migrations the other services apply.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         service_kit::metrics::handle();
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES)?;
+        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
         let state = AppState {
             store: store.clone(),
             progress: Progress::start(pool.clone()),
