@@ -33,6 +33,19 @@ pub enum StoreError {
     Backend(#[source] BoxError),
 }
 
+impl StoreError {
+    /// `work`, or `Unavailable` if it takes longer than `limit`: no store
+    /// operation hangs.
+    pub(crate) async fn within<T>(
+        limit: std::time::Duration,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match error {

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use crate::{AppendResult, EventStore, ExpectedVersion, MemoryEventStore, NewEvent, PgEventStore, StoreError};
+use crate::{AppendResult, EventStore, ExpectedVersion, NewEvent, PgEventStore, StoreError};
 
 /// Test databases are named `estest_<unix seconds>_<random>`.
 const PREFIX: &str = "estest_";
@@ -100,27 +100,12 @@ pub trait Harness: Send + Sync + 'static {
     ) -> Result<Option<AppendResult>, StoreError>;
 }
 
-/// Where a backend has no transactions to hold open: wait, then append or not.
-async fn append_after(
-    store: &dyn EventStore,
-    stream_id: &str,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-    hold: Duration,
-    commit: bool,
-) -> Result<Option<AppendResult>, StoreError> {
-    tokio::time::sleep(hold).await;
-    if commit {
-        store.append(stream_id, expected, events).await.map(Some)
-    } else {
-        Ok(None)
-    }
-}
-
-pub struct MemoryHarness(pub MemoryEventStore);
+/// A backend without transactions to hold open (memory, EventStoreDB): a
+/// held-open append waits, then appends or not.
+pub struct PlainHarness<S>(pub S);
 
 #[async_trait]
-impl Harness for MemoryHarness {
+impl<S: EventStore + Clone> Harness for PlainHarness<S> {
     fn store(&self) -> Arc<dyn EventStore> {
         Arc::new(self.0.clone())
     }
@@ -133,7 +118,12 @@ impl Harness for MemoryHarness {
         hold: Duration,
         commit: bool,
     ) -> Result<Option<AppendResult>, StoreError> {
-        append_after(&self.0, stream_id, expected, events, hold, commit).await
+        tokio::time::sleep(hold).await;
+        if commit {
+            self.0.append(stream_id, expected, events).await.map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -153,28 +143,6 @@ pub fn esdb_store() -> Option<crate::esdb::EsdbEventStore> {
         ..crate::esdb::EsdbConfig::new(&url, &[])
     };
     Some(crate::esdb::EsdbEventStore::connect(config).expect("EVENTSTOREDB_URL is not a usable connection string"))
-}
-
-#[cfg(feature = "eventstoredb")]
-pub struct EsdbHarness(pub crate::esdb::EsdbEventStore);
-
-#[cfg(feature = "eventstoredb")]
-#[async_trait]
-impl Harness for EsdbHarness {
-    fn store(&self) -> Arc<dyn EventStore> {
-        Arc::new(self.0.clone())
-    }
-
-    async fn append_held_open(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        hold: Duration,
-        commit: bool,
-    ) -> Result<Option<AppendResult>, StoreError> {
-        append_after(&self.0, stream_id, expected, events, hold, commit).await
-    }
 }
 
 /// Another harness's store behind a [`SharedTail`](crate::SharedTail).

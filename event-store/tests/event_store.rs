@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::conformance::{self, assert_quiet, event, take};
-use event_store::testing::{with_database, Harness, MemoryHarness, PgHarness};
+use event_store::testing::{with_database, Harness, PgHarness, PlainHarness};
 use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -21,7 +21,7 @@ mod memory {
         ($($case:ident),+ $(,)?) => {$(
             #[tokio::test]
             async fn $case() {
-                conformance::$case(Arc::new(MemoryHarness(MemoryEventStore::new()))).await;
+                conformance::$case(Arc::new(PlainHarness(MemoryEventStore::new()))).await;
             }
         )+};
     }
@@ -39,7 +39,7 @@ mod shared {
         ($($case:ident),+ $(,)?) => {$(
             #[tokio::test]
             async fn $case() {
-                conformance::$case(Arc::new(SharedHarness(MemoryHarness(MemoryEventStore::new())))).await;
+                conformance::$case(Arc::new(SharedHarness(PlainHarness(MemoryEventStore::new())))).await;
             }
         )+};
     }
@@ -72,7 +72,7 @@ mod shared {
 /// once and `esdb::suite_ran_or_was_skipped` says so in the test output.
 #[cfg(feature = "eventstoredb")]
 mod esdb {
-    use event_store::testing::{esdb_store, EsdbHarness, EVENTSTOREDB_URL};
+    use event_store::testing::{esdb_store, EVENTSTOREDB_URL};
 
     use super::*;
 
@@ -91,7 +91,7 @@ mod esdb {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 if let Some(store) = esdb_store() {
-                    conformance::$case(Arc::new(EsdbHarness(store))).await;
+                    conformance::$case(Arc::new(PlainHarness(store))).await;
                 }
             }
         )+};

@@ -91,10 +91,7 @@ impl EsdbEventStore {
     }
 
     async fn timed<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let limit = self.config.operation_timeout;
-        tokio::time::timeout(limit, work)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
+        StoreError::within(self.config.operation_timeout, work).await
     }
 
     /// At most `limit` events of one stream from `from_version` on.

@@ -105,10 +105,7 @@ impl PgEventStore {
     }
 
     async fn timed<T>(&self, work: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let limit = self.inner.config.operation_timeout;
-        tokio::time::timeout(limit, work)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
+        StoreError::within(self.inner.config.operation_timeout, work).await
     }
 
     /// One append statement; when it writes nothing, finds out why: a replay
