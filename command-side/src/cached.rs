@@ -240,6 +240,79 @@ mod tests {
         assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 11);
     }
 
+    /// What another process may do to the item, behind the cache's back, or
+    /// what this process's saga asks through the cache.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Elsewhere(InventoryCommand),
+        Cached(InventoryCommand),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        fn sku() -> String {
+            "SKU-1".to_owned()
+        }
+        let order = (0u128..6).prop_map(Uuid::from_u128);
+        let saga = prop_oneof![
+            (order.clone(), 1i64..4).prop_map(|(order_id, quantity)| InventoryCommand::Reserve {
+                sku: sku(),
+                order_id,
+                quantity
+            }),
+            order.prop_map(|order_id| InventoryCommand::Release { sku: sku(), order_id }),
+        ];
+        prop_oneof![
+            saga.clone().prop_map(Step::Cached),
+            saga.prop_map(Step::Elsewhere),
+            (1i64..5).prop_map(|quantity| Step::Elsewhere(InventoryCommand::Receive { sku: sku(), quantity })),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever others append in between, every answer the cache gives
+        /// is the stream's current state (decided on the kept state at once,
+        /// or read up to date first), and what it appends is what a command
+        /// on the freshly read stream would have appended.
+        #[test]
+        fn the_kept_state_never_answers_behind_the_stream(steps in proptest::collection::vec(step(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (kept, fresh) = (MemoryEventStore::new(), MemoryEventStore::new());
+                let cache = StateCache::new(10);
+                let stream = "inventory-SKU-1";
+                for step in steps {
+                    match step {
+                        Step::Elsewhere(command) => {
+                            let on_kept = commands::execute::<Inventory>(&kept, stream, &invocation(), command.clone()).await;
+                            let on_fresh = commands::execute::<Inventory>(&fresh, stream, &invocation(), command).await;
+                            assert_eq!(on_kept.is_ok(), on_fresh.is_ok());
+                        }
+                        Step::Cached(command) => {
+                            let through_cache = execute::<Inventory>(&kept, &cache, stream, &invocation(), command.clone()).await;
+                            let read_first = commands::execute::<Inventory>(&fresh, stream, &invocation(), command).await;
+                            assert_eq!(through_cache.is_ok(), read_first.is_ok());
+                            if let Ok((accepted, state)) = through_cache {
+                                let stored = kept.read_stream(stream, 1).await.unwrap();
+                                let decoded: Vec<_> = stored.iter().map(|e| commands::decode::<Inventory>(e).unwrap()).collect();
+                                assert_eq!(accepted.stream_version, stored.len() as u64);
+                                assert_eq!(*state, Inventory::fold(&decoded));
+                            }
+                        }
+                    }
+                }
+                let events = |store: &MemoryEventStore| {
+                    let store = store.clone();
+                    async move {
+                        let events = store.read_stream(stream, 1).await.unwrap();
+                        events.into_iter().map(|e| (e.event_type, e.payload)).collect::<Vec<_>>()
+                    }
+                };
+                assert_eq!(events(&kept).await, events(&fresh).await, "the same events, in the same order");
+            });
+        }
+    }
+
     #[test]
     fn the_cache_stays_within_its_capacity_and_keeps_what_is_used() {
         let cache = StateCache::new(4);
