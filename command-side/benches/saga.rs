@@ -6,7 +6,8 @@
 //! Run: `cargo bench -p command-side --bench saga` (needs DATABASE_URL and
 //! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
 //! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
-//! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone.
+//! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
+//! `BENCH_SECONDS=n` runs n seconds.
 //!
 //! Latency is `OrderConfirmed.recorded_at - OrderPlaced.recorded_at`, both
 //! stamped by the database. The saga takes four trips through the relay and
@@ -40,7 +41,8 @@ const WINDOW_SECONDS: usize = 10;
 
 #[tokio::main]
 async fn main() {
-    let seconds = if quick() { 10 } else { 30 };
+    let seconds = std::env::var("BENCH_SECONDS")
+        .map_or(if quick() { 10 } else { 30 }, |s| s.parse().expect("BENCH_SECONDS: seconds of load"));
     with_shop(Setup::default(), |shop| async move {
         let shop = Arc::new(shop);
         for sku in 0..SKUS {
