@@ -10,6 +10,31 @@ use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEven
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 
+/// A local port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Every operation of a store whose backend cannot be reached fails with
+/// `Unavailable`, and a subscription yields that error, all within `limit`.
+async fn assert_unavailable_everywhere(store: &dyn EventStore, limit: Duration) {
+    fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Unavailable(_)))
+    }
+    let started = Instant::now();
+    assert!(unavailable(store.append("order-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await));
+    assert!(unavailable(store.read_stream("order-1", 1).await));
+    assert!(unavailable(store.read_all(None, 10).await));
+    assert!(unavailable(store.stats().await));
+    assert!(unavailable(store.count_after(None, 10).await));
+    assert!(unavailable(store.locate(1).await));
+    let mut subscription = store.subscribe(None);
+    let item = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut subscription)).await;
+    assert!(matches!(item, Ok(Some(Err(StoreError::Unavailable(_))))), "{item:?}");
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+}
+
 /// Connections per test database: enough for the stress test's 8 writers,
 /// its subscriber and the store's LISTEN and NOTIFY tasks.
 const POOL_SIZE: u32 = 16;
@@ -103,27 +128,13 @@ mod esdb {
     #[tokio::test]
     async fn an_unreachable_server_is_a_typed_error_not_a_hang() {
         use event_store::esdb::{EsdbConfig, EsdbEventStore};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        let port = closed_port();
         let config = EsdbConfig {
             operation_timeout: Duration::from_secs(2),
             ..EsdbConfig::new(&format!("esdb://127.0.0.1:{port}?tls=false&maxDiscoverAttempts=2"), &["order"])
         };
         let store = EsdbEventStore::connect(config).unwrap();
-        fn unavailable<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
-            matches!(result, Err(StoreError::Unavailable(_)))
-        }
-        let started = Instant::now();
-        assert!(unavailable(store.append("order-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await));
-        assert!(unavailable(store.read_stream("order-1", 1).await));
-        assert!(unavailable(store.read_all(None, 10).await));
-        assert!(unavailable(store.stats().await));
-        let mut subscription = store.subscribe(None);
-        let item =
-            tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut subscription)).await;
-        assert!(matches!(item, Ok(Some(Err(StoreError::Unavailable(_))))), "{item:?}");
-        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert_unavailable_everywhere(&store, Duration::from_secs(30)).await;
     }
 
     /// Appends to streams outside the store's categories are refused: the
@@ -280,26 +291,10 @@ mod postgres {
     /// error, and a subscription yields the error instead of hanging.
     #[tokio::test]
     async fn an_unreachable_database_is_a_typed_error_not_a_hang() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
         let pool = PgPoolOptions::new()
             .acquire_timeout(Duration::from_secs(1))
-            .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"))
+            .connect_lazy(&format!("postgres://postgres@127.0.0.1:{}/nowhere", closed_port()))
             .unwrap();
-        let store = PgEventStore::new(pool);
-        fn unavailable<T>(result: Result<T, StoreError>) -> bool {
-            matches!(result, Err(StoreError::Unavailable(_)))
-        }
-        let started = Instant::now();
-        assert!(unavailable(store.append("order-1", ExpectedVersion::Any, vec![event("E", json!({}))]).await));
-        assert!(unavailable(store.read_stream("order-1", 1).await));
-        assert!(unavailable(store.read_all(None, 10).await));
-        assert!(unavailable(store.stats().await));
-        let mut subscription = store.subscribe(None);
-        let item =
-            tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut subscription)).await;
-        assert!(matches!(item, Ok(Some(Err(StoreError::Unavailable(_))))), "{item:?}");
-        assert!(started.elapsed() < Duration::from_secs(15));
+        assert_unavailable_everywhere(&PgEventStore::new(pool), Duration::from_secs(15)).await;
     }
 }
