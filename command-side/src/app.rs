@@ -76,6 +76,7 @@ impl App {
             command_max_attempts: config.command_max_attempts,
             order_deadline: chrono::Duration::from_std(config.order_deadline)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
+            idempotency_wait: idempotency_wait(config.request_timeout),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
@@ -107,6 +108,15 @@ impl App {
     }
 }
 
+/// How long a request waits for the first one under its `Idempotency-Key`:
+/// long enough to outlast the first one's lease when the request timeout
+/// allows, and always short of the timeout, so the answer is the documented
+/// 409 rather than the timeout's 503.
+fn idempotency_wait(request_timeout: Duration) -> Duration {
+    let margin = Duration::from_secs(1).min(request_timeout / 2);
+    (request_timeout - margin).min(idempotency::LEASE + Duration::from_secs(1))
+}
+
 async fn forget_expired_keys(pool: PgPool, ttl: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(600));
     loop {
@@ -116,5 +126,17 @@ async fn forget_expired_keys(pool: PgPool, ttl: Duration) {
             Ok(n) => tracing::info!(forgotten = n, "expired idempotency keys removed"),
             Err(error) => tracing::warn!(%error, "could not remove expired idempotency keys"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_waits_for_its_key_short_of_the_request_timeout() {
+        assert_eq!(idempotency_wait(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(idempotency_wait(Duration::from_secs(60)), idempotency::LEASE + Duration::from_secs(1));
+        assert_eq!(idempotency_wait(Duration::from_secs(1)), Duration::from_millis(500));
     }
 }

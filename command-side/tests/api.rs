@@ -332,6 +332,111 @@ async fn the_same_idempotency_key_with_another_body_is_422() {
     .await;
 }
 
+/// Ages every remembered key past `IDEMPOTENCY_KEY_TTL` and lets the janitor forget them.
+async fn forget_every_key(pool: &PgPool) {
+    sqlx::query("UPDATE http_idempotency_keys SET requested_at = now() - interval '2 days'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let forgotten = command_side::idempotency::forget_expired(pool, Duration::from_secs(24 * 3600)).await.unwrap();
+    assert!(forgotten > 0);
+}
+
+#[tokio::test]
+async fn a_key_used_again_after_it_was_forgotten_is_a_new_request() {
+    with_app(|app| async move {
+        let key = [("idempotency-key", "receipt-2026-12-01")];
+        let first = app.post_with("/v1/inventory/SKU-1/receipts", json!({"quantity": 5}), &key).await;
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        forget_every_key(&app.pool).await;
+
+        let again = app.post_with("/v1/inventory/SKU-1/receipts", json!({"quantity": 7}), &key).await;
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        assert!(!again.headers().contains_key("idempotent-replayed"));
+        assert_eq!(again.json::<Value>().await.unwrap()["version"], 2);
+        let received: i64 = sqlx::query_scalar(
+            "SELECT sum((payload->>'quantity')::bigint)::bigint FROM es_events WHERE stream_id = 'inventory-SKU-1'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(received, 12, "both receipts are on hand");
+        // Remembered again under its new generation: a retry is a replay.
+        let retry = app.post_with("/v1/inventory/SKU-1/receipts", json!({"quantity": 7}), &key).await;
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+
+        // A forgotten key used for another resource derives other ids too.
+        let key = [("idempotency-key", "k-reused")];
+        assert_eq!(app.post_with("/v1/orders", order(), &key).await.status(), StatusCode::ACCEPTED);
+        forget_every_key(&app.pool).await;
+        let elsewhere = app.post_with("/v1/inventory/SKU-2/receipts", json!({"quantity": 3}), &key).await;
+        assert_eq!(elsewhere.status(), StatusCode::ACCEPTED, "{}", elsewhere.text().await.unwrap());
+        assert_eq!(app.event_count().await, 4);
+    })
+    .await;
+}
+
+/// A first request with this key and body has claimed it and is still running.
+async fn claim_held_by_another_request(pool: &PgPool, path: &str, body: &Value, key: &str) {
+    let fingerprint =
+        command_side::idempotency::fingerprint("POST", path, serde_json::to_string(body).unwrap().as_bytes());
+    sqlx::query(
+        "INSERT INTO http_idempotency_keys (principal, key, fingerprint, lease_until) \
+         VALUES ('admin:developer', $1, $2, now() + interval '1 minute')",
+    )
+    .bind(key)
+    .bind(&fingerprint)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_waiting_on_its_key_answers_409_before_the_request_timeout() {
+    let env = [("COMMAND_HTTP_ADDR", "127.0.0.1:0"), ("HTTP_REQUEST_TIMEOUT", "2s"), ("AUTH_MODE", "off")];
+    let config = Config::from_source(&service_kit::config::Vars(&env)).unwrap();
+    with_app_config(config, |app| async move {
+        let body = json!({"quantity": 5});
+        claim_held_by_another_request(&app.pool, "/v1/inventory/SKU-1/receipts", &body, "slow-1").await;
+        let started = std::time::Instant::now();
+        let waiting = app.post_with("/v1/inventory/SKU-1/receipts", body, &[("idempotency-key", "slow-1")]).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(waiting.headers()["retry-after"], "1");
+        let body = problem(waiting, StatusCode::CONFLICT).await;
+        assert!(body["detail"].as_str().unwrap().contains("still being processed"), "{body}");
+        assert_eq!(app.event_count().await, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_holder_of_a_claim_records_or_releases_it() {
+    use command_side::idempotency::{claim, complete, release, Claim, StoredResponse};
+    with_database(2, |pool| async move {
+        let wait = Duration::from_secs(1);
+        let fingerprint = b"request".to_vec();
+        let Claim::Run(first) = claim(&pool, "p", "k", &fingerprint, wait).await.unwrap() else { panic!() };
+        // The first request outlives its lease; a retry takes the key over.
+        sqlx::query("UPDATE http_idempotency_keys SET lease_until = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let Claim::Run(second) = claim(&pool, "p", "k", &fingerprint, wait).await.unwrap() else { panic!() };
+        assert_eq!(second.namespace, first.namespace, "a takeover derives the same ids");
+
+        let answer = |status| StoredResponse { status, body: json!({"n": status}), location: None };
+        assert!(!release(&pool, "p", "k", &first).await.unwrap(), "the first may not give the key back");
+        assert!(!complete(&pool, "p", "k", &first, &answer(500)).await.unwrap(), "nor record its answer");
+        assert!(matches!(claim(&pool, "p", "k", &fingerprint, Duration::ZERO).await.unwrap(), Claim::StillRunning));
+        assert!(complete(&pool, "p", "k", &second, &answer(202)).await.unwrap());
+        match claim(&pool, "p", "k", &fingerprint, wait).await.unwrap() {
+            Claim::Replay(stored) => assert_eq!(stored, answer(202)),
+            other => panic!("expected the holder's answer, got {other:?}"),
+        }
+    })
+    .await;
+}
+
 /// Contention is transient: its 409 carries Retry-After and is not
 /// remembered under the key, so the client's retry with the key runs again.
 #[tokio::test]

@@ -37,6 +37,9 @@ pub(crate) struct AppState {
     pub pool: PgPool,
     pub command_max_attempts: u32,
     pub order_deadline: chrono::Duration,
+    /// Longest a request waits for another one running under the same
+    /// `Idempotency-Key` before it answers 409: short of the request timeout.
+    pub idempotency_wait: std::time::Duration,
 }
 
 /// The API's routes with their documentation, registered together.
@@ -146,12 +149,12 @@ where
     };
     // Keys are the principal's own: another principal's key is another key.
     let owner = principal.actor();
-    let (now, ids) = match key {
-        None => (Utc::now(), EventIds::Random),
+    let (now, ids, lease) = match key {
+        None => (Utc::now(), EventIds::Random, None),
         Some(key) => {
             let fingerprint = idempotency::fingerprint("POST", path, body);
-            match idempotency::claim(&state.pool, &owner, key, &fingerprint).await {
-                Ok(Claim::Run { requested_at, namespace }) => (requested_at, EventIds::Derived(namespace)),
+            match idempotency::claim(&state.pool, &owner, key, &fingerprint, state.idempotency_wait).await {
+                Ok(Claim::Run(lease)) => (lease.requested_at, EventIds::Derived(lease.namespace), Some(lease)),
                 Ok(Claim::Replay(stored)) => return respond(&stored, true),
                 Ok(Claim::Mismatch) => {
                     return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Key reused")
@@ -182,18 +185,22 @@ where
         max_attempts: state.command_max_attempts,
     };
     let outcome = handler(invocation, now).await;
-    if let Some(key) = key {
+    if let (Some(key), Some(lease)) = (key, lease) {
         // A failure of ours (5xx) or a transient one (sent with Retry-After,
         // such as contention) is not remembered: the client's retry runs again.
         let remembered = match &outcome {
             Err(problem) if problem.status >= 500 || problem.retry_after.is_some() => {
-                idempotency::release(&state.pool, &owner, key).await
+                idempotency::release(&state.pool, &owner, key, &lease).await
             }
-            _ => idempotency::complete(&state.pool, &owner, key, &stored_form(&outcome)).await,
+            _ => idempotency::complete(&state.pool, &owner, key, &lease, &stored_form(&outcome)).await,
         };
-        if let Err(error) = remembered {
+        match remembered {
+            Ok(true) => {}
+            // This request outlived its lease and another took the key over:
+            // the events are the same (derived ids), the successor answers.
+            Ok(false) => tracing::warn!("the idempotency key was taken over; its new holder records the outcome"),
             // The command's outcome stands; a retry with the key finds its events.
-            tracing::warn!(%error, "could not record the idempotency key's outcome");
+            Err(error) => tracing::warn!(%error, "could not record the idempotency key's outcome"),
         }
     }
     match outcome {

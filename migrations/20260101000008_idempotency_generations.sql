@@ -1,0 +1,11 @@
+-- Idempotency keys (command-side/src/idempotency.rs), two additions:
+--
+-- generation: drawn anew each time a key is first claimed, and kept when a
+-- claim is taken over. The ids a request derives from its key include it, so
+-- a key used again after it was forgotten (IDEMPOTENCY_KEY_TTL) is a new
+-- request with new ids, never mistaken for the first one's events. Rows
+-- claimed before this migration have none and derive their ids as before.
+--
+-- holder: drawn anew by every claim and takeover. Only the request holding
+-- the claim may record its response or give the key back.
+ALTER TABLE http_idempotency_keys ADD COLUMN generation uuid, ADD COLUMN holder uuid;
