@@ -48,15 +48,62 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Self::Unavailable(error.into())
-            }
-            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
-                // connection exceptions, admin shutdown, cannot connect now
-                Self::Unavailable(error.into())
-            }
-            other => Self::Backend(other.into()),
+        if is_transient(&error) {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Backend(error.into())
         }
+    }
+}
+
+/// Whether a PostgreSQL error passes: the same work may succeed when tried
+/// again (the connection, the server or another transaction was in the way),
+/// as opposed to an error the work itself causes every time. The one
+/// classification of the system: the event store, the projections and the
+/// APIs retry (or answer 503 with `Retry-After`) on exactly these.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// The SQLSTATEs of passing trouble (PostgreSQL's appendix A).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources: too many connections, out of memory, disk full
+        || matches!(
+            code,
+            "40001" // serialization failure
+            | "40P01" // deadlock detected
+            | "25006" // read-only transaction: a failover in progress
+            | "55P03" // lock not available (lock_timeout)
+            | "57014" // query cancelled (statement_timeout, an operator)
+            | "57P01" // admin shutdown
+            | "57P02" // crash shutdown
+            | "57P03" // cannot connect now (starting up, shutting down)
+            | "58030" // I/O error
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_trouble_is_told_from_errors_the_work_causes() {
+        for code in ["08006", "53300", "40001", "40P01", "25006", "55P03", "57014", "57P01", "57P03", "58030"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "22P02", "42P01", "42703", "P0001", "XX000", "57P04"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 }

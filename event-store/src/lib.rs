@@ -34,7 +34,7 @@ use futures_util::stream::BoxStream;
 
 pub use append::{MAX_EVENTS_PER_APPEND, MAX_STREAM_ID_LEN};
 pub use backend::{Backend, EVENT_STORE_URL};
-pub use error::StoreError;
+pub use error::{is_transient, StoreError};
 pub use memory::MemoryEventStore;
 pub use postgres::{PgEventStore, PgStoreConfig};
 pub use shared::SharedTail;

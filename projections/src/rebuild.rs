@@ -116,7 +116,7 @@ impl RebuildError {
         match self {
             RebuildError::AlreadyRunning(_) | RebuildError::Cancelled | RebuildError::Store(_) => true,
             RebuildError::Run(RunError::Interrupted { .. }) => true,
-            RebuildError::Database(error) => crate::runtime::is_transient(error),
+            RebuildError::Database(error) => event_store::is_transient(error),
             RebuildError::Run(_) | RebuildError::Swap(_) => false,
         }
     }

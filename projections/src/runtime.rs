@@ -220,7 +220,9 @@ pub(crate) async fn apply_batch(
             return Ok(position);
         }
         Ok(None) => return Err(RunError::LostLock(name)),
-        Err(BatchError::Database(error)) if is_transient(&error) => {
+        // Passing trouble (the connection, a deadlock, a failover) is not
+        // the event's fault: the runner is restarted, the event retried.
+        Err(BatchError::Database(error)) if event_store::is_transient(&error) => {
             return Err(RunError::Interrupted { name, source: error })
         }
         Err(BatchError::Database(error)) if batch.len() > 1 => {
@@ -270,9 +272,4 @@ async fn try_batch(
     }
     tx.commit().await?;
     Ok(Some(last))
-}
-
-/// Connection trouble is not the event's fault: the runner is restarted, the event retried.
-pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }

@@ -247,3 +247,47 @@ async fn a_projection_that_fails_on_an_event_stops_and_reports_it_while_the_othe
     })
     .await;
 }
+
+/// A deadlock, a serialization failure, too many connections, an admin
+/// shutdown or a failover's read-only transaction is passing trouble, not
+/// the event's fault: the projection is interrupted (its supervisor starts it
+/// again), never recorded as failed, and applies the event once it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_database_error_interrupts_a_projection_and_never_fails_it() {
+    with_database(10, |pool| async move {
+        let store = PgEventStore::new(pool.clone());
+        for (n, code) in ["40P01", "40001", "53300", "57P01", "25006"].into_iter().enumerate() {
+            // The real server raises the error, on the projection's own write.
+            let raise = format!(
+                "CREATE OR REPLACE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
+            );
+            sqlx::query(&raise).execute(&pool).await.unwrap();
+            sqlx::query(
+                "CREATE TRIGGER fail_once BEFORE INSERT ON rm_orders FOR EACH ROW EXECUTE FUNCTION fail_once()",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            let order_id = Uuid::new_v4();
+            append(&store, &format!("order-{order_id}"), &[placed(order_id)]).await;
+
+            let mut interrupted = start(by_name("orders"), &store, &pool);
+            match tokio::time::timeout(Duration::from_secs(20), &mut interrupted.task).await.unwrap().unwrap() {
+                Err(RunError::Interrupted { .. }) => {}
+                other => panic!("{code}: expected an interruption, got {other:?}"),
+            }
+            let report = status(&pool, "orders").await.unwrap();
+            assert!(report.as_ref().is_none_or(|r| r.state != "failed" && r.failure.is_none()), "{code}: {report:?}");
+
+            sqlx::query("DROP TRIGGER fail_once ON rm_orders").execute(&pool).await.unwrap();
+            let running = start(by_name("orders"), &store, &pool);
+            eventually(&format!("{code}: the order is applied once the trouble passed"), || async {
+                processed(&pool, "orders").await == n as u64 + 1
+            })
+            .await;
+            running.stop().await.unwrap();
+        }
+    })
+    .await;
+}
