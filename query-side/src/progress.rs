@@ -60,18 +60,51 @@ impl Progress {
         position: u64,
         limit: Duration,
     ) -> Result<bool, ProgressError> {
+        // Looked up until the log has it, then kept.
+        let located = &std::sync::Mutex::new(None);
+        let known = move || *located.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.wait_until(limit, move || async move {
+            if known().is_none() {
+                let found = store.locate(position).await.map_err(ProgressError::Store)?;
+                *located.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = found;
+            }
+            match known() {
+                Some(at) => self.reached(projection, at).await.map_err(ProgressError::Database),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    /// Waits, at most `limit`, until `follower` has applied every event that
+    /// `leader` has applied now: what one read model shows of an event, the
+    /// other shows too.
+    pub async fn wait_caught_up(&self, follower: &str, leader: &str, limit: Duration) -> Result<bool, ProgressError> {
+        let leader_at: Option<(i64, i64)> =
+            sqlx::query_as("SELECT commit_id, position FROM projection_checkpoints WHERE name = $1")
+                .bind(leader)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(ProgressError::Database)?;
+        let Some((commit, position)) = leader_at else { return Ok(true) };
+        let at = LogPosition { commit: commit as u64, position: position as u64 };
+        self.wait_until(limit, move || async move { self.reached(follower, at).await.map_err(ProgressError::Database) })
+            .await
+    }
+
+    /// Asks `reached` at every projection progress (or poll) until it says
+    /// yes, at most `limit`.
+    async fn wait_until<F, Fut>(&self, limit: Duration, mut reached: F) -> Result<bool, ProgressError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, ProgressError>>,
+    {
         let deadline = tokio::time::Instant::now() + limit;
         let mut wake = self.wake.subscribe();
-        let mut located = None;
         loop {
             wake.borrow_and_update();
-            if located.is_none() {
-                located = store.locate(position).await.map_err(ProgressError::Store)?;
-            }
-            if let Some(at) = located {
-                if self.reached(projection, at).await.map_err(ProgressError::Database)? {
-                    return Ok(true);
-                }
+            if reached().await? {
+                return Ok(true);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

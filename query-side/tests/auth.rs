@@ -26,6 +26,12 @@ fn token(sub: &str, scope: &str) -> String {
 
 async fn insert_order(pool: &sqlx::PgPool, customer_id: &str) -> Uuid {
     let order_id = Uuid::new_v4();
+    insert_order_row(pool, order_id, customer_id).await;
+    insert_payment_row(pool, order_id).await;
+    order_id
+}
+
+async fn insert_order_row(pool: &sqlx::PgPool, order_id: Uuid, customer_id: &str) {
     sqlx::query(
         "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, currency, total_cents, lines, \
                                 version, created_at, updated_at) \
@@ -36,6 +42,9 @@ async fn insert_order(pool: &sqlx::PgPool, customer_id: &str) -> Uuid {
     .execute(pool)
     .await
     .unwrap();
+}
+
+async fn insert_payment_row(pool: &sqlx::PgPool, order_id: Uuid) {
     sqlx::query(
         "INSERT INTO rm_payments (order_id, status, amount_cents, currency, provider_ref, version, updated_at) \
          VALUES ($1, 'captured', 100, 'EUR', 'ch_1', 2, now())",
@@ -44,7 +53,63 @@ async fn insert_order(pool: &sqlx::PgPool, customer_id: &str) -> Uuid {
     .execute(pool)
     .await
     .unwrap();
-    order_id
+}
+
+/// Where a projection's checkpoint stands, as the projector would leave it.
+async fn checkpoint(pool: &sqlx::PgPool, name: &str, position: i64) {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, commit_id, position) VALUES ($1, 1, $2) \
+         ON CONFLICT (name) DO UPDATE SET commit_id = 1, position = $2",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_notify('projection_progress', $1)").bind(name).execute(pool).await.unwrap();
+}
+
+async fn serve(pool: sqlx::PgPool) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let env = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("JWT_SECRET", SECRET), ("MIN_POSITION_WAIT", "5s")];
+    let app = App::build_with_pool(Config::from_source(&service_kit::config::Vars(&env)).unwrap(), pool).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop, server)
+}
+
+/// The payments read model shows the payment before the orders read model
+/// shows its order: the owner still reads it (the answer waits for the
+/// orders read model to catch up), and another customer still may not.
+#[tokio::test]
+async fn an_owner_reads_its_payment_while_the_orders_read_model_lags() {
+    service_kit::telemetry::init_for_tests();
+    with_database(5, |pool| async move {
+        let order_id = Uuid::new_v4();
+        insert_payment_row(&pool, order_id).await;
+        checkpoint(&pool, "payments", 10).await;
+        checkpoint(&pool, "orders", 5).await;
+        let (base, stop, server) = serve(pool.clone()).await;
+        let http = Client::new();
+        let read = |customer: &str| {
+            let request =
+                http.get(format!("{base}/v1/payments/{order_id}")).bearer_auth(token(customer, "orders:read"));
+            async move { request.send().await.unwrap().status() }
+        };
+        let owner = tokio::spawn(read("c-1"));
+        let other = tokio::spawn(read("c-2"));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!owner.is_finished(), "answered before the orders read model caught up");
+        insert_order_row(&pool, order_id, "c-1").await;
+        checkpoint(&pool, "orders", 10).await;
+        assert_eq!(owner.await.unwrap(), StatusCode::OK);
+        assert_eq!(other.await.unwrap(), StatusCode::FORBIDDEN);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]

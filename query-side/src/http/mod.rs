@@ -92,9 +92,15 @@ impl AppState {
                 format!("the {projection} read model has not reached position {position} yet"),
                 1,
             )),
-            Err(ProgressError::Database(error)) => Err(database_error(error)),
-            Err(ProgressError::Store(error)) => Err(store_error(error)),
+            Err(error) => Err(progress_error(error)),
         }
+    }
+}
+
+pub(crate) fn progress_error(error: ProgressError) -> Problem {
+    match error {
+        ProgressError::Database(error) => database_error(error),
+        ProgressError::Store(error) => store_error(error),
     }
 }
 
@@ -108,10 +114,9 @@ pub(crate) fn store_error(error: StoreError) -> Problem {
 
 pub(crate) fn database_error(error: sqlx::Error) -> Problem {
     tracing::error!(%error, "read model query failed");
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            Problem::unavailable("the database is unavailable", 1)
-        }
-        _ => Problem::internal(),
+    if event_store::is_transient(&error) {
+        Problem::unavailable("the database is unavailable", 1)
+    } else {
+        Problem::internal()
     }
 }

@@ -9,7 +9,7 @@ use service_kit::http::Problem;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{database_error, AppState, Freshness};
+use super::{database_error, progress_error, AppState, Freshness};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub(crate) struct PaymentView {
@@ -51,13 +51,28 @@ pub(crate) async fn get_one(
     .map_err(database_error)?;
     let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;
     if principal.customer().is_some() {
-        // The payment belongs to whoever placed its order.
-        let customer: Option<String> = sqlx::query_scalar("SELECT customer_id FROM rm_orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(database_error)?;
-        principal.require_customer(customer.as_deref().unwrap_or_default())?;
+        // The payment belongs to whoever placed its order. The orders read
+        // model may lag the payments one: if it lacks the order yet, it is
+        // given the time to catch up before the answer is decided.
+        let mut customer = customer_of(&state, order_id).await?;
+        if customer.is_none() {
+            match state.progress.wait_caught_up("orders", "payments", state.min_position_wait).await {
+                Ok(_) => customer = customer_of(&state, order_id).await?,
+                Err(error) => return Err(progress_error(error)),
+            }
+        }
+        let Some(customer) = customer else {
+            return Err(Problem::unavailable(format!("the order of payment {order_id} is not readable yet"), 1));
+        };
+        principal.require_customer(&customer)?;
     }
     Ok(Json(payment))
+}
+
+async fn customer_of(state: &AppState, order_id: Uuid) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar("SELECT customer_id FROM rm_orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(database_error)
 }
