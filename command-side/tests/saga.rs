@@ -156,11 +156,14 @@ async fn an_order_past_its_deadline_is_cancelled_and_its_stock_released() {
     with_shop(setup, |shop| async move {
         // An overdue deadline the watcher cannot expire (no such order) comes
         // first at every poll: it must not hold up the real one.
-        sqlx::query("INSERT INTO saga_deadlines (order_id, deadline) VALUES ($1, now() - interval '1 hour')")
-            .bind(Uuid::new_v4())
-            .execute(&shop.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO saga_deadlines (order_id, deadline, due_at) \
+             VALUES ($1, now() - interval '1 hour', now() - interval '1 hour')",
+        )
+        .bind(Uuid::new_v4())
+        .execute(&shop.pool)
+        .await
+        .unwrap();
         shop.receive("SKU-A", 10).await;
         let order_id = shop.place(&[("SKU-A", 1, 100)], "tok_visa").await;
         eventually(WITHIN, "the order is ready for payment", || async {
@@ -178,6 +181,109 @@ async fn an_order_past_its_deadline_is_cancelled_and_its_stock_released() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(shop.ledger().await.captured_cents, 0);
         assert_eq!(shop.payment(order_id).await.status, PaymentStatus::Voided);
+        shop.stop().await;
+    })
+    .await;
+}
+
+/// The gateway charges the card, but its answer is lost (a 503 after it
+/// acted). Before the retry gets an answer, the order ends: cancelled by
+/// the customer, or by its deadline. The payment is voided, yet the money
+/// was taken: the gateway, asked under the charge's key, tells, and the
+/// charge is refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_whose_answer_was_lost_is_refunded_when_the_order_ends_first() {
+    let lost = Faults { lost_answer_rate: 1.0, ..Faults::default() };
+    let setup = Setup { order_deadline: "3s", faults: lost, ..Setup::default() };
+    with_shop(setup, |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let by_customer = shop.place(&[("SKU-A", 1, 700)], "tok_visa").await;
+        let by_deadline = shop.place(&[("SKU-A", 2, 900)], "tok_visa").await;
+        eventually(WITHIN, "the gateway charges both cards", || async {
+            (shop.ledger().await.charges_captured == 2).then_some(())
+        })
+        .await;
+        shop.cancel(by_customer).await;
+        shop.until_order(by_deadline, WITHIN, is_final(OrderStatus::Cancelled)).await;
+        assert_eq!(shop.cancelled_by(by_deadline).await, Some(CancelledBy::Deadline));
+        for order_id in [by_customer, by_deadline] {
+            eventually(WITHIN, "the payment is voided", || async {
+                (shop.payment(order_id).await.status == PaymentStatus::Voided).then_some(())
+            })
+            .await;
+        }
+
+        shop.set_faults(Faults::default()).await;
+        for (order_id, total) in [(by_customer, 700), (by_deadline, 1800)] {
+            settled(&shop, order_id, OrderStatus::Cancelled).await;
+            let payment = eventually(WITHIN, "the lost capture is recorded and refunded", || async {
+                let payment = shop.payment(order_id).await;
+                (payment.status == PaymentStatus::Refunded).then_some(payment)
+            })
+            .await;
+            assert_eq!((payment.captured_cents, payment.refunded_cents), (total, total));
+        }
+        let ledger = eventually(WITHIN, "the gateway refunds both", || async {
+            let ledger = shop.ledger().await;
+            (ledger.refunds == 2).then_some(ledger)
+        })
+        .await;
+        assert_eq!((ledger.captured_cents, ledger.refunded_cents), (2500, 2500), "{ledger:?}");
+        shop.stop().await;
+    })
+    .await;
+}
+
+/// An order ends while its charge's answer is still outstanding, and the
+/// charge never reached the gateway: its key is closed there, so a charge
+/// still on its way takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_that_ends_before_its_charge_arrives_is_never_charged() {
+    let setup = Setup { faults: Faults { down: true, ..Faults::default() }, ..Setup::default() };
+    with_shop(setup, |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 1, 700)], "tok_visa").await;
+        eventually(WITHIN, "the payment is requested", || async {
+            (shop.payment(order_id).await.status == PaymentStatus::Requested).then_some(())
+        })
+        .await;
+        shop.cancel(order_id).await;
+        shop.set_faults(Faults::default()).await;
+        eventually(WITHIN, "the key is closed at the gateway", || async {
+            (shop.ledger().await.voids == 1).then_some(())
+        })
+        .await;
+        settled(&shop, order_id, OrderStatus::Cancelled).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_captured, ledger.refunds), (0, 0), "{ledger:?}");
+        assert_eq!(shop.payment(order_id).await.status, PaymentStatus::Voided);
+        shop.stop().await;
+    })
+    .await;
+}
+
+/// The gateway charges, then answers 200 with a body that is not its
+/// answer. That is an answer lost, not a refusal: the charge is asked
+/// again under its key (never dead-lettered), and the order confirmed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_answer_is_asked_again_and_never_dead_lettered() {
+    let setup = Setup { faults: Faults { garbled_answer_rate: 1.0, ..Faults::default() }, ..Setup::default() };
+    with_shop(setup, |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        let order_id = shop.place(&[("SKU-A", 1, 700)], "tok_visa").await;
+        eventually(WITHIN, "the gateway charges", || async {
+            (shop.ledger().await.charges_captured == 1).then_some(())
+        })
+        .await;
+        // Longer than the bounded deliveries of a failing message take here.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        shop.set_faults(Faults::default()).await;
+        settled(&shop, order_id, OrderStatus::Confirmed).await;
+        let ledger = shop.ledger().await;
+        assert_eq!((ledger.charges_captured, ledger.captured_cents, ledger.refunds), (1, 700, 0));
+        let dead_letters = shop.js.get_stream(&shop.config.dead_letter_stream).await.unwrap().get_info().await.unwrap();
+        assert_eq!(dead_letters.state.messages, 0);
         shop.stop().await;
     })
     .await;
@@ -388,6 +494,157 @@ async fn nats_restarted_in_the_middle_of_200_orders_loses_and_doubles_nothing() 
             );
         }
         shop.stop().await;
+    })
+    .await;
+}
+
+/// Places an order straight through the command path, deadline `deadline` from now.
+async fn place_directly(store: &event_store::PgEventStore, deadline: chrono::Duration) -> Uuid {
+    use command_side::commands::{execute, EventIds, Invocation};
+    use domain::order::{LineInput, Order, OrderCommand, PlaceOrder};
+    use domain::Aggregate;
+    let order_id = Uuid::new_v4();
+    let now = chrono::Utc::now();
+    let place = OrderCommand::Place(PlaceOrder {
+        order_id,
+        customer_id: "c-1".into(),
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+        lines: vec![LineInput { sku: "SKU-A".into(), quantity: 1, unit_price_cents: 100 }],
+        placed_at: now,
+        deadline: now + deadline,
+    });
+    let invocation =
+        Invocation { metadata: Metadata::default(), ids: EventIds::Random, expected_version: None, max_attempts: 5 };
+    execute::<Order>(store, &Order::stream_id(order_id), &invocation, place).await.unwrap();
+    order_id
+}
+
+/// Arms the order's deadline as the deadline participant does, due at `due`.
+async fn arm(pool: &sqlx::PgPool, order_id: Uuid, due: &str) {
+    let sql = format!("INSERT INTO saga_deadlines (order_id, deadline, due_at) VALUES ($1, {due}, {due})");
+    sqlx::query(&sql).bind(order_id).execute(pool).await.unwrap();
+}
+
+async fn armed(pool: &sqlx::PgPool, order_id: Uuid) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM saga_deadlines WHERE order_id = $1)")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn status_of(store: &event_store::PgEventStore, order_id: Uuid) -> OrderStatus {
+    use domain::order::{Order, OrderState};
+    use domain::Aggregate;
+    match command_side::commands::load::<Order>(store, &Order::stream_id(order_id)).await.unwrap() {
+        OrderState::Placed(order) => order.status,
+        OrderState::NotPlaced => panic!("no order {order_id}"),
+    }
+}
+
+/// The database's clock is an hour ahead of this host's: the order's
+/// deadline (30 minutes, by the host that placed it) has passed by the
+/// database's clock, which picks the due rows. The same clock must decide
+/// the expiry, or the order is found due, not expired, and forgotten.
+#[tokio::test]
+async fn the_database_clock_that_finds_a_deadline_due_also_expires_the_order() {
+    use command_side::saga::deadline::expire_due;
+    event_store::testing::with_database(4, |pool| async move {
+        let store = event_store::PgEventStore::new(pool.clone());
+        let order_id = place_directly(&store, chrono::Duration::minutes(30)).await;
+        let placed: (chrono::DateTime<chrono::Utc>,) =
+            sqlx::query_as("SELECT (payload->>'deadline')::timestamptz FROM es_events WHERE stream_id = $1")
+                .bind(format!("order-{order_id}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        sqlx::query("INSERT INTO saga_deadlines (order_id, deadline, due_at) VALUES ($1, $2, $2)")
+            .bind(order_id)
+            .bind(placed.0)
+            .execute(&pool)
+            .await
+            .unwrap();
+        // A connection whose now() runs an hour ahead: the database's clock, skewed.
+        sqlx::query(
+            "CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql STABLE \
+             AS $$ SELECT pg_catalog.now() + interval '1 hour' $$",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let skewed = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(pool.connect_options().as_ref().clone().options([("search_path", "public,pg_catalog")]))
+            .await
+            .unwrap();
+
+        assert_eq!(expire_due(&store, &skewed, 5).await.unwrap(), 1);
+        assert_eq!(status_of(&store, order_id).await, OrderStatus::Cancelled);
+        assert!(!armed(&pool, order_id).await);
+        skewed.close().await;
+    })
+    .await;
+}
+
+/// A row due before the order's own deadline (armed from an older event, or
+/// by a clock that ran ahead) expires nothing, and stays until the order is
+/// no longer pending.
+#[tokio::test]
+async fn a_deadline_row_stays_while_its_order_is_pending() {
+    use command_side::saga::deadline::expire_due;
+    event_store::testing::with_database(4, |pool| async move {
+        let store = event_store::PgEventStore::new(pool.clone());
+        let order_id = place_directly(&store, chrono::Duration::hours(1)).await;
+        arm(&pool, order_id, "now() - interval '1 minute'").await;
+
+        assert_eq!(expire_due(&store, &pool, 5).await.unwrap(), 0);
+        assert_eq!(status_of(&store, order_id).await, OrderStatus::Pending);
+        assert!(armed(&pool, order_id).await, "the pending order's deadline was forgotten");
+        let due_later: bool = sqlx::query_scalar("SELECT due_at > now() FROM saga_deadlines WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(due_later, "the row is due at the order's own deadline");
+    })
+    .await;
+}
+
+/// More rows that keep failing than one poll looks at come first: the
+/// order due after them is still expired.
+#[tokio::test]
+async fn rows_that_keep_failing_do_not_starve_the_deadlines_behind_them() {
+    use command_side::saga::deadline::expire_due;
+    event_store::testing::with_database(4, |pool| async move {
+        let store = event_store::PgEventStore::new(pool.clone());
+        for _ in 0..600 {
+            // An order whose stream cannot be read: every expiry of it fails.
+            let broken = Uuid::new_v4();
+            let unreadable = NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: "OrderPlaced".into(),
+                schema_version: 2,
+                payload: json!({"order_id": "not a uuid"}),
+                metadata: Metadata::default(),
+            };
+            store.append(&format!("order-{broken}"), ExpectedVersion::NoStream, vec![unreadable]).await.unwrap();
+            arm(&pool, broken, "now() - interval '1 hour'").await;
+        }
+        let order_id = place_directly(&store, chrono::Duration::milliseconds(1)).await;
+        arm(&pool, order_id, "now()").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        for _ in 0..2 {
+            expire_due(&store, &pool, 5).await.unwrap();
+        }
+        assert_eq!(status_of(&store, order_id).await, OrderStatus::Cancelled);
+        assert!(!armed(&pool, order_id).await);
+        let failing: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_deadlines WHERE attempts > 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(failing, 600, "the failing rows stay, to be tried again later");
     })
     .await;
 }

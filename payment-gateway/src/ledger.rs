@@ -1,5 +1,5 @@
-//! The simulator's books: charges and refunds by idempotency key. Pure, so the
-//! rules are tested without HTTP.
+//! The simulator's books: charges, voids and refunds by idempotency key.
+//! Pure, so the rules are tested without HTTP.
 
 use std::collections::HashMap;
 
@@ -20,6 +20,8 @@ pub struct ChargeRequest {
 pub enum ChargeStatus {
     Captured,
     Declined,
+    /// Voided before any charge was made under its key: none ever will be.
+    Voided,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,22 @@ pub struct Charge {
     pub reason: Option<String>,
     pub amount_cents: u64,
     pub refunded_cents: u64,
+}
+
+/// Close an idempotency key: the charge made under it, if any, is answered;
+/// if none was made, none ever will be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequest {
+    pub idempotency_key: String,
+}
+
+/// A charge with the key it was made (or voided) under, as the listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedCharge {
+    pub idempotency_key: String,
+    #[serde(flatten)]
+    pub charge: Charge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +74,9 @@ pub struct Totals {
     pub captured_cents: u64,
     pub refunds: u64,
     pub refunded_cents: u64,
+    /// Keys closed before any charge was made under them.
+    #[serde(default)]
+    pub voids: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,7 +95,8 @@ pub enum LedgerError {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
-    charges: HashMap<String, (ChargeRequest, Charge)>,
+    /// By charge id: the request that made it (none for a void), and the charge.
+    charges: HashMap<String, (Option<ChargeRequest>, Charge)>,
     charge_keys: HashMap<String, String>,
     refunds: HashMap<String, (RefundRequest, Refund)>,
     totals: Totals,
@@ -84,10 +106,11 @@ impl Ledger {
     pub fn charge(&mut self, request: ChargeRequest) -> Result<Charge, LedgerError> {
         if let Some(charge_id) = self.charge_keys.get(&request.idempotency_key) {
             let (first, charge) = &self.charges[charge_id];
-            return if *first == request {
-                Ok(charge.clone())
-            } else {
-                Err(LedgerError::KeyReused(request.idempotency_key))
+            return match first {
+                // Voided first: nothing is charged under this key, ever.
+                None => Ok(charge.clone()),
+                Some(first) if *first == request => Ok(charge.clone()),
+                Some(_) => Err(LedgerError::KeyReused(request.idempotency_key)),
             };
         }
         check_key(&request.idempotency_key)?;
@@ -106,16 +129,50 @@ impl Ledger {
             amount_cents: request.amount_cents,
             refunded_cents: 0,
         };
-        match status {
-            ChargeStatus::Captured => {
-                self.totals.charges_captured += 1;
-                self.totals.captured_cents += request.amount_cents;
-            }
-            ChargeStatus::Declined => self.totals.charges_declined += 1,
+        if status == ChargeStatus::Captured {
+            self.totals.charges_captured += 1;
+            self.totals.captured_cents += request.amount_cents;
+        } else {
+            self.totals.charges_declined += 1;
         }
         self.charge_keys.insert(request.idempotency_key.clone(), charge.charge_id.clone());
-        self.charges.insert(charge.charge_id.clone(), (request, charge.clone()));
+        self.charges.insert(charge.charge_id.clone(), (Some(request), charge.clone()));
         Ok(charge)
+    }
+
+    /// Closes a charge's idempotency key: answers the charge made under it,
+    /// or, if none was, records that none ever will be (a later charge with
+    /// the key is answered `voided` and charges nothing).
+    pub fn void(&mut self, request: VoidRequest) -> Result<Charge, LedgerError> {
+        if let Some(charge_id) = self.charge_keys.get(&request.idempotency_key) {
+            return Ok(self.charges[charge_id].1.clone());
+        }
+        check_key(&request.idempotency_key)?;
+        let charge = Charge {
+            charge_id: format!("vo_{}", Uuid::new_v4().simple()),
+            status: ChargeStatus::Voided,
+            reason: Some("voided before any charge was made".to_owned()),
+            amount_cents: 0,
+            refunded_cents: 0,
+        };
+        self.totals.voids += 1;
+        self.charge_keys.insert(request.idempotency_key, charge.charge_id.clone());
+        self.charges.insert(charge.charge_id.clone(), (None, charge.clone()));
+        Ok(charge)
+    }
+
+    /// Every charge and void, with its key.
+    pub fn charges(&self) -> Vec<KeyedCharge> {
+        let mut all: Vec<KeyedCharge> = self
+            .charge_keys
+            .iter()
+            .map(|(key, charge_id)| KeyedCharge {
+                idempotency_key: key.clone(),
+                charge: self.charges[charge_id].1.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
+        all
     }
 
     pub fn refund(&mut self, request: RefundRequest) -> Result<Refund, LedgerError> {
@@ -206,6 +263,22 @@ mod tests {
         ));
         ledger.refund(refund("r2", &captured.charge_id, 40)).unwrap();
         assert_eq!((ledger.totals().refunds, ledger.totals().refunded_cents), (2, 100));
+    }
+
+    #[test]
+    fn a_void_answers_the_charge_made_under_its_key_or_closes_the_key() {
+        let mut ledger = Ledger::default();
+        let captured = ledger.charge(charge("k1", "tok_visa", 100)).unwrap();
+        let void = |key: &str| VoidRequest { idempotency_key: key.into() };
+        assert_eq!(ledger.void(void("k1")).unwrap(), captured, "the charge that was made");
+        let voided = ledger.void(void("k2")).unwrap();
+        assert_eq!((voided.status, voided.amount_cents), (ChargeStatus::Voided, 0));
+        assert_eq!(ledger.charge(charge("k2", "tok_visa", 100)).unwrap(), voided, "nothing is charged after");
+        assert_eq!(ledger.void(void("k2")).unwrap(), voided);
+        let totals = ledger.totals();
+        assert_eq!((totals.charges_captured, totals.captured_cents, totals.voids), (1, 100, 1));
+        let keys: Vec<_> = ledger.charges().into_iter().map(|c| (c.idempotency_key, c.charge.status)).collect();
+        assert_eq!(keys, [("k1".into(), ChargeStatus::Captured), ("k2".into(), ChargeStatus::Voided)]);
     }
 
     #[test]

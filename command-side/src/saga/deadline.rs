@@ -3,20 +3,21 @@
 //! expires the orders whose deadline has passed. Expiring is the order's
 //! `Expire` command: it cancels a pending order (with the usual
 //! compensations following from `OrderCancelled`) and does nothing to an
-//! order that has moved on, so a late or repeated expiry is harmless.
+//! order that has moved on, so a late or repeated expiry is harmless. The
+//! database's clock decides what is due and is the command's clock.
 
 use std::time::Duration;
 
-use chrono::Utc;
-use domain::order::{Order, OrderCommand, OrderEvent};
-use domain::Aggregate;
+use chrono::{DateTime, Utc};
+use domain::order::{Order, OrderCommand, OrderEvent, OrderState, OrderStatus};
+use domain::{Aggregate, DomainError};
 use event_store::{EventStore, Metadata};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::trigger::{Fact, Trigger};
-use crate::commands::{self, EventIds, Invocation};
+use crate::commands::{self, CommandError, EventIds, Invocation};
 
 /// Arms or disarms an order's deadline.
 pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> {
@@ -24,7 +25,7 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
     match event {
         OrderEvent::OrderPlaced { deadline, .. } => {
             sqlx::query(
-                "INSERT INTO saga_deadlines (order_id, deadline, correlation_id) VALUES ($1, $2, $3) \
+                "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id) VALUES ($1, $2, $2, $3) \
                  ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(order_id)
@@ -86,37 +87,111 @@ pub async fn watch(
     }
 }
 
-/// Runs `Expire` on every order whose deadline has passed; answers how many
-/// it expired. An order whose expiry fails stays armed and is tried again at
-/// the next poll; it holds up none of the others.
+/// Most rows looked at in one poll.
+const BATCH: i64 = 500;
+
+/// Longest a failing row waits before it is tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// Runs `Expire` on every order whose deadline row is due; answers how many
+/// it expired.
+///
+/// One clock decides: the database's. Rows are due by its `now()`, and the
+/// same `now()` is the `Expire` command's clock, so a saga host whose clock
+/// is behind cannot find a due order not yet expired.
+///
+/// A row goes only once its order is no longer pending. An order still
+/// pending after `Expire` (its own deadline, in the order's events, is later
+/// than the row's) keeps its row, due at the order's deadline. A row whose
+/// expiry fails is tried again later, after a delay that grows with its
+/// attempts, so it never holds up the rows behind it.
 pub async fn expire_due(store: &dyn EventStore, pool: &PgPool, max_attempts: u32) -> Result<usize, sqlx::Error> {
-    let due: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT order_id, correlation_id FROM saga_deadlines WHERE deadline <= now() ORDER BY deadline LIMIT 500",
+    let due: Vec<(Uuid, String, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT order_id, correlation_id, attempts, now() FROM saga_deadlines WHERE due_at <= now() \
+         ORDER BY due_at LIMIT $1",
     )
+    .bind(BATCH)
     .fetch_all(pool)
     .await?;
     let mut expired = 0;
-    for (order_id, correlation_id) in &due {
-        let invocation = Invocation {
-            metadata: Metadata {
-                correlation_id: correlation_id.clone(),
-                causation_id: format!("deadline/{order_id}"),
-                actor: "saga:deadline".into(),
-                trace_context: String::new(),
-            },
-            ids: EventIds::Derived(Uuid::new_v5(order_id, b"deadline/expire")),
-            expected_version: None,
-            max_attempts,
-        };
-        let expire = OrderCommand::Expire { now: Utc::now() };
-        if let Err(error) = commands::execute::<Order>(store, &Order::stream_id(order_id), &invocation, expire).await {
-            tracing::warn!(%order_id, %error, "could not expire an order past its deadline; trying again later");
-            continue;
-        }
-        if disarm(pool, *order_id).await? {
-            metrics::counter!("saga_deadlines_expired_total").increment(1);
-            expired += 1;
+    for (order_id, correlation_id, attempts, now) in due {
+        match expire(store, order_id, &correlation_id, now, max_attempts).await {
+            Ok(None) => {
+                if disarm(pool, order_id).await? {
+                    metrics::counter!("saga_deadlines_expired_total").increment(1);
+                    expired += 1;
+                }
+            }
+            Ok(Some(deadline)) => {
+                tracing::info!(%order_id, %deadline, "the order is pending until its own, later deadline");
+                reschedule(pool, order_id, deadline, 0).await?;
+            }
+            Err(CommandError::Rejected(DomainError::NotFound(_))) => {
+                tracing::warn!(%order_id, "a deadline for an order that does not exist: removed");
+                disarm(pool, order_id).await?;
+            }
+            Err(error) => {
+                let delay = retry_delay(attempts);
+                tracing::warn!(%order_id, %error, ?delay, "could not expire an order past its deadline; trying again later");
+                let retry_at = now + chrono::Duration::seconds(delay.as_secs() as i64);
+                reschedule(pool, order_id, retry_at, attempts.saturating_add(1)).await?;
+            }
         }
     }
     Ok(expired)
+}
+
+/// Expires the order as of `now`; answers its deadline if it is still pending.
+async fn expire(
+    store: &dyn EventStore,
+    order_id: Uuid,
+    correlation_id: &str,
+    now: DateTime<Utc>,
+    max_attempts: u32,
+) -> Result<Option<DateTime<Utc>>, CommandError> {
+    let invocation = Invocation {
+        metadata: Metadata {
+            correlation_id: correlation_id.to_owned(),
+            causation_id: format!("deadline/{order_id}"),
+            actor: "saga:deadline".into(),
+            trace_context: String::new(),
+        },
+        ids: EventIds::Derived(Uuid::new_v5(&order_id, b"deadline/expire")),
+        expected_version: None,
+        max_attempts,
+    };
+    let stream_id = Order::stream_id(order_id);
+    commands::execute::<Order>(store, &stream_id, &invocation, OrderCommand::Expire { now }).await?;
+    Ok(match commands::load::<Order>(store, &stream_id).await? {
+        OrderState::Placed(order) if order.status == OrderStatus::Pending => Some(order.deadline),
+        _ => None,
+    })
+}
+
+async fn reschedule(pool: &PgPool, order_id: Uuid, due_at: DateTime<Utc>, attempts: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE saga_deadlines SET due_at = $2, attempts = $3 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(due_at)
+        .bind(attempts)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// One second after the first failure, doubling up to five minutes.
+fn retry_delay(attempts: i32) -> Duration {
+    let doublings = attempts.clamp(0, 16) as u32;
+    (Duration::from_secs(1) * 2u32.pow(doublings)).min(MAX_RETRY_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_row_waits_longer_each_time_up_to_five_minutes() {
+        assert_eq!(retry_delay(0), Duration::from_secs(1));
+        assert_eq!(retry_delay(3), Duration::from_secs(8));
+        assert_eq!(retry_delay(50), MAX_RETRY_DELAY);
+    }
 }

@@ -5,6 +5,13 @@
 //! the payment participant then leaves the message to be delivered again
 //! later. The gateway gets an idempotency key with every call, so a retry
 //! never charges or refunds twice.
+//!
+//! An answer that does not come (a timeout, a 5xx, a 2xx that cannot be
+//! read) leaves the call's effect unknown: the gateway may have charged. It is
+//! `Unavailable`, never `Refused`: the caller asks again with the same key
+//! (which answers what was done), or closes the key with [`Gateway::void`],
+//! which answers the charge made under it, if any. Only a 4xx, which the
+//! gateway answers without acting, is `Refused`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -74,11 +81,17 @@ impl GatewayConfig {
     }
 }
 
-/// What the gateway did with a charge.
+/// What the gateway did with a charge, or under a charge's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    Captured { charge_id: String },
-    Declined { reason: String },
+    Captured {
+        charge_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// No charge was made under the key, and none ever will be (see [`Gateway::void`]).
+    Voided,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -86,7 +99,8 @@ pub enum GatewayError {
     /// Down, slow, or the breaker is open: try again later.
     #[error("the payment gateway is unavailable: {0}")]
     Unavailable(String),
-    /// The gateway refused the request itself (4xx): retrying will not help.
+    /// The gateway refused the request itself (4xx), without acting on it:
+    /// retrying will not help.
     #[error("the payment gateway refused the request: {0}")]
     Refused(String),
 }
@@ -154,6 +168,11 @@ struct ChargeAnswer {
 }
 
 #[derive(Serialize)]
+struct VoidBody<'a> {
+    idempotency_key: &'a str,
+}
+
+#[derive(Serialize)]
 struct RefundBody<'a> {
     idempotency_key: &'a str,
     charge_id: &'a str,
@@ -195,11 +214,17 @@ impl Gateway {
     ) -> Result<ChargeOutcome, GatewayError> {
         let body = ChargeBody { idempotency_key, amount_cents, currency, token };
         let answer: ChargeAnswer = self.call("/v1/charges", &body, correlation_id).await?;
-        match answer.status.as_str() {
-            "captured" => Ok(ChargeOutcome::Captured { charge_id: answer.charge_id }),
-            "declined" => Ok(ChargeOutcome::Declined { reason: answer.reason.unwrap_or_else(|| "declined".into()) }),
-            other => Err(GatewayError::Refused(format!("unknown charge status {other:?}"))),
-        }
+        answer.outcome()
+    }
+
+    /// Closes the key of a charge whose outcome is unknown (its answer was
+    /// lost, or a retry may still be on its way): answers the charge made
+    /// under `idempotency_key`, or `Voided` if none was, in which case none
+    /// ever will be. Idempotent.
+    #[tracing::instrument(skip_all, fields(idempotency_key), err)]
+    pub async fn void(&self, idempotency_key: &str, correlation_id: &str) -> Result<ChargeOutcome, GatewayError> {
+        let answer: ChargeAnswer = self.call("/v1/charges/void", &VoidBody { idempotency_key }, correlation_id).await?;
+        answer.outcome()
     }
 
     /// Refunds (part of) a charge once per `idempotency_key`; answers the refund id.
@@ -284,7 +309,21 @@ impl Gateway {
             let detail = response.text().await.unwrap_or_default();
             return Err(Attempt::Refused(format!("answered {status}: {detail}")));
         }
-        response.json().await.map_err(|e| Attempt::Refused(format!("unreadable answer: {e}")))
+        // The gateway acted, but what it did cannot be read: unknown, as if
+        // the answer were lost. Asking again with the same key tells.
+        response.json().await.map_err(|e| Attempt::Failed(format!("unreadable answer: {e}")))
+    }
+}
+
+impl ChargeAnswer {
+    fn outcome(self) -> Result<ChargeOutcome, GatewayError> {
+        match self.status.as_str() {
+            "captured" => Ok(ChargeOutcome::Captured { charge_id: self.charge_id }),
+            "declined" => Ok(ChargeOutcome::Declined { reason: self.reason.unwrap_or_else(|| "declined".into()) }),
+            "voided" => Ok(ChargeOutcome::Voided),
+            // Unknown: it may be a capture. Asked again later, never taken as a refusal.
+            other => Err(GatewayError::Unavailable(format!("unknown charge status {other:?}"))),
+        }
     }
 }
 

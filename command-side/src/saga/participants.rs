@@ -246,36 +246,44 @@ impl Reactor {
     }
 
     /// Brings the gateway in line with the payment: a requested payment is
-    /// charged (once: the order id is the idempotency key), and a refunded
-    /// one is refunded at the gateway (once, by its own key).
+    /// charged (once: the order id is the idempotency key), a payment voided
+    /// after its request has its key closed at the gateway (a charge made
+    /// meanwhile, whose answer was lost, is recorded and so refunded), and a
+    /// refunded one is refunded at the gateway (once, by its own key).
     async fn settle(
         &self,
         trigger: &Trigger,
         order_id: Uuid,
         mut payment: Arc<PaymentState>,
     ) -> Result<(), ReactionError> {
-        if payment.status == PaymentStatus::Requested {
-            let outcome = self
-                .gateway
-                .charge(
-                    &order_id.to_string(),
-                    payment.amount_cents,
-                    &payment.currency,
-                    &payment.payment_token,
-                    &trigger.recorded.metadata.correlation_id,
-                )
-                .await?;
-            let (purpose, command) = match outcome {
-                ChargeOutcome::Captured { charge_id } => {
-                    ("capture", PaymentCommand::Capture { order_id, provider_ref: charge_id })
-                }
-                ChargeOutcome::Declined { reason } => ("decline", PaymentCommand::Decline { order_id, reason }),
-            };
-            // A capture after the order ended comes with its refund (see the domain).
+        let correlation_id = &trigger.recorded.metadata.correlation_id;
+        let key = order_id.to_string();
+        let outcome = if payment.status == PaymentStatus::Requested {
+            let (amount, currency, token) = (payment.amount_cents, &payment.currency, &payment.payment_token);
+            Some(self.gateway.charge(&key, amount, currency, token, correlation_id).await?)
+        } else if payment.voided_with_charge_unknown() {
+            Some(self.gateway.void(&key, correlation_id).await?)
+        } else {
+            None
+        };
+        let command = match outcome {
+            Some(ChargeOutcome::Captured { charge_id }) => {
+                Some(("capture", PaymentCommand::Capture { order_id, provider_ref: charge_id }))
+            }
+            Some(ChargeOutcome::Declined { reason }) => Some(("decline", PaymentCommand::Decline { order_id, reason })),
+            Some(ChargeOutcome::Voided) => Some((
+                "decline",
+                PaymentCommand::Decline { order_id, reason: "the charge was voided at the gateway".into() },
+            )),
+            None => None,
+        };
+        if let Some((purpose, command)) = command {
+            // A capture after the order ended comes with its refund (see the domain);
+            // a decline of a voided payment changes nothing.
             payment = self.payment_command(trigger, purpose, order_id, command).await?;
         }
         if payment.status == PaymentStatus::Refunded {
-            self.refund_at_gateway(order_id, &payment, &trigger.recorded.metadata.correlation_id).await?;
+            self.refund_at_gateway(order_id, &payment, correlation_id).await?;
         }
         Ok(())
     }

@@ -44,6 +44,18 @@ pub struct PaymentState {
     pub provider_ref: Option<String>,
     pub captured_cents: u64,
     pub refunded_cents: u64,
+    /// The payment was requested, so a charge may have reached the gateway,
+    /// even if the payment was voided since.
+    pub requested: bool,
+}
+
+impl PaymentState {
+    /// Voided after it was requested: whether the gateway charged is not
+    /// known from the events (an answer may have been lost, a retry may still
+    /// arrive), and must be asked of the gateway.
+    pub fn voided_with_charge_unknown(&self) -> bool {
+        self.status == PaymentStatus::Voided && self.requested
+    }
 }
 
 pub struct Payment;
@@ -119,6 +131,7 @@ impl Aggregate for Payment {
         match event {
             PaymentEvent::PaymentRequested { amount_cents, currency, payment_token, .. } => {
                 state.status = PaymentStatus::Requested;
+                state.requested = true;
                 state.amount_cents = *amount_cents;
                 state.currency = currency.clone();
                 state.payment_token = payment_token.clone();

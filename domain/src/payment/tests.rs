@@ -123,6 +123,15 @@ fn cancelling_before_capture_voids_the_payment() {
 }
 
 #[test]
+fn a_payment_voided_after_its_request_may_have_been_charged() {
+    assert!(Payment::fold(&[requested(), voided()]).voided_with_charge_unknown());
+    assert!(!Payment::fold(&[voided()]).voided_with_charge_unknown(), "never requested: never charged");
+    assert!(!Payment::fold(&[requested()]).voided_with_charge_unknown());
+    let settled = Payment::fold(&[requested(), voided(), captured(), refunded()]);
+    assert!(!settled.voided_with_charge_unknown(), "the capture came, and was refunded");
+}
+
+#[test]
 fn a_voided_payment_is_not_requested_again() {
     assert_eq!(when(&[voided()], request()), Ok(vec![]));
 }
