@@ -243,11 +243,18 @@ async fn an_order_that_ends_before_its_charge_arrives_is_never_charged() {
     with_shop(setup, |shop| async move {
         shop.receive("SKU-A", 10).await;
         let order_id = shop.place(&[("SKU-A", 1, 700)], "tok_visa").await;
-        eventually(WITHIN, "the payment is requested", || async {
-            (shop.payment(order_id).await.status == PaymentStatus::Requested).then_some(())
+        eventually(WITHIN, "the payment is requested and its charge refused", || async {
+            let requested = shop.payment(order_id).await.status == PaymentStatus::Requested;
+            (requested && shop.gateway.breaker_state() == BreakerState::Open).then_some(())
         })
         .await;
         shop.cancel(order_id).await;
+        eventually(WITHIN, "the payment is voided", || async {
+            (shop.payment(order_id).await.status == PaymentStatus::Voided).then_some(())
+        })
+        .await;
+        // No charge is on its way any more (a retry would find the payment voided).
+        tokio::time::sleep(Duration::from_millis(500)).await;
         shop.set_faults(Faults::default()).await;
         eventually(WITHIN, "the key is closed at the gateway", || async {
             (shop.ledger().await.voids == 1).then_some(())
@@ -425,7 +432,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_blocks_nothing_behind
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_restarted_in_the_middle_of_200_orders_loses_and_doubles_nothing() {
-    let mut nats = common::nats::NatsServer::start();
+    let mut nats = service_kit::testing::NatsServer::start();
     let setup = Setup { nats_url: nats.url(), ..Setup::default() };
     let nats = &mut nats;
     with_shop(setup, |shop| async move {

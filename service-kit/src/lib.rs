@@ -14,3 +14,5 @@ pub mod openapi;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

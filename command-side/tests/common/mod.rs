@@ -1,2 +1,1 @@
-pub mod nats;
 pub mod shop;

@@ -1,5 +1,10 @@
-//! Test support: a fresh, migrated PostgreSQL database per test, and the
-//! harnesses through which the conformance suite drives each backend.
+//! Test support: a fresh, migrated PostgreSQL database per test, a
+//! PostgreSQL server of a test's own (`server`), and the harnesses through
+//! which the conformance suite drives each backend.
+
+mod server;
+
+pub use server::{PgServer, Stop};
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

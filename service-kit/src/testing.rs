@@ -1,7 +1,6 @@
-//! A NATS server of the test's own, on a free port with its own JetStream
-//! directory, so a test can stop and restart it without disturbing others.
-
-#![allow(dead_code)]
+//! Test support (feature `testing`): a NATS server of the test's own, on a
+//! free port with its own JetStream directory, so a test can stop and
+//! restart it without disturbing others.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -53,6 +52,10 @@ impl NatsServer {
             assert!(started.elapsed() < Duration::from_secs(10), "nats-server did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Stops the server the way an operator would (SIGTERM), and waits for it.

@@ -11,13 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use command_side::commands;
 use domain::order::{Order, OrderState, OrderStatus};
-use domain::Aggregate;
 use event_store::testing::with_database;
 use event_store::PgEventStore;
 use serde_json::json;
 use service_kit::auth::{self, Claims};
+use system_tests::binaries;
+use system_tests::books::state_of;
 use uuid::Uuid;
 
 const SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
@@ -64,19 +64,7 @@ fn free_port() -> u16 {
 
 /// Starts `command-side <mode>` with `env`, its JSON logs written to `log`.
 fn start(mode: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
-    start_binary(std::path::Path::new(env!("CARGO_BIN_EXE_command-side")), &[mode], env, log)
-}
-
-/// A binary of another package of the workspace, built beside this one (a
-/// workspace test run builds every package's binaries).
-fn sibling(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_command-side")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run the workspace's tests (cargo nextest run --workspace --all-features)",
-        path.display()
-    );
-    path
+    start_binary(&binaries::path("command-side"), &[mode], env, log)
 }
 
 fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(String, String)], log: &std::path::Path) -> Service {
@@ -87,7 +75,7 @@ fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(String, String)
         .stdout(Stdio::null())
         .stderr(Stdio::from(file))
         .spawn()
-        .expect("the command-side binary starts");
+        .unwrap_or_else(|e| panic!("{} does not start: {e}", binary.display()));
     Service(child)
 }
 
@@ -138,8 +126,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let api_process = start("serve", &env, &log("api"));
         let relay_process = start("relay", &env, &log("relay"));
         let mut saga = start("saga", &env, &log("saga"));
-        let projections_process = start_binary(&sibling("projections"), &["serve"], &env, &log("projections"));
-        let query_process = start_binary(&sibling("query-side"), &[], &env, &log("query"));
+        let projections_process = start_binary(&binaries::path("projections"), &["serve"], &env, &log("projections"));
+        let query_process = start_binary(&binaries::path("query-side"), &[], &env, &log("query"));
         let http = reqwest::Client::new();
         let api = format!("http://{api_addr}");
         let started = Instant::now();
@@ -192,7 +180,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let started = Instant::now();
         for order_id in &orders {
             loop {
-                let state = commands::load::<Order>(&store, &Order::stream_id(order_id)).await.unwrap();
+                let state = state_of::<Order>(&store, order_id).await.unwrap();
                 if matches!(&state, OrderState::Placed(o) if o.status == OrderStatus::Confirmed) {
                     break;
                 }

@@ -1,0 +1,317 @@
+//! The whole shop as processes: the payment gateway simulator, the command
+//! API, the relay, the saga participants, the projections and the query
+//! API, each from its binary, on a PostgreSQL server and a NATS server of the
+//! system's own (so a test may restart either without touching anything
+//! else), with free ports and its own stream names. Logs go to files in a
+//! directory of its own, kept when a test fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use event_store::testing::{PgServer, Stop};
+use payment_gateway::{Faults, KeyedCharge, Totals};
+use serde_json::Value;
+use service_kit::auth::{self, Algorithm, Claims};
+use service_kit::testing::NatsServer;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::binaries;
+use crate::process::Process;
+
+const SECRET: &str = "system-tests-secret-of-32-bytes-or-more";
+
+/// The kinds of process the shop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Gateway,
+    Api,
+    Relay,
+    Saga,
+    Projections,
+    Query,
+}
+
+impl Kind {
+    /// In the order they start: the command API applies the migrations.
+    pub const ALL: [Kind; 6] = [Kind::Gateway, Kind::Api, Kind::Relay, Kind::Saga, Kind::Projections, Kind::Query];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Gateway => "gateway",
+            Kind::Api => "api",
+            Kind::Relay => "relay",
+            Kind::Saga => "saga",
+            Kind::Projections => "projections",
+            Kind::Query => "query",
+        }
+    }
+}
+
+/// Settings of the shop under test beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `ORDER_DEADLINE`
+    pub order_deadline: &'static str,
+    /// `PAYMENT_GATEWAY_TIMEOUT`
+    pub gateway_timeout: &'static str,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { order_deadline: "20s", gateway_timeout: "1s" }
+    }
+}
+
+/// What a client needs to talk to the shop (cheap to clone).
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub api: String,
+    pub query: String,
+    pub gateway: String,
+    /// A token with every scope.
+    pub token: String,
+}
+
+pub struct System {
+    pub dir: PathBuf,
+    pub pg: PgServer,
+    pub nats: NatsServer,
+    pub database_url: String,
+    pub stream: String,
+    pub dead_letter_stream: String,
+    pub client: Client,
+    ops: BTreeMap<Kind, String>,
+    processes: BTreeMap<Kind, Process>,
+    env: Vec<(String, String)>,
+    pool: Option<PgPool>,
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+impl System {
+    /// Starts the servers and every process, and waits until each is ready.
+    pub async fn start(settings: Settings) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("system-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = PgServer::start();
+        let nats = NatsServer::start();
+        let database_url = pg.url("orders");
+        let addrs: BTreeMap<Kind, String> = Kind::ALL.iter().map(|kind| (*kind, free_addr())).collect();
+        let (stream, dead_letter_stream) = (format!("EVENTS_{id}"), format!("DEADLETTER_{id}"));
+        let env: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("DATABASE_MAX_CONNECTIONS", "8"),
+            ("NATS_URL", &nats.url()),
+            ("RELAY_STREAM", &stream),
+            ("RELAY_SUBJECT_PREFIX", &format!("events{id}")),
+            ("SAGA_DEAD_LETTER_STREAM", &dead_letter_stream),
+            ("SAGA_RETRY_DELAY", "200ms"),
+            ("DEADLINE_POLL", "500ms"),
+            ("ORDER_DEADLINE", settings.order_deadline),
+            ("PAYMENT_GATEWAY_URL", &format!("http://{}", addrs[&Kind::Gateway])),
+            ("PAYMENT_GATEWAY_TIMEOUT", settings.gateway_timeout),
+            ("GATEWAY_HTTP_ADDR", &addrs[&Kind::Gateway]),
+            ("COMMAND_HTTP_ADDR", &addrs[&Kind::Api]),
+            ("RELAY_OPS_ADDR", &addrs[&Kind::Relay]),
+            ("SAGA_OPS_ADDR", &addrs[&Kind::Saga]),
+            ("PROJECTIONS_OPS_ADDR", &addrs[&Kind::Projections]),
+            ("QUERY_HTTP_ADDR", &addrs[&Kind::Query]),
+            ("JWT_SECRET", SECRET),
+            // The workload sends from one principal, faster than a customer would.
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "info,sqlx=warn"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let processes = Kind::ALL
+            .iter()
+            .map(|kind| {
+                let (binary, args): (&str, &[&str]) = match kind {
+                    Kind::Gateway => ("payment-gateway", &[]),
+                    Kind::Api => ("command-side", &["serve"]),
+                    Kind::Relay => ("command-side", &["relay"]),
+                    Kind::Saga => ("command-side", &["saga"]),
+                    Kind::Projections => ("projections", &["serve"]),
+                    Kind::Query => ("query-side", &[]),
+                };
+                let log = dir.join(format!("{}.log", kind.name()));
+                (*kind, Process::new(kind.name(), binaries::path(binary), args, env.clone(), log))
+            })
+            .collect();
+        let claims = Claims {
+            sub: "operator".into(),
+            iss: "order-system".into(),
+            aud: "order-system".into(),
+            exp: auth::now() + 24 * 3600,
+            nbf: None,
+            scope: "admin orders:write orders:read inventory:write inventory:read".into(),
+        };
+        let client = Client {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            api: format!("http://{}", addrs[&Kind::Api]),
+            query: format!("http://{}", addrs[&Kind::Query]),
+            gateway: format!("http://{}", addrs[&Kind::Gateway]),
+            token: auth::mint(Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap(),
+        };
+        let ops = addrs.into_iter().map(|(kind, addr)| (kind, format!("http://{addr}"))).collect();
+        let mut system =
+            Self { dir, pg, nats, database_url, stream, dead_letter_stream, client, ops, processes, env, pool: None };
+        for kind in Kind::ALL {
+            system.process(kind).start();
+            system.wait_ready(kind, Duration::from_secs(60)).await;
+        }
+        system
+    }
+
+    pub fn process(&mut self, kind: Kind) -> &mut Process {
+        self.processes.get_mut(&kind).expect("every kind has a process")
+    }
+
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Where the process of `kind` answers `/health/*` and `/metrics`.
+    pub fn ops(&self, kind: Kind) -> &str {
+        &self.ops[&kind]
+    }
+
+    /// Waits until the process answers `/health/ready` with success.
+    pub async fn wait_ready(&mut self, kind: Kind, within: Duration) {
+        let url = format!("{}/health/ready", self.ops(kind));
+        let started = Instant::now();
+        loop {
+            let ready = self.client.http.get(&url).send().await.is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            let process = self.process(kind);
+            if let Some(status) = process.exited() {
+                panic!("{} exited ({status}) while starting:\n{}", kind.name(), process.log_tail(20));
+            }
+            assert!(
+                started.elapsed() < within,
+                "{} not ready within {within:?}:\n{}",
+                kind.name(),
+                self.process(kind).log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the process, then starts it again after `pause`.
+    pub async fn kill_and_restart(&mut self, kind: Kind, pause: Duration) {
+        self.process(kind).kill();
+        tokio::time::sleep(pause).await;
+        self.process(kind).start();
+    }
+
+    /// Stops PostgreSQL (cleanly or as a crash) and starts it again after `pause`.
+    pub async fn restart_postgres(&mut self, how: Stop, pause: Duration) {
+        self.pg.stop(how);
+        tokio::time::sleep(pause).await;
+        self.pg.restart();
+    }
+
+    /// Stops NATS and starts it again after `pause`.
+    pub async fn restart_nats(&mut self, pause: Duration) {
+        self.nats.stop();
+        tokio::time::sleep(pause).await;
+        self.nats.restart();
+    }
+
+    /// The processes that are not running though they should be.
+    pub fn crashed(&mut self) -> Vec<String> {
+        let mut crashed = Vec::new();
+        for kind in Kind::ALL {
+            let process = self.process(kind);
+            if let Some(status) = process.exited() {
+                crashed.push(format!("{} exited ({status}):\n{}", kind.name(), process.log_tail(20)));
+            }
+        }
+        crashed
+    }
+
+    /// A pool on the shop's database, for the checks.
+    pub async fn pool(&mut self) -> PgPool {
+        if let Some(pool) = &self.pool {
+            return pool.clone();
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&self.database_url)
+            .await
+            .expect("the shop's database answers");
+        self.pool = Some(pool.clone());
+        pool
+    }
+
+    /// Runs `projections rebuild <name>` to its end; answers whether it succeeded.
+    pub async fn rebuild_from_the_command_line(&self, name: &str) -> bool {
+        let binary = binaries::path("projections");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("rebuild-{name}.log")))
+            .unwrap();
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["rebuild", name])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let status = tokio::task::spawn_blocking(move || command.status()).await.unwrap().unwrap();
+        status.success()
+    }
+
+    /// Stops every process (SIGTERM), then the servers; removes the logs
+    /// unless `keep_logs` (or `SYSTEM_TESTS_KEEP_LOGS` is set).
+    pub fn stop(mut self, keep_logs: bool) {
+        for kind in Kind::ALL.iter().rev() {
+            self.process(*kind).terminate(Duration::from_secs(10));
+        }
+        if keep_logs || std::env::var_os("SYSTEM_TESTS_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Client {
+    /// The gateway simulator's faults, from now on.
+    pub async fn set_faults(&self, faults: Faults) {
+        let response = self.http.put(format!("{}/admin/faults", self.gateway)).json(&faults).send().await.unwrap();
+        assert_eq!(response.status(), 204, "the gateway takes its faults");
+    }
+
+    /// Every charge and void the gateway made, with its key.
+    pub async fn charges(&self) -> Vec<KeyedCharge> {
+        self.http.get(format!("{}/v1/charges", self.gateway)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn ledger(&self) -> Totals {
+        self.http.get(format!("{}/v1/ledger", self.gateway)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// A GET on the query API; `None` unless it answers 200.
+    pub async fn query(&self, path: &str) -> Option<Value> {
+        let response = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.token).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+}
