@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the PostgreSQL and NATS (JetStream) servers the system needs are
 # running on this machine: starts them if they are installed but stopped, and
-# installs them with apt-get on a fresh Debian machine. Idempotent.
+# installs them with apt-get on a fresh Debian machine, with the server
+# binaries the fault-injection suite starts servers of its own from. Idempotent.
 #
 #   DATABASE_URL  default postgres://postgres@127.0.0.1:5432/test
 #   NATS_URL      default nats://127.0.0.1:4222 (only the local default is managed)
@@ -66,5 +67,20 @@ ensure_nats() {
   log "NATS is up"
 }
 
+# The fault-injection suite runs PostgreSQL and NATS servers of its own
+# (initdb, pg_ctl, nats-server): make sure the server binaries are here even
+# when the running servers came from elsewhere.
+ensure_server_binaries() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${PG_BIN_DIR:-}" ]; then
+    log "installing PostgreSQL's server binaries"
+    apt_install postgresql
+  fi
+  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    log "installing nats-server"
+    apt_install nats-server
+  fi
+}
+
 ensure_postgres
 ensure_nats
+ensure_server_binaries

@@ -108,6 +108,7 @@ pub async fn check(pool: &PgPool, records: &Records, charges: &[KeyedCharge]) ->
         format!("{} / {}", records.cancels_accepted, records.cancels_refused),
     );
     report.figure("requests / retries", format!("{} / {}", records.requests, records.retries));
+    report.figure("orders sent again after their answer, answered the same", records.resent);
     for unexpected in &records.unexpected {
         report.violations.push(format!("unexpected answer: {unexpected}"));
     }

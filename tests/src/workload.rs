@@ -30,6 +30,9 @@ pub struct WorkloadConfig {
     pub cancel_share: f64,
     /// Share of orders paid with a card the gateway declines.
     pub declined_share: f64,
+    /// Share of placed orders sent again under the same key after their
+    /// answer, as a client that lost it would: the answer must be the same.
+    pub resend_share: f64,
     /// Longest a request is retried before it counts as unanswered.
     pub give_up_after: Duration,
 }
@@ -44,6 +47,7 @@ impl Default for WorkloadConfig {
             receipt_share: 0.1,
             cancel_share: 0.15,
             declined_share: 0.15,
+            resend_share: 0.1,
             give_up_after: Duration::from_secs(300),
         }
     }
@@ -71,6 +75,8 @@ pub struct Records {
     pub requests: u64,
     /// Sends beyond the first, because of an error or no answer.
     pub retries: u64,
+    /// Orders sent again after their answer, and answered the same.
+    pub resent: u64,
     /// Answers no client should get (a request that broke no rule refused).
     pub unexpected: Vec<String>,
 }
@@ -174,6 +180,14 @@ async fn place(client: &Client, config: &WorkloadConfig, records: &Shared) {
             };
             let total_cents = lines.iter().map(|(_, q, p)| u64::from(*q) * p).sum();
             lock(records).orders.push(Placed { order_id, lines, total_cents, token });
+            if fastrand::f64() < config.resend_share {
+                match post(client, "/v1/orders", &body, &key, config, records).await {
+                    Answer::Answered(StatusCode::ACCEPTED, again) if again["order_id"] == answer["order_id"] => {
+                        lock(records).resent += 1
+                    }
+                    other => lock(records).unexpected.push(format!("order {order_id} sent again: {other:?}")),
+                }
+            }
         }
         Answer::Answered(status, answer) => lock(records).unexpected.push(format!("order: {status} {answer}")),
         Answer::Unanswered(what) => lock(records).unexpected.push(format!("unanswered: {what}")),

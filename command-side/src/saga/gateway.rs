@@ -202,8 +202,9 @@ impl Gateway {
         }
     }
 
-    /// Charges a card once per `idempotency_key`.
-    #[tracing::instrument(skip_all, fields(idempotency_key), err)]
+    /// Charges a card once per `idempotency_key`. (A gateway away is an
+    /// expected state, waited out: its errors are logged as warnings.)
+    #[tracing::instrument(skip_all, fields(%idempotency_key), err(level = tracing::Level::WARN))]
     pub async fn charge(
         &self,
         idempotency_key: &str,
@@ -221,14 +222,14 @@ impl Gateway {
     /// lost, or a retry may still be on its way): answers the charge made
     /// under `idempotency_key`, or `Voided` if none was, in which case none
     /// ever will be. Idempotent.
-    #[tracing::instrument(skip_all, fields(idempotency_key), err)]
+    #[tracing::instrument(skip_all, fields(%idempotency_key), err(level = tracing::Level::WARN))]
     pub async fn void(&self, idempotency_key: &str, correlation_id: &str) -> Result<ChargeOutcome, GatewayError> {
         let answer: ChargeAnswer = self.call("/v1/charges/void", &VoidBody { idempotency_key }, correlation_id).await?;
         answer.outcome()
     }
 
     /// Refunds (part of) a charge once per `idempotency_key`; answers the refund id.
-    #[tracing::instrument(skip_all, fields(idempotency_key, charge_id), err)]
+    #[tracing::instrument(skip_all, fields(%idempotency_key, %charge_id), err(level = tracing::Level::WARN))]
     pub async fn refund(
         &self,
         idempotency_key: &str,
