@@ -22,8 +22,6 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("cannot apply the migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("NATS_URL is not usable: {0}")]
-    Nats(String),
     #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
@@ -55,7 +53,7 @@ async fn connect(config: &Config) -> Result<PgPool, StartupError> {
 /// Applies every pending migration (`command-side migrate`).
 pub async fn migrate(config: &Config) -> Result<PgPool, StartupError> {
     let pool = connect(config).await?;
-    event_store::postgres::MIGRATOR.run(&pool).await?;
+    migrations::MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
 
@@ -68,7 +66,7 @@ impl App {
 
     /// Migrates and binds with a pool of the caller's (the tests' own database).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
-        event_store::postgres::MIGRATOR.run(&pool).await?;
+        migrations::MIGRATOR.run(&pool).await?;
         let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
         let state = AppState {
             store: store.clone(),
@@ -79,9 +77,8 @@ impl App {
             idempotency_wait: idempotency_wait(config.request_timeout),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
-        let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
-        let mut checks = vec![Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()), nats];
+        // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
+        let mut checks = vec![Check::database(pool.clone(), migrations::expected())];
         checks.extend(Check::event_store_if_separate(&config.event_store, &store));
         let router = http::router(state, config.body_limit, gate, checks);
         let router = service_kit::http::layers(router, config.request_timeout);

@@ -28,8 +28,6 @@ pub struct Config {
     pub order_deadline: Duration,
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` and its response are remembered.
     pub idempotency_key_ttl: Duration,
-    /// `NATS_URL`: only for readiness here (the relay and the saga use NATS).
-    pub nats_url: String,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
     /// `LOG_LEVEL`: a tracing filter directive (`info`, `info,command_side=debug`).
@@ -38,7 +36,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
 pub const DEFAULT_LOG_LEVEL: &str = "info,sqlx=warn";
 
 impl Config {
@@ -47,7 +44,7 @@ impl Config {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let database_url = config::database_url(source, DEFAULT_DATABASE_URL)?;
+        let database_url = config::database_url(source)?;
         database_url
             .expose()
             .parse::<sqlx::postgres::PgConnectOptions>()
@@ -67,7 +64,6 @@ impl Config {
                 "IDEMPOTENCY_KEY_TTL",
                 Duration::from_secs(24 * 3600),
             )?,
-            nats_url: config::parsed(source, "NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             auth: AuthConfig::from_source(source)?,
             log_level,
             log_format,
@@ -83,7 +79,7 @@ mod tests {
     #[test]
     fn defaults_suit_a_local_machine() {
         let config = Config::from_source(&Vars(&[])).unwrap();
-        assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(config.database_url.expose(), config::DEFAULT_DATABASE_URL);
         assert_eq!(config.http_addr.port(), 8080);
         assert_eq!(config.log_format, LogFormat::Json);
     }

@@ -90,21 +90,15 @@ async fn open_store(config: &Config, pool: &PgPool) -> anyhow::Result<Arc<dyn Ev
 
 /// Ready when the database (migrated), the event store and NATS answer.
 fn checks(config: &Config, store: &Arc<dyn EventStore>, pool: &PgPool, client: &async_nats::Client) -> Vec<Check> {
-    let mut checks = vec![
-        Check::database(pool.clone(), event_store::postgres::MIGRATOR.migrations.len()),
-        Check::nats(client.clone()),
-    ];
+    let mut checks = vec![Check::database(pool.clone(), migrations::expected()), Check::nats(client.clone())];
     checks.extend(Check::event_store_if_separate(&config.event_store, store));
     checks
 }
 
 /// `NATS_URL`; waits for NATS if it is not up yet, rather than failing.
 async fn nats() -> anyhow::Result<async_nats::Client> {
-    let nats_url: String =
-        service_kit::config::parsed(&service_kit::config::Environment, "NATS_URL", "nats://127.0.0.1:4222".to_owned())?;
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats_url.as_str())
+    let nats_url = service_kit::config::nats_url(&service_kit::config::Environment)?;
+    service_kit::nats::connect(&nats_url)
         .await
         .with_context(|| format!("NATS_URL {nats_url:?} is not a NATS server address"))
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use command_side::{App, Config};
-use event_store::testing::with_database;
+use migrations::testing::with_database;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;

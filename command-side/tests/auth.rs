@@ -3,7 +3,7 @@
 //! and the rest, are tested beside the verifier in `service-kit`.)
 
 use command_side::{App, Config};
-use event_store::testing::with_database;
+use migrations::testing::with_database;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use service_kit::auth::{self, Algorithm, Claims};

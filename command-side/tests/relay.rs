@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use command_side::relay::{self, RelayConfig, RelayError};
-use event_store::testing::with_database;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore, RecordedEvent};
 use futures_util::StreamExt;
+use migrations::testing::with_database;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -557,7 +557,7 @@ async fn status_of(store: &event_store::PgEventStore, order_id: Uuid) -> OrderSt
 #[tokio::test]
 async fn the_database_clock_that_finds_a_deadline_due_also_expires_the_order() {
     use command_side::saga::deadline::expire_due;
-    event_store::testing::with_database(4, |pool| async move {
+    migrations::testing::with_database(4, |pool| async move {
         let store = event_store::PgEventStore::new(pool.clone());
         let order_id = place_directly(&store, chrono::Duration::minutes(30)).await;
         let placed: (chrono::DateTime<chrono::Utc>,) =
@@ -600,7 +600,7 @@ async fn the_database_clock_that_finds_a_deadline_due_also_expires_the_order() {
 #[tokio::test]
 async fn a_deadline_row_stays_while_its_order_is_pending() {
     use command_side::saga::deadline::expire_due;
-    event_store::testing::with_database(4, |pool| async move {
+    migrations::testing::with_database(4, |pool| async move {
         let store = event_store::PgEventStore::new(pool.clone());
         let order_id = place_directly(&store, chrono::Duration::hours(1)).await;
         arm(&pool, order_id, "now() - interval '1 minute'").await;
@@ -623,7 +623,7 @@ async fn a_deadline_row_stays_while_its_order_is_pending() {
 #[tokio::test]
 async fn rows_that_keep_failing_do_not_starve_the_deadlines_behind_them() {
     use command_side::saga::deadline::expire_due;
-    event_store::testing::with_database(4, |pool| async move {
+    migrations::testing::with_database(4, |pool| async move {
         let store = event_store::PgEventStore::new(pool.clone());
         for _ in 0..600 {
             // An order whose stream cannot be read: every expiry of it fails.

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::bench::{self, quick};
-use event_store::testing::with_database;
 use event_store::{EventStore, PgEventStore};
+use migrations::testing::with_database;
 use projections::rebuild::{rebuild, RebuildOptions};
 use projections::testing::{bulk_load, event_count, shop_history, snapshot};
 use sqlx::PgPool;

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_store::bench::{self, quick};
-use event_store::testing::with_database;
 use event_store::LogPosition;
+use migrations::testing::with_database;
 use projections::ProjectorConfig;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgListener, PgPoolOptions};

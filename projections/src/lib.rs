@@ -85,9 +85,3 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
 pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
     all().into_iter().find(|projection| projection.name() == name)
 }
-
-/// How many migrations a database must have applied for the read models
-/// (and the log they are folded from) to be there.
-pub fn migrations_expected() -> usize {
-    event_store::postgres::MIGRATOR.migrations.len()
-}

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let env = &Environment;
-    let database_url = config::database_url(env, DEFAULT_DATABASE_URL)?;
+    let database_url = config::database_url(env)?;
     let backend = config::event_store(env)?;
     // A rebuild on the command line draws a progress bar: only warnings are logged beside it.
     let default_level = if rebuild_name.is_some() { "warn" } else { "info,sqlx=warn" };
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         .connect(database_url.expose())
         .await
         .context("cannot reach the database (DATABASE_URL)")?;
-    event_store::postgres::MIGRATOR.run(&pool).await.context("cannot apply the migrations")?;
+    migrations::MIGRATOR.run(&pool).await.context("cannot apply the migrations")?;
     let store = backend
         .open(pool.clone(), &domain::CATEGORIES)
         .await
@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
             let ops = OpsServer::bind(ops_addr)
                 .await
                 .with_context(|| format!("cannot listen on {ops_addr} (PROJECTIONS_OPS_ADDR)"))?;
-            let mut checks = vec![Check::database(pool.clone(), projections::migrations_expected())];
+            let mut checks = vec![Check::database(pool.clone(), migrations::expected())];
             checks.extend(Check::event_store_if_separate(&backend, &store));
             let ops = tokio::spawn(ops.run(checks, service_kit::shutdown::signal()));
             let config = ProjectorConfig { batch_size, ..ProjectorConfig::default() };
@@ -132,5 +132,3 @@ async fn rebuild_with_progress_bar(
         }
     }
 }
-
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";

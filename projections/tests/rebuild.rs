@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{by_name, database_url, eventually, eventually_within, processed, start, Running};
-use event_store::testing::with_database;
 use event_store::{EventStore, ExpectedVersion, PgEventStore};
+use migrations::testing::with_database;
 use projections::rebuild::{rebuild, RebuildOptions};
 use projections::testing::{event_count, shop_history, snapshot, write};
 use serde_json::Value;

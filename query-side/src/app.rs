@@ -19,8 +19,6 @@ use crate::Config;
 pub enum StartupError {
     #[error("cannot reach the database (DATABASE_URL): {0}")]
     Database(#[from] sqlx::Error),
-    #[error("NATS_URL is not usable: {0}")]
-    Nats(String),
     #[error("cannot listen on {addr} (QUERY_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
@@ -53,9 +51,8 @@ impl App {
             min_position_wait: config.min_position_wait,
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
-        // Ready when PostgreSQL (migrated) and NATS answer (shared/API.md).
-        let nats = Check::nats_at(&config.nats_url).await.map_err(|e| StartupError::Nats(e.to_string()))?;
-        let mut checks = vec![Check::database(pool, projections::migrations_expected()), nats];
+        // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
+        let mut checks = vec![Check::database(pool, migrations::expected())];
         checks.extend(Check::event_store_if_separate(&config.event_store, &store));
         let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)

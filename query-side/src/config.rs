@@ -21,15 +21,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `MIN_POSITION_WAIT`: longest a query waits for `min_position` before 503.
     pub min_position_wait: Duration,
-    /// `NATS_URL`: only for readiness here.
-    pub nats_url: String,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
     pub log_level: String,
     pub log_format: LogFormat,
 }
-
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -39,13 +35,12 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
         Ok(Self {
-            database_url: config::database_url(source, DEFAULT_DATABASE_URL)?,
+            database_url: config::database_url(source)?,
             database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 2, 1000)?,
             event_store: config::event_store(source)?,
             http_addr: config::parsed(source, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             min_position_wait: config::nonzero_duration(source, "MIN_POSITION_WAIT", Duration::from_secs(2))?,
-            nats_url: config::parsed(source, "NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             auth: AuthConfig::from_source(source)?,
             log_level,
             log_format,

@@ -2,7 +2,7 @@
 //! payments only, the admin routes need `admin`, and nothing answers without
 //! a valid token (but health and metrics).
 
-use event_store::testing::with_database;
+use migrations::testing::with_database;
 use query_side::{App, Config};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;

@@ -77,17 +77,34 @@ where
     Ok(value)
 }
 
+/// `DATABASE_URL` when unset: a local server's `orders` database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+
+/// `NATS_URL` when unset: a local server.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// `DATABASE_URL`: a postgres:// URL. The value is never echoed (it may hold a password).
-pub fn database_url(source: &dyn Source, default: &str) -> Result<Secret, ConfigError> {
-    let url = source.get("DATABASE_URL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned());
+pub fn database_url(source: &dyn Source) -> Result<Secret, ConfigError> {
+    let url =
+        source.get("DATABASE_URL").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(ConfigError::new("DATABASE_URL", "***", "must be a postgres:// URL"));
     }
     Ok(Secret::new(url))
 }
 
+/// `NATS_URL`: a nats:// URL of the NATS server (with JetStream).
+pub fn nats_url(source: &dyn Source) -> Result<String, ConfigError> {
+    let url: String = parsed(source, "NATS_URL", DEFAULT_NATS_URL.to_owned())?;
+    if !(url.starts_with("nats://") || url.starts_with("tls://") || url.starts_with("ws://")) {
+        return Err(ConfigError::new("NATS_URL", url, "must be a nats:// URL"));
+    }
+    Ok(url)
+}
+
 /// `EVENT_STORE_URL`: which event store holds the events (see
 /// [`event_store::Backend`]). The value is never echoed (it may hold a password).
+#[cfg(feature = "event-store")]
 pub fn event_store(source: &dyn Source) -> Result<event_store::Backend, ConfigError> {
     let value = source.get(event_store::EVENT_STORE_URL);
     event_store::Backend::from_setting(value.as_deref())

@@ -4,15 +4,29 @@
 //! the advisory lock that makes one instance of a worker live, and the ops
 //! endpoints (health, metrics) every service serves.
 //! Thin on purpose: anything domain-specific lives in the services.
+//!
+//! Features: `postgres` (the pool builder, the database readiness check, the
+//! advisory lock of one live instance), `nats` (connecting, the NATS
+//! readiness check), `event-store` (`EVENT_STORE_URL`, its readiness check).
+//! A process enables what it uses; the payment gateway simulator none.
+
+pub use shutdown::Shutdown;
+pub use supervise::supervise;
 
 pub mod auth;
 pub mod config;
 pub mod http;
+#[cfg(feature = "postgres")]
 pub mod live;
 pub mod metrics;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod openapi;
 pub mod ops;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -14,7 +14,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sqlx::PgPool;
 
 use crate::http::Problem;
 
@@ -37,7 +36,8 @@ impl Check {
     }
 
     /// The database answers and every migration of `expected` is applied.
-    pub fn database(pool: PgPool, expected: usize) -> Self {
+    #[cfg(feature = "postgres")]
+    pub fn database(pool: sqlx::PgPool, expected: usize) -> Self {
         Self::new("database", move || {
             let pool = pool.clone();
             async move {
@@ -55,6 +55,7 @@ impl Check {
 
     /// The event store answers. Only asked where it is not the database
     /// already checked (EventStoreDB): see [`Check::event_store_if_separate`].
+    #[cfg(feature = "event-store")]
     pub fn event_store(store: Arc<dyn event_store::EventStore>) -> Self {
         Self::new("event_store", move || {
             let store = store.clone();
@@ -63,6 +64,7 @@ impl Check {
     }
 
     /// [`Check::event_store`] unless the events live in PostgreSQL.
+    #[cfg(feature = "event-store")]
     pub fn event_store_if_separate(
         backend: &event_store::Backend,
         store: &Arc<dyn event_store::EventStore>,
@@ -70,14 +72,8 @@ impl Check {
         (*backend != event_store::Backend::Postgres).then(|| Self::event_store(store.clone()))
     }
 
-    /// Connects to NATS at `url` in the background, for readiness only: the
-    /// service starts without it and is not ready until it is connected.
-    pub async fn nats_at(url: &str) -> Result<Self, async_nats::ConnectError> {
-        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url).await?;
-        Ok(Self::nats(client))
-    }
-
     /// Connected to NATS.
+    #[cfg(feature = "nats")]
     pub fn nats(client: async_nats::Client) -> Self {
         Self::new("nats", move || {
             let state = client.connection_state();
@@ -140,7 +136,7 @@ async fn live() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// Every dependency answers (the database with its migrations applied, NATS, the event store where it is not the database).
+/// Every dependency answers (the database with its migrations applied, the event store where it is not the database, NATS where the process uses it).
 #[utoipa::path(get, path = "/health/ready", tag = "operations", operation_id = "ready",
     responses(
         (status = 204, description = "Ready"),

@@ -34,8 +34,18 @@ use crate::{
     StoreError,
 };
 
-/// The migrations of the whole system (event store and read models), applied with sqlx.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The event store's own schema (`migrations/event-store/`): `es_events`,
+/// the log's read horizon, and the record of which backend the database's
+/// derived state comes from (`event_store_backend`, see `Backend::open`);
+/// nothing else of the system. It shares the
+/// database's migration history with the rest of the system's migrations
+/// (the `migrations` crate applies both), so it ignores versions it does not
+/// know.
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut own = sqlx::migrate!("../migrations/event-store");
+    own.ignore_missing = true;
+    own
+});
 
 /// The NOTIFY channel that announces appends.
 pub const CHANNEL: &str = "es_events";
@@ -99,7 +109,7 @@ impl PgEventStore {
         &self.inner.pool
     }
 
-    /// Applies every pending migration.
+    /// Applies the event store's pending migrations (its own schema only).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.inner.pool).await
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
@@ -55,9 +56,19 @@ async fn drop_stale_databases(admin: &mut PgConnection) {
     }
 }
 
-/// Runs `test` against a new migrated database of its own, then drops the
-/// database, also when the test panics. The pool has `max_connections`.
+/// Runs `test` against a new database of its own with the event store's
+/// schema (and nothing else of the system), then drops the database, also
+/// when the test panics. The pool has `max_connections`.
 pub async fn with_database<F, Fut>(max_connections: u32, test: F)
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    with_migrated_database(&crate::postgres::MIGRATOR, max_connections, test).await;
+}
+
+/// [`with_database`], migrated by `migrator` (the whole system's, say).
+pub async fn with_migrated_database<F, Fut>(migrator: &Migrator, max_connections: u32, test: F)
 where
     F: FnOnce(PgPool) -> Fut,
     Fut: Future<Output = ()>,
@@ -77,7 +88,7 @@ where
         .connect_with(server_options().database(&name))
         .await
         .expect("cannot connect to the test database");
-    crate::postgres::MIGRATOR.run(&pool).await.expect("migrations failed");
+    migrator.run(&pool).await.expect("migrations failed");
 
     let outcome = AssertUnwindSafe(test(pool.clone())).catch_unwind().await;
     pool.close().await;

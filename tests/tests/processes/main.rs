@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain::order::{Order, OrderState, OrderStatus};
-use event_store::testing::with_database;
 use event_store::PgEventStore;
+use migrations::testing::with_database;
 use serde_json::json;
 use service_kit::auth::{self, Claims};
 use system_tests::binaries;
