@@ -1,6 +1,6 @@
 # One image holds every service of the order system; the command picks one:
-#   command-side serve | command-side relay | command-side saga | command-side migrate
-#   projections serve | query-side | payment-gateway | mint-token
+#   command-api | relay | saga | migrate | projections serve | query-api
+#   | payment-gateway | mint-token
 # Build: docker build -t order-system .
 # The binaries can keep their events in PostgreSQL (default) or EventStoreDB
 # (EVENT_STORE_URL=esdb://...): they are built with the `eventstoredb` feature.
@@ -11,10 +11,11 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
-      --features command-side/eventstoredb,projections/eventstoredb,query-side/eventstoredb \
+      --features command-api/eventstoredb,relay/eventstoredb,saga/eventstoredb,projections/eventstoredb,query-side/eventstoredb \
  && mkdir /out \
- && cp target/release/command-side target/release/projections target/release/query-side \
-       target/release/payment-gateway target/release/mint-token /out/
+ && cp target/release/command-api target/release/relay target/release/saga target/release/migrate \
+       target/release/projections target/release/query-api target/release/payment-gateway \
+       target/release/mint-token /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -29,4 +30,4 @@ ENV LOG_FORMAT=json \
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD curl -fsS "$HEALTH_URL" >/dev/null || exit 1
 ENTRYPOINT []
-CMD ["command-side", "serve"]
+CMD ["command-api"]

@@ -1,4 +1,4 @@
--- Idempotency keys (command-side/src/idempotency.rs), two additions:
+-- Idempotency keys (command-side/application/src/idempotency.rs), two additions:
 --
 -- generation: drawn anew each time a key is first claimed, and kept when a
 -- claim is taken over. The ids a request derives from its key include it, so

@@ -1,4 +1,4 @@
--- Saga deadlines (command-side/src/saga/deadline.rs): when the watcher looks
+-- Saga deadlines (command-side/saga/src/deadline.rs): when the watcher looks
 -- at a row next, apart from the deadline itself. A row whose expiry fails is
 -- tried again later (due_at moves back, attempts counts), so rows that keep
 -- failing never stay at the head of the queue and hold up every later one.

@@ -3,9 +3,9 @@
 # started by scripts/services.sh), then every service as its own process,
 # with readable logs. Ctrl-C stops them all.
 #
-# Services: command-side (http://127.0.0.1:8080), the relay (log -> NATS
+# Services: the command API (http://127.0.0.1:8080), the relay (log -> NATS
 # JetStream stream EVENTS), the saga participants, the payment gateway
-# simulator (http://127.0.0.1:8090), projections, query-side
+# simulator (http://127.0.0.1:8090), the projections, the query API
 # (http://127.0.0.1:8081). The relay, the participants and the projections
 # serve /health/* and /metrics on 127.0.0.1:9101, 9102 and 9103.
 # Configuration: the environment variables in the README's table
@@ -18,7 +18,7 @@ env -u DATABASE_URL bash scripts/services.sh
 # EVENT_STORE_URL naming EventStoreDB needs the binaries built with its feature.
 features=()
 case "${EVENT_STORE_URL:-}" in
-  esdb*|kurrentdb*) features=(--features command-side/eventstoredb,projections/eventstoredb,query-side/eventstoredb) ;;
+  esdb*|kurrentdb*) features=(--features command-api/eventstoredb,relay/eventstoredb,saga/eventstoredb,projections/eventstoredb,query-side/eventstoredb) ;;
 esac
 cargo build --bins --quiet "${features[@]}"
 
@@ -31,13 +31,13 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-./target/debug/command-side migrate
-./target/debug/command-side serve & pids+=($!)
-./target/debug/command-side relay & pids+=($!)
+./target/debug/migrate
+./target/debug/command-api & pids+=($!)
+./target/debug/relay & pids+=($!)
 ./target/debug/payment-gateway & pids+=($!)
-./target/debug/command-side saga & pids+=($!)
+./target/debug/saga & pids+=($!)
 ./target/debug/projections serve & pids+=($!)
-./target/debug/query-side & pids+=($!)
+./target/debug/query-api & pids+=($!)
 
 echo "[dev] commands on http://${COMMAND_HTTP_ADDR:-127.0.0.1:8080}, queries on http://${QUERY_HTTP_ADDR:-127.0.0.1:8081} — Ctrl-C stops everything" >&2
 wait -n

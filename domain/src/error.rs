@@ -1,6 +1,6 @@
 //! Why a command was refused.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A command the domain refuses. Each variant maps to one HTTP status class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +27,7 @@ impl DomainError {
 }
 
 /// One broken rule, named by the path of the field that breaks it (`lines[2].quantity`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

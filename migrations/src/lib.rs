@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use sqlx::migrate::{Migration, Migrator};
+use sqlx::PgPool;
 
 /// Every migration of the system, the event store's and the others, in version order.
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
@@ -28,6 +29,23 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
 /// How many migrations a database up to date has applied (for readiness).
 pub fn expected() -> usize {
     MIGRATOR.migrations.len()
+}
+
+/// Why the database could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot reach the database (DATABASE_URL): {0}")]
+    Connect(#[from] sqlx::Error),
+    #[error("cannot apply the migrations: {0}")]
+    Apply(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The pool of a service that writes: connected (the database created if
+/// missing) and migrated.
+pub async fn connect_and_migrate(database: &service_kit::postgres::DatabaseConfig) -> Result<PgPool, MigrateError> {
+    let pool = database.connect().await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
 }
 
 /// Test support (feature `testing`).

@@ -24,7 +24,6 @@
 mod config;
 mod ledger;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -37,6 +36,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use service_kit::http::Problem;
+use service_kit::Shutdown;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -123,9 +123,9 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "payment gateway simulator listening");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, self.router).with_graceful_shutdown(async move { shutdown.requested().await }).await
     }
 }
 

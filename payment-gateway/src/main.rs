@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use payment_gateway::{App, Config};
-use service_kit::{shutdown, telemetry};
+use service_kit::{telemetry, Shutdown};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,6 +10,6 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("payment-gateway", &config.log_level, config.log_format);
     let addr = config.http_addr;
     let app = App::build(config).await.with_context(|| format!("cannot listen on {addr} (GATEWAY_HTTP_ADDR)"))?;
-    app.run_until(shutdown::signal()).await?;
+    app.run_until(Shutdown::on_signal()).await?;
     Ok(())
 }

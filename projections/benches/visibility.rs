@@ -23,9 +23,9 @@ use event_store::LogPosition;
 use migrations::testing::with_database;
 use projections::ProjectorConfig;
 use serde_json::{json, Value};
+use service_kit::Shutdown;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 const RATE: u64 = 500;
@@ -119,23 +119,18 @@ async fn main() {
             ("RATE_LIMIT_PER_SECOND", "1000000"),
             ("RATE_LIMIT_BURST", "1000000"),
         ];
-        let config = command_side::Config::from_source(&service_kit::config::Vars(&env)).unwrap();
-        let app = command_side::App::build_with_pool(config, pool_like(&pool, 10).await).await.unwrap();
+        let config = command_api::Config::from_source(&service_kit::config::Vars(&env)).unwrap();
+        let app = command_api::App::build_with_pool(config, pool_like(&pool, 10).await).await.unwrap();
         let base = format!("http://{}", app.local_addr());
-        let (stop_api, api_stopped) = oneshot::channel::<()>();
-        let api = tokio::spawn(app.run_until(async move {
-            let _ = api_stopped.await;
-        }));
-        let (stop_projections, projections_stopped) = oneshot::channel::<()>();
+        let (stop, shutdown) = Shutdown::new();
+        let api = tokio::spawn(app.run_until(shutdown.clone()));
         let projection_pool = pool_like(&pool, 10).await;
         let projecting = tokio::spawn(projections::service::run_all(
             Arc::new(event_store::PgEventStore::new(projection_pool.clone())),
             projection_pool,
             ProjectorConfig::default(),
             Default::default(),
-            async move {
-                let _ = projections_stopped.await;
-            },
+            shutdown,
         ));
         let timeline: Timeline = Arc::default();
         let watcher = tokio::spawn(watch_checkpoint(pool_like(&pool, 2).await, timeline.clone()));
@@ -192,8 +187,7 @@ async fn main() {
         let result = percentiles(latencies);
         let achieved = result.count as f64 / sent_for.as_secs_f64();
 
-        let _ = stop_api.send(());
-        let _ = stop_projections.send(());
+        stop.fire();
         api.await.unwrap().unwrap();
         projecting.await.unwrap();
         watcher.abort();

@@ -20,15 +20,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use event_store::{EventStore, LogPosition, RecordedEvent, StoreError};
+use read_models::{checkpoints, rebuilds, BatchError, Projection};
 use serde::Serialize;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, watch, Barrier};
 
-use crate::checkpoint::{self, Target};
-use crate::runtime::apply_batch;
-use crate::{BatchError, Projection, RunError};
+use crate::runtime::{apply_batch, Target};
+use crate::RunError;
 
 /// Advisory lock class of rebuilds (the key is `hashtext(name)`).
 const LOCK_CLASS: i32 = 0x5242_4c44; // "RBLD"
@@ -125,15 +124,7 @@ impl RebuildError {
 /// A rebuild that cannot go on is `failed` (one that stopped at an event is
 /// recorded with it already); the next one starts from empty tables.
 async fn record_failure(pool: &PgPool, name: &str, error: &RebuildError) {
-    let recorded = sqlx::query(
-        "UPDATE projection_rebuilds SET state = 'failed', error = $2, finished_at = now(), updated_at = now() \
-         WHERE name = $1 AND state <> 'failed'",
-    )
-    .bind(name)
-    .bind(error.to_string())
-    .execute(pool)
-    .await;
-    if let Err(db) = recorded {
+    if let Err(db) = rebuilds::failed(pool, name, &error.to_string()).await {
         tracing::warn!(projection = name, error = %db, "cannot record the rebuild's failure");
     }
 }
@@ -158,7 +149,7 @@ impl Rebuild<'_> {
             // live projection is), so that the tables stay locked for a few
             // events at most. A replay that found nothing new swaps whatever
             // the count says.
-            let live = checkpoint::load(&self.pool, name).await?;
+            let live = checkpoints::load(&self.pool, name).await?;
             let far_behind =
                 live > checkpoint && self.store.count_after(checkpoint, self.page_size() + 1).await? > self.page_size();
             if far_behind && done > before {
@@ -189,33 +180,18 @@ impl Rebuild<'_> {
         let name = self.projection.name();
         let schema = shadow_schema(name);
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO projection_rebuilds (name, state) VALUES ($1, 'requested') ON CONFLICT DO NOTHING")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let (state, commit, position, done): (String, i64, i64, i64) = sqlx::query_as(
-            "SELECT state, commit_id, position, events_done FROM projection_rebuilds WHERE name = $1 FOR UPDATE",
-        )
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
+        let found = rebuilds::lock(&mut tx, name).await?;
         let shadow_tables: i64 =
             sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)")
                 .bind(&schema)
                 .bind(self.projection.tables())
                 .fetch_one(&mut *tx)
                 .await?;
-        if state == "running" && shadow_tables == self.projection.tables().len() as i64 {
-            sqlx::query(
-                "UPDATE projection_rebuilds SET run_started_at = now(), run_events_from = events_done, \
-                 updated_at = now() WHERE name = $1",
-            )
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        if found.state == "running" && shadow_tables == self.projection.tables().len() as i64 {
+            rebuilds::resume(&mut tx, name).await?;
             tx.commit().await?;
-            tracing::info!(projection = name, events_done = done, "resuming the rebuild");
-            return Ok((checkpoint::position_of(commit, position), done as u64));
+            tracing::info!(projection = name, events_done = found.events_done, "resuming the rebuild");
+            return Ok((found.checkpoint, found.events_done));
         }
         let schema_ident = quote_ident(&schema);
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema_ident} CASCADE")).execute(&mut *tx).await?;
@@ -223,15 +199,7 @@ impl Rebuild<'_> {
         for table in self.projection.tables() {
             copy_table(&mut tx, table, &schema).await?;
         }
-        sqlx::query(
-            "UPDATE projection_rebuilds SET state = 'running', commit_id = 0, position = 0, events_done = 0, \
-                 events_total = 0, started_at = now(), run_started_at = now(), run_events_from = 0, \
-                 finished_at = NULL, failed_event_id = NULL, failed_position = NULL, error = NULL, updated_at = now() \
-             WHERE name = $1",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+        rebuilds::start(&mut tx, name).await?;
         tx.commit().await?;
         tracing::info!(projection = name, "rebuild started");
         Ok((None, 0))
@@ -314,11 +282,7 @@ impl Rebuild<'_> {
             }
         };
         *remaining = Some(Remaining { head, left, done });
-        sqlx::query("UPDATE projection_rebuilds SET events_total = events_done + $2 WHERE name = $1")
-            .bind(self.projection.name())
-            .bind(left as i64)
-            .execute(&self.pool)
-            .await?;
+        rebuilds::set_left(&self.pool, self.projection.name(), left).await?;
         Ok(left)
     }
 
@@ -364,16 +328,7 @@ impl Rebuild<'_> {
             other => other?,
         };
         // The live projection's runner cannot write while the tables are locked.
-        sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let (commit, position): (i64, i64) =
-            sqlx::query_as("SELECT commit_id, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await?;
-        let live = checkpoint::position_of(commit, position);
+        let live = checkpoints::lock(&mut tx, name).await?;
 
         // Bring the shadow tables to where the live ones are, so that no
         // query sees the read model go back in time.
@@ -410,26 +365,10 @@ impl Rebuild<'_> {
         }
         sqlx::query(&format!("DROP SCHEMA {schema}")).execute(&mut *tx).await?;
         let to = checkpoint.unwrap_or(LogPosition::START);
-        // The live checkpoint is the rebuild's now; the rebuild is done; and the
-        // queries waiting for a position hear of it (payload as in checkpoint.rs).
-        sqlx::query(
-            "WITH live AS ( \
-               UPDATE projection_checkpoints SET commit_id = $2, position = $3, events_processed = $4, \
-                   state = 'running', failed_event_id = NULL, failed_position = NULL, error = NULL, \
-                   updated_at = now() \
-               WHERE name = $1), \
-             rebuilt AS ( \
-               UPDATE projection_rebuilds SET state = 'done', commit_id = $2, position = $3, events_done = $4, \
-                   events_total = $4, finished_at = now(), updated_at = now() \
-               WHERE name = $1) \
-             SELECT pg_notify('projection_progress', concat_ws(' ', $1, $2, $3))",
-        )
-        .bind(name)
-        .bind(to.commit as i64)
-        .bind(to.position as i64)
-        .bind(done as i64)
-        .execute(&mut *tx)
-        .await?;
+        // The live checkpoint is the rebuild's now, the rebuild is done, and
+        // the queries waiting for a position hear of it.
+        checkpoints::take_over(&mut tx, name, to, done).await?;
+        rebuilds::done(&mut tx, name, to, done).await?;
         tx.commit().await?;
         Ok(Some(Progress { events_done: done, events_total: done, swapped: true }))
     }
@@ -482,99 +421,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Asks the projections service to rebuild `name` (see `service.rs`). A
-/// rebuild already requested or running is left as it is.
-pub async fn request(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_rebuilds (name, state) VALUES ($1, 'requested') \
-         ON CONFLICT (name) DO UPDATE SET state = 'requested', requested_at = now(), updated_at = now() \
-         WHERE projection_rebuilds.state NOT IN ('requested', 'running')",
-    )
-    .bind(name)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// The latest rebuild of a projection, with the figures the CLI's progress
-/// bar shows: events done of total, rate and time left.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RebuildStatus {
-    pub name: String,
-    /// `requested`, `running`, `done` or `failed`.
-    pub state: String,
-    pub events_done: u64,
-    pub events_total: u64,
-    /// Events replayed per second by the current (or last) run.
-    pub events_per_second: Option<f64>,
-    /// Seconds left at that rate, while running.
-    pub eta_seconds: Option<f64>,
-    pub requested_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub error: Option<String>,
-}
-
-/// The latest rebuild of every projection that had one.
-pub async fn statuses(pool: &PgPool) -> Result<Vec<RebuildStatus>, sqlx::Error> {
-    type Row = (
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, state, events_done, events_total, run_events_from, requested_at, started_at, run_started_at, \
-                finished_at, updated_at, error \
-         FROM projection_rebuilds ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                name,
-                state,
-                done,
-                total,
-                run_from,
-                requested_at,
-                started_at,
-                run_started_at,
-                finished_at,
-                updated_at,
-                error,
-            )| {
-                let seconds = run_started_at.map(|start| (updated_at - start).as_seconds_f64()).filter(|s| *s > 0.0);
-                let events_per_second = seconds.map(|seconds| (done - run_from).max(0) as f64 / seconds);
-                let eta_seconds = events_per_second
-                    .filter(|rate| *rate > 0.0 && state == "running")
-                    .map(|rate| (total - done).max(0) as f64 / rate);
-                RebuildStatus {
-                    name,
-                    state,
-                    events_done: done as u64,
-                    events_total: total as u64,
-                    events_per_second,
-                    eta_seconds,
-                    requested_at,
-                    started_at,
-                    finished_at,
-                    error,
-                }
-            },
-        )
-        .collect())
 }
 
 /// What `events_left` counted last time.

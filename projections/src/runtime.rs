@@ -11,18 +11,26 @@
 //! 4. An event the projection cannot apply stops it: what came before is
 //!    committed, the event and the error are recorded, the others run on.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::{EventStore, LogPosition, RecordedEvent};
 use futures_util::StreamExt;
-use service_kit::live;
+use read_models::{checkpoints, rebuilds, BatchError, Projection};
+use service_kit::{live, Shutdown};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::checkpoint::{self, Target};
-use crate::{rebuild, BatchError, Projection};
+use crate::rebuild;
+
+/// Which tables a batch writes, and so which checkpoint moves with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The live tables in `public`; checkpoint in `projection_checkpoints`.
+    Live,
+    /// A rebuild's shadow tables in schema `rebuild_<name>`; checkpoint in `projection_rebuilds`.
+    Shadow,
+}
 
 /// Advisory lock class of projections (the key is `hashtext(name)`).
 const LOCK_CLASS: i32 = 0x5052_4f4a; // "PROJ"
@@ -54,22 +62,21 @@ pub enum RunError {
     Database(#[from] sqlx::Error),
 }
 
-/// Runs `projection` until `shutdown` completes, or until it fails.
+/// Runs `projection` until `shutdown`, or until it fails.
 pub async fn run(
     projection: Arc<dyn Projection>,
     store: Arc<dyn EventStore>,
     pool: PgPool,
     config: ProjectorConfig,
-    shutdown: impl Future<Output = ()>,
+    shutdown: &Shutdown,
 ) -> Result<(), RunError> {
     let name = projection.name();
-    tokio::pin!(shutdown);
-    let lock = live::become_live(&pool, (LOCK_CLASS, name), name, config.standby_poll, &mut shutdown).await?;
+    let lock = live::become_live(&pool, (LOCK_CLASS, name), name, config.standby_poll, shutdown).await?;
     let Some(mut lock) = lock else { return Ok(()) };
     tracing::info!(projection = name, "live");
 
     'from_checkpoint: loop {
-        let mut checkpoint = checkpoint::load(&pool, name).await?;
+        let mut checkpoint = checkpoints::load(&pool, name).await?;
         let mut events = store.subscribe(checkpoint).ready_chunks(config.batch_size.max(1));
         // Events of no concern to this projection are not worth a transaction
         // each: the checkpoint passes them in the next batch's transaction, or
@@ -78,7 +85,7 @@ pub async fn run(
         loop {
             let flush_at = skipped.as_ref().map(|s| s.since + SKIP_DELAY);
             let chunk = tokio::select! {
-                () = &mut shutdown => break 'from_checkpoint,
+                () = shutdown.requested() => break 'from_checkpoint,
                 () = sleep_until(flush_at), if flush_at.is_some() => None,
                 chunk = events.next() => match chunk {
                     Some(chunk) => Some(chunk),
@@ -179,7 +186,7 @@ async fn pass(
 ) -> Result<LogPosition, RunError> {
     let name = projection.name();
     let mut tx = pool.begin().await?;
-    if !checkpoint::advance(&mut tx, Target::Live, name, (checkpoint, to), events, false).await? {
+    if !checkpoints::advance(&mut tx, name, (checkpoint, to), events, false).await? {
         return Err(RunError::LostLock(name));
     }
     // Lost in a server crash, this move would be made again: no need to wait for the disk.
@@ -241,7 +248,10 @@ pub(crate) async fn apply_batch(
     let event = &batch[index];
     let position = event.log_position.position;
     tracing::error!(projection = name, ?target, event_id = %event.event_id, position, %error, "projection stopped");
-    checkpoint::record_failure(pool, target, name, event.event_id, position, &error).await?;
+    match target {
+        Target::Live => checkpoints::record_failure(pool, name, event.event_id, position, &error).await?,
+        Target::Shadow => rebuilds::failed_at(pool, name, event.event_id, position, &error).await?,
+    }
     Err(RunError::Failed { name, event_id: event.event_id, position, error })
 }
 
@@ -261,7 +271,13 @@ async fn try_batch(
     }
     let written = projection.apply(&mut tx, batch).await?;
     let last = batch[batch.len() - 1].log_position;
-    if !checkpoint::advance(&mut tx, target, name, (checkpoint, last), passed + batch.len(), written > 0).await? {
+    let moved = match target {
+        Target::Live => {
+            checkpoints::advance(&mut tx, name, (checkpoint, last), passed + batch.len(), written > 0).await?
+        }
+        Target::Shadow => rebuilds::advance(&mut tx, name, (checkpoint, last), passed + batch.len()).await?,
+    };
+    if !moved {
         return Ok(None); // rolled back when dropped
     }
     if written == 0 {

@@ -1,15 +1,12 @@
 //! Building the query service and running it until shutdown.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
-use sqlx::postgres::PgPoolOptions;
+use service_kit::ops::Check;
+use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-
-use service_kit::ops::Check;
 
 use crate::http::{self, AppState};
 use crate::progress::Progress;
@@ -32,11 +29,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(config.database_url.expose())
-            .await?;
+        let pool = config.database.connect().await?;
         Self::build_with_pool(config, pool).await
     }
 
@@ -65,10 +58,10 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "query API listening");
         // The peer address keys rate limits when auth is off.
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await
     }
 }

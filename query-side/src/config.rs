@@ -4,15 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use service_kit::auth::AuthConfig;
-use service_kit::config::{self, ConfigError, Secret, Source};
+use service_kit::config::{self, ConfigError, Source};
+use service_kit::postgres::DatabaseConfig;
 use service_kit::telemetry::LogFormat;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `DATABASE_URL`: the database of the read models.
-    pub database_url: Secret,
-    /// `DATABASE_MAX_CONNECTIONS`
-    pub database_max_connections: u32,
+    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`: the database of the read models.
+    pub database: DatabaseConfig,
     /// `EVENT_STORE_URL`: where the events live; read for `min_position` and the projections' lag.
     pub event_store: event_store::Backend,
     /// `QUERY_HTTP_ADDR`: where the API listens.
@@ -35,8 +34,7 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
         Ok(Self {
-            database_url: config::database_url(source)?,
-            database_max_connections: config::ranged(source, "DATABASE_MAX_CONNECTIONS", 10, 2, 1000)?,
+            database: DatabaseConfig::from_source(source, 2)?,
             event_store: config::event_store(source)?,
             http_addr: config::parsed(source, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,

@@ -1,14 +1,14 @@
-//! `query-side`: the query API, until SIGTERM.
+//! `query-api`: the query API, until SIGTERM.
 
 use anyhow::Context;
 use query_side::{App, Config};
-use service_kit::{shutdown, telemetry};
+use service_kit::{telemetry, Shutdown};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let _telemetry = telemetry::init("query-api", &config.log_level, config.log_format);
     let app = App::build(config).await.context("the query API cannot start")?;
-    app.run_until(shutdown::signal()).await?;
+    app.run_until(Shutdown::on_signal()).await?;
     Ok(())
 }

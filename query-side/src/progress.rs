@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::{EventStore, LogPosition, StoreError};
+use read_models::checkpoints;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-pub const CHANNEL: &str = "projection_progress";
 const FALLBACK_POLL: Duration = Duration::from_millis(250);
 
 /// Why a wait for a position could not tell.
@@ -40,14 +40,7 @@ impl Progress {
 
     /// Whether `projection` has applied the event at log position `at`.
     pub async fn reached(&self, projection: &str, at: LogPosition) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM projection_checkpoints WHERE name = $1 AND (commit_id, position) >= ($2, $3))",
-        )
-        .bind(projection)
-        .bind(i64::try_from(at.commit).unwrap_or(i64::MAX))
-        .bind(i64::try_from(at.position).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await
+        checkpoints::reached(&self.pool, projection, at).await
     }
 
     /// Waits, at most `limit`, until `projection` has applied the event at
@@ -80,14 +73,8 @@ impl Progress {
     /// `leader` has applied now: what one read model shows of an event, the
     /// other shows too.
     pub async fn wait_caught_up(&self, follower: &str, leader: &str, limit: Duration) -> Result<bool, ProgressError> {
-        let leader_at: Option<(i64, i64)> =
-            sqlx::query_as("SELECT commit_id, position FROM projection_checkpoints WHERE name = $1")
-                .bind(leader)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(ProgressError::Database)?;
-        let Some((commit, position)) = leader_at else { return Ok(true) };
-        let at = LogPosition { commit: commit as u64, position: position as u64 };
+        let leader_at = checkpoints::position(&self.pool, leader).await.map_err(ProgressError::Database)?;
+        let Some(at) = leader_at else { return Ok(true) };
         self.wait_until(limit, move || async move { self.reached(follower, at).await.map_err(ProgressError::Database) })
             .await
     }
@@ -123,7 +110,7 @@ async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>) {
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
-                if let Err(error) = listener.listen(CHANNEL).await {
+                if let Err(error) = listener.listen(checkpoints::PROGRESS_CHANNEL).await {
                     tracing::warn!(%error, "cannot LISTEN for projection progress");
                 } else {
                     while listener.recv().await.is_ok() {

@@ -10,7 +10,7 @@
 //! readiness check), `event-store` (`EVENT_STORE_URL`, its readiness check).
 //! A process enables what it uses; the payment gateway simulator none.
 
-pub use shutdown::Shutdown;
+pub use shutdown::{Shutdown, Trigger};
 pub use supervise::supervise;
 
 pub mod auth;

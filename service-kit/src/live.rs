@@ -3,10 +3,11 @@
 //! others wait as hot standbys, trying again every `poll`, and one takes over
 //! once the live instance's connection closes (it died, or it stopped).
 
-use std::future::Future;
 use std::time::Duration;
 
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::shutdown::Shutdown;
 
 /// Waits until this instance holds the lock `(class, hashtext(key))`;
 /// `None` if `shutdown` comes first. The returned connection holds the lock
@@ -16,7 +17,7 @@ pub async fn become_live(
     (class, key): (i32, &str),
     what: &str,
     poll: Duration,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    shutdown: &Shutdown,
 ) -> Result<Option<PgConnection>, sqlx::Error> {
     let mut connection = pool.connect_options().connect().await?;
     let mut announced = false;
@@ -34,7 +35,7 @@ pub async fn become_live(
             announced = true;
         }
         tokio::select! {
-            () = &mut *shutdown => {
+            () = shutdown.requested() => {
                 let _ = connection.close().await;
                 return Ok(None);
             }

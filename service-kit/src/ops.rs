@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::http::Problem;
+use crate::shutdown::Shutdown;
 
 type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
@@ -168,14 +169,10 @@ impl OpsServer {
     }
 
     /// Serves until `shutdown`.
-    pub async fn run(
-        self,
-        checks: Vec<Check>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run(self, checks: Vec<Check>, shutdown: Shutdown) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ops endpoints listening (/health/live, /health/ready, /metrics)");
         let router = crate::http::layers(router(checks), Duration::from_secs(10));
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, router).with_graceful_shutdown(async move { shutdown.requested().await }).await
     }
 }
 

@@ -1,6 +1,6 @@
-//! Test support (feature `testing`): a NATS server of the test's own, on a
+//! Test support (feature `testing`): a NATS server of the test's own (on a
 //! free port with its own JetStream directory, so a test can stop and
-//! restart it without disturbing others.
+//! restart it without disturbing others), bearer tokens, and `eventually`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -80,5 +80,41 @@ impl Drop for NatsServer {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A bearer token signed with `secret` (HS256) for `sub` with `scope`,
+/// valid for ten minutes, as the services expect them (issuer and
+/// audience `order-system`).
+pub fn token(secret: &str, sub: &str, scope: &str) -> String {
+    token_expiring(secret, sub, scope, crate::auth::now() + 600)
+}
+
+/// [`token`], expiring at `exp` (Unix seconds).
+pub fn token_expiring(secret: &str, sub: &str, scope: &str, exp: u64) -> String {
+    let claims = crate::auth::Claims {
+        sub: sub.into(),
+        iss: "order-system".into(),
+        aud: "order-system".into(),
+        exp,
+        nbf: None,
+        scope: scope.into(),
+    };
+    crate::auth::mint(crate::auth::Algorithm::HS256, secret.as_bytes(), &claims).expect("HS256 signs")
+}
+
+/// Polls `check` until it answers `Some`, for at most `within`; panics
+/// naming `what` otherwise.
+pub async fn eventually<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

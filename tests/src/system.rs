@@ -138,11 +138,11 @@ impl System {
             .map(|kind| {
                 let (binary, args): (&str, &[&str]) = match kind {
                     Kind::Gateway => ("payment-gateway", &[]),
-                    Kind::Api => ("command-side", &["serve"]),
-                    Kind::Relay => ("command-side", &["relay"]),
-                    Kind::Saga => ("command-side", &["saga"]),
+                    Kind::Api => ("command-api", &[]),
+                    Kind::Relay => ("relay", &[]),
+                    Kind::Saga => ("saga", &[]),
                     Kind::Projections => ("projections", &["serve"]),
-                    Kind::Query => ("query-side", &[]),
+                    Kind::Query => ("query-api", &[]),
                 };
                 let log = dir.join(format!("{}.log", kind.name()));
                 (*kind, Process::new(kind.name(), binaries::path(binary), args, env.clone(), log))

@@ -11,32 +11,25 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use projections::rebuild::{self, RebuildStatus};
+use read_models::checkpoints::{self, ProjectionStatus};
+use read_models::rebuilds::{self, RebuildStatus};
 use serde::Serialize;
 use service_kit::http::Problem;
 use utoipa::ToSchema;
-
-use event_store::LogPosition;
 
 use super::{database_error, store_error, AppState};
 
 /// The most events a projection's lag counts.
 const LAG_COUNT_LIMIT: u64 = 1_000_000;
 
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ProjectionView {
     name: String,
-    /// The checkpoint's commit (with `checkpoint`, its log position).
-    #[serde(skip)]
-    #[schema(ignore)]
-    commit_id: i64,
     /// Global position of the last event the projection processed (0: none).
     checkpoint: i64,
     /// Global position of the newest readable event.
-    #[sqlx(skip)]
     head: i64,
     /// Readable events the projection has not processed yet (counted up to 1,000,000).
-    #[sqlx(skip)]
     lag: i64,
     /// `running`, or `failed` (see `failure`).
     state: String,
@@ -44,7 +37,6 @@ pub(crate) struct ProjectionView {
     failure: Option<serde_json::Value>,
     updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The latest rebuild, if any: state, events done and total, rate, ETA.
-    #[sqlx(skip)]
     #[schema(value_type = Option<Object>)]
     rebuild: Option<RebuildStatus>,
 }
@@ -95,38 +87,31 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
 
 /// Every projection, where it stands, and its latest rebuild.
 async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
-    let names: Vec<&str> = projections::all().iter().map(|projection| projection.name()).collect();
-    let mut projections: Vec<ProjectionView> = sqlx::query_as(
-        "SELECT p.name, coalesce(c.commit_id, 0) AS commit_id, coalesce(c.position, 0) AS checkpoint, \
-                coalesce(c.state, 'not started') AS state, coalesce(c.events_processed, 0) AS events_processed, \
-                CASE WHEN c.error IS NULL THEN NULL ELSE json_build_object( \
-                  'event_id', c.failed_event_id, 'position', c.failed_position, 'error', c.error)::jsonb END AS failure, \
-                c.updated_at \
-         FROM unnest($1::text[]) AS p(name) LEFT JOIN projection_checkpoints c USING (name) \
-         ORDER BY p.name",
-    )
-    .bind(&names)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(database_error)?;
-    // The head and the lag count only readable events, the ones the projections can see.
-    let head = state.store.stats().await.map_err(store_error)?.readable_head;
-    for projection in &mut projections {
-        projection.head = head.map_or(0, |head| head.position as i64);
-        let checkpoint = LogPosition { commit: projection.commit_id as u64, position: projection.checkpoint as u64 };
-        let after = (checkpoint != LogPosition::START).then_some(checkpoint);
-        projection.lag = state.store.count_after(after, LAG_COUNT_LIMIT).await.map_err(store_error)? as i64;
-    }
-    let mut rebuilds: HashMap<String, RebuildStatus> = rebuild::statuses(&state.pool)
+    let statuses = checkpoints::statuses(&state.pool, &read_models::NAMES).await.map_err(database_error)?;
+    let mut rebuilds: HashMap<String, RebuildStatus> = rebuilds::statuses(&state.pool)
         .await
         .map_err(database_error)?
         .into_iter()
         .map(|r| (r.name.clone(), r))
         .collect();
-    for projection in &mut projections {
-        projection.rebuild = rebuilds.remove(&projection.name);
+    // The head and the lag count only readable events, the ones the projections can see.
+    let head = state.store.stats().await.map_err(store_error)?.readable_head;
+    let mut views = Vec::with_capacity(statuses.len());
+    for ProjectionStatus { name, checkpoint, events_processed, state: running, failure, updated_at } in statuses {
+        let lag = state.store.count_after(checkpoint, LAG_COUNT_LIMIT).await.map_err(store_error)?;
+        views.push(ProjectionView {
+            rebuild: rebuilds.remove(&name),
+            name,
+            checkpoint: checkpoint.map_or(0, |at| at.position as i64),
+            head: head.map_or(0, |head| head.position as i64),
+            lag: lag as i64,
+            state: running,
+            events_processed: events_processed as i64,
+            failure,
+            updated_at,
+        });
     }
-    Ok(projections)
+    Ok(views)
 }
 
 /// Asks the projections service to rebuild a read model from the log, without downtime.
@@ -144,11 +129,11 @@ pub(crate) async fn request_rebuild(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let Some(projection) = projections::by_name(&name) else {
+    let Some(projection) = read_models::by_name(&name) else {
         return Err(Problem::not_found(format!("no projection is called {name:?}")));
     };
-    rebuild::request(&state.pool, projection.name()).await.map_err(database_error)?;
-    let status = rebuild::statuses(&state.pool)
+    rebuilds::request(&state.pool, projection.name()).await.map_err(database_error)?;
+    let status = rebuilds::statuses(&state.pool)
         .await
         .map_err(database_error)?
         .into_iter()

@@ -3,20 +3,10 @@
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde::Serialize;
+use read_models::inventory::{self, InventoryView};
 use service_kit::http::Problem;
-use utoipa::ToSchema;
 
 use super::{database_error, AppState, Freshness};
-
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub(crate) struct InventoryView {
-    sku: String,
-    on_hand: i64,
-    reserved: i64,
-    available: i64,
-    version: i64,
-}
 
 /// One item's stock.
 #[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory", operation_id = "get_inventory",
@@ -39,12 +29,6 @@ pub(crate) async fn get_one(
     let Path(sku) = sku?;
     let Query(freshness) = freshness?;
     state.fresh_enough("inventory", &freshness).await?;
-    let item: Option<InventoryView> = sqlx::query_as(
-        "SELECT sku, on_hand, reserved, on_hand - reserved AS available, version FROM rm_inventory WHERE sku = $1",
-    )
-    .bind(&sku)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(database_error)?;
+    let item = inventory::get(&state.pool, &sku).await.map_err(database_error)?;
     item.map(Json).ok_or_else(|| Problem::not_found(format!("no inventory item {sku:?}")))
 }

@@ -4,50 +4,20 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use read_models::orders::{self, Filter, OrderRow};
 use serde::{Deserialize, Serialize};
+use service_kit::auth::Principal;
 use service_kit::http::Problem;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use service_kit::auth::Principal;
-use utoipa::{IntoParams, ToSchema};
-
 use super::{database_error, AppState, Freshness};
-
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub(crate) struct OrderView {
-    order_id: Uuid,
-    customer_id: String,
-    /// `pending`, `confirmed`, `rejected` or `cancelled`.
-    status: String,
-    /// `none`, `pending`, `captured`, `declined` or `refunded`.
-    payment_status: String,
-    reason: Option<String>,
-    currency: String,
-    total_cents: i64,
-    #[schema(value_type = Vec<LineView>)]
-    lines: serde_json::Value,
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-/// One line of an order, as the order view shows it.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the `lines` JSON
-pub(crate) struct LineView {
-    sku: String,
-    quantity: u32,
-    unit_price_cents: u64,
-}
-
-const COLUMNS: &str = "order_id, customer_id, status, payment_status, reason, currency, total_cents, lines, \
-                       version, created_at, updated_at";
 
 /// One order. A customer token reads its own orders only.
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", operation_id = "get_order",
     params(("order_id" = Uuid, Path), Freshness),
     responses(
-        (status = 200, description = "The order", body = OrderView),
+        (status = 200, description = "The order", body = OrderRow),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
@@ -61,13 +31,11 @@ pub(crate) async fn get_one(
     principal: Principal,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
-) -> Result<Json<OrderView>, Problem> {
+) -> Result<Json<OrderRow>, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
     state.fresh_enough("orders", &freshness).await?;
-    let sql = format!("SELECT {COLUMNS} FROM rm_orders WHERE order_id = $1");
-    let order: Option<OrderView> =
-        sqlx::query_as(&sql).bind(order_id).fetch_optional(&state.pool).await.map_err(database_error)?;
+    let order = orders::get(&state.pool, order_id).await.map_err(database_error)?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     principal.require_customer(&order.customer_id)?;
     Ok(Json(order))
@@ -89,7 +57,7 @@ pub(crate) struct ListQuery {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Page {
-    items: Vec<OrderView>,
+    items: Vec<OrderRow>,
     next_cursor: Option<String>,
 }
 
@@ -126,27 +94,9 @@ pub(crate) async fn list(
         return Err(Problem::bad_request(format!("status {status:?} is not one of {}", STATUSES.join(", "))));
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM rm_orders \
-         WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2) \
-           AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4)) \
-         ORDER BY created_at DESC, order_id DESC LIMIT $5"
-    );
-    let mut items: Vec<OrderView> = sqlx::query_as(&sql)
-        .bind(&query.customer_id)
-        .bind(&query.status)
-        .bind(after.map(|(at, _)| at))
-        .bind(after.map(|(_, id)| id))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&state.pool)
-        .await
-        .map_err(database_error)?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| encode_cursor(last.created_at, last.order_id))
-    } else {
-        None
-    };
+    let filter = Filter { customer_id: query.customer_id, status: query.status, after };
+    let (items, next) = orders::page(&state.pool, &filter, limit).await.map_err(database_error)?;
+    let next_cursor = next.map(|(created_at, order_id)| encode_cursor(created_at, order_id));
     Ok(Json(Page { items, next_cursor }))
 }
 

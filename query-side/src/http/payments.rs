@@ -3,28 +3,19 @@
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde::Serialize;
+use read_models::orders;
+use read_models::payments::{self, PaymentRow};
 use service_kit::auth::Principal;
 use service_kit::http::Problem;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{database_error, progress_error, AppState, Freshness};
-
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub(crate) struct PaymentView {
-    order_id: Uuid,
-    status: String,
-    amount_cents: i64,
-    currency: String,
-    provider_ref: Option<String>,
-}
 
 /// The payment of an order. A customer token reads its own orders' payments only.
 #[utoipa::path(get, path = "/v1/payments/{order_id}", tag = "payments", operation_id = "get_payment",
     params(("order_id" = Uuid, Path), Freshness),
     responses(
-        (status = 200, description = "The payment", body = PaymentView),
+        (status = 200, description = "The payment", body = PaymentRow),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
@@ -38,17 +29,11 @@ pub(crate) async fn get_one(
     principal: Principal,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
-) -> Result<Json<PaymentView>, Problem> {
+) -> Result<Json<PaymentRow>, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
     state.fresh_enough("payments", &freshness).await?;
-    let payment: Option<PaymentView> = sqlx::query_as(
-        "SELECT order_id, status, amount_cents, currency, provider_ref FROM rm_payments WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(database_error)?;
+    let payment = payments::get(&state.pool, order_id).await.map_err(database_error)?;
     let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;
     if principal.customer().is_some() {
         // The payment belongs to whoever placed its order. The orders read
@@ -70,9 +55,5 @@ pub(crate) async fn get_one(
 }
 
 async fn customer_of(state: &AppState, order_id: Uuid) -> Result<Option<String>, Problem> {
-    sqlx::query_scalar("SELECT customer_id FROM rm_orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(database_error)
+    orders::customer_of(&state.pool, order_id).await.map_err(database_error)
 }

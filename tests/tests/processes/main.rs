@@ -1,5 +1,5 @@
 //! The system as separate processes, as it is deployed: the binary
-//! `command-side` started three times (`serve`, `relay`, `saga`), the
+//! `command-api`, `relay` and `saga`, the
 //! projections and the query API, against a database and JetStream streams of
 //! the test's own, with the payment gateway simulator beside them. The saga process is killed (SIGKILL) while orders
 //! are in flight and started again: every order still completes, once. Each
@@ -62,9 +62,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `command-side <mode>` with `env`, its JSON logs written to `log`.
-fn start(mode: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
-    start_binary(&binaries::path("command-side"), &[mode], env, log)
+/// Starts the binary `name` with `env`, its JSON logs written to `log`.
+fn start(name: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
+    start_binary(&binaries::path(name), &[], env, log)
 }
 
 fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(String, String)], log: &std::path::Path) -> Service {
@@ -89,7 +89,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
 
         let gateway = payment_gateway::App::build(payment_gateway::Config::ephemeral()).await.unwrap();
         let gateway_url = format!("http://{}", gateway.local_addr());
-        let gateway_task = tokio::spawn(gateway.run_until(std::future::pending()));
+        let gateway_task = tokio::spawn(gateway.run_until(service_kit::Shutdown::never()));
 
         let id = Uuid::new_v4().simple().to_string();
         let (collector_url, exports) = collector().await;
@@ -110,7 +110,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),
-            ("LOG_LEVEL", "info,sqlx=warn,command_side=debug,projections=debug"),
+            ("LOG_LEVEL", "info,sqlx=warn,command_api=debug,relay=debug,saga=debug,projections=debug"),
             ("LOG_FORMAT", "json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -123,11 +123,11 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let logs = std::env::temp_dir().join(format!("processes-test-{id}"));
         std::fs::create_dir_all(&logs).unwrap();
         let log = |name: &str| logs.join(format!("{name}.log"));
-        let api_process = start("serve", &env, &log("api"));
+        let api_process = start("command-api", &env, &log("api"));
         let relay_process = start("relay", &env, &log("relay"));
         let mut saga = start("saga", &env, &log("saga"));
         let projections_process = start_binary(&binaries::path("projections"), &["serve"], &env, &log("projections"));
-        let query_process = start_binary(&binaries::path("query-side"), &[], &env, &log("query"));
+        let query_process = start_binary(&binaries::path("query-api"), &[], &env, &log("query"));
         let http = reqwest::Client::new();
         let api = format!("http://{api_addr}");
         let started = Instant::now();

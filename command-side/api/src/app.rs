@@ -1,0 +1,112 @@
+//! Building the command API from its configuration, and running it until
+//! shutdown. Tests build the same app on port 0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use application::idempotency::LEASE;
+use application::{Application, Settings};
+use axum::Router;
+use service_kit::ops::Check;
+use service_kit::Shutdown;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::{http, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] migrations::MigrateError),
+    #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
+    EventStore(#[from] event_store::StoreError),
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    application: Application,
+    idempotency_key_ttl: Duration,
+}
+
+impl App {
+    /// Connects (creating the database if missing), migrates and binds, as configured.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = migrations::connect_and_migrate(&config.database).await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Binds with a migrated pool of the caller's (the tests' own database).
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
+        let settings = Settings {
+            max_attempts: config.command_max_attempts,
+            order_deadline: chrono::Duration::from_std(config.order_deadline)
+                .unwrap_or_else(|_| chrono::Duration::minutes(15)),
+            key_wait: key_wait(config.request_timeout),
+            ..Settings::default()
+        };
+        let application = Application::new(store.clone(), pool.clone(), settings);
+        // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
+        let mut checks = vec![Check::database(pool, migrations::expected())];
+        checks.extend(Check::event_store_if_separate(&config.event_store, &store));
+        let router = http::router(application.clone(), config.body_limit, &config.auth, checks);
+        let router = service_kit::http::layers(router, config.request_timeout);
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
+        Ok(Self { listener, router, application, idempotency_key_ttl: config.idempotency_key_ttl })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then lets in-flight requests finish.
+    pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
+        let janitor = tokio::spawn(forget_expired_keys(self.application, self.idempotency_key_ttl, shutdown.clone()));
+        tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
+        // The peer address keys rate limits when auth is off.
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served =
+            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
+        janitor.abort();
+        tracing::info!("command API stopped");
+        served
+    }
+}
+
+/// How long a request waits for the first one under its `Idempotency-Key`:
+/// long enough to outlast the first one's lease when the request timeout
+/// allows, and always short of the timeout, so the answer is the documented
+/// 409 rather than the timeout's 503.
+fn key_wait(request_timeout: Duration) -> Duration {
+    let margin = Duration::from_secs(1).min(request_timeout / 2);
+    (request_timeout - margin).min(LEASE + Duration::from_secs(1))
+}
+
+async fn forget_expired_keys(application: Application, ttl: Duration, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    while !shutdown.is_requested() {
+        every.tick().await;
+        match application.forget_expired_keys(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "expired idempotency keys removed"),
+            Err(error) => tracing::warn!(%error, "could not remove expired idempotency keys"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_waits_for_its_key_short_of_the_request_timeout() {
+        assert_eq!(key_wait(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(key_wait(Duration::from_secs(60)), LEASE + Duration::from_secs(1));
+        assert_eq!(key_wait(Duration::from_secs(1)), Duration::from_millis(500));
+    }
+}

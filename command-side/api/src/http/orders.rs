@@ -1,0 +1,107 @@
+//! `POST /v1/orders` and `POST /v1/orders/{order_id}/cancel`.
+
+use application::{Application, CancelOrder, OrderAccepted, PlaceOrder};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use domain::order::LineInput;
+use serde::Deserialize;
+use service_kit::http::Problem;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Accepted, ApiError, CommandRequest, Resource};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "c-42", "currency": "EUR", "payment_token": "tok_visa",
+    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}]}))]
+pub(crate) struct PlaceOrderRequest {
+    customer_id: String,
+    currency: String,
+    payment_token: String,
+    lines: Vec<LineRequest>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LineRequest {
+    sku: String,
+    quantity: i64,
+    unit_price_cents: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelOrderRequest {
+    reason: String,
+}
+
+impl Resource for OrderAccepted {
+    fn location(&self) -> String {
+        format!("/v1/orders/{}", self.order_id)
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl From<PlaceOrderRequest> for PlaceOrder {
+    fn from(request: PlaceOrderRequest) -> Self {
+        let lines = request.lines.into_iter();
+        Self {
+            customer_id: request.customer_id,
+            currency: request.currency,
+            payment_token: request.payment_token,
+            lines: lines
+                .map(|l| LineInput { sku: l.sku, quantity: l.quantity, unit_price_cents: l.unit_price_cents })
+                .collect(),
+        }
+    }
+}
+
+/// Place an order. A customer token places orders for its own `customer_id` only.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", operation_id = "place_order", request_body = PlaceOrderRequest,
+    params(super::doc::IdempotencyKey),
+    responses(
+        (status = 202, description = "Accepted; the saga takes it from here", body = OrderAccepted,
+         headers(("location" = String), ("etag" = String))),
+        (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope `orders:write`, or another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken (every broken rule in `errors`), or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
+
+pub(crate) async fn place(
+    State(application): State<Application>,
+    CommandRequest { request, body }: CommandRequest<PlaceOrderRequest>,
+) -> Result<Accepted<OrderAccepted>, ApiError> {
+    Ok(Accepted(application.place_order(&request, body.into()).await?))
+}
+
+/// Cancel an order; a confirmed order's payment is refunded. A customer cancels only its own orders.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", operation_id = "cancel_order", request_body = CancelOrderRequest,
+    params(("order_id" = Uuid, Path), super::doc::IdempotencyKey, super::doc::IfMatch),
+    responses(
+        (status = 202, description = "Accepted", body = OrderAccepted),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope `orders:write`, or another customer's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's state forbids it (cancelled already, rejected)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
+pub(crate) async fn cancel(
+    State(application): State<Application>,
+    order_id: Result<Path<Uuid>, PathRejection>,
+    CommandRequest { request, body }: CommandRequest<CancelOrderRequest>,
+) -> Result<Accepted<OrderAccepted>, ApiError> {
+    let Path(order_id) = order_id?;
+    let cancel = CancelOrder { order_id, reason: body.reason };
+    Ok(Accepted(application.cancel_order(&request, cancel).await?))
+}

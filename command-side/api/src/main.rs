@@ -1,0 +1,14 @@
+//! `command-api`: the HTTP command API, until SIGTERM.
+
+use anyhow::Context;
+use command_api::{App, Config};
+use service_kit::{telemetry, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let _telemetry = telemetry::init("command-api", &config.log_level, config.log_format);
+    let app = App::build(config).await.context("the command API cannot start")?;
+    app.run_until(Shutdown::on_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Commands against aggregates whose state this process keeps between
+//! commands, for the saga participants: a hot inventory item's stream grows
+//! with every reservation, and reading all of it for each new one would make
+//! a command cost as much as the item's whole history. With the state kept,
+//! a command decides on it at once and appends with the version it knows:
+//! optimistic concurrency refuses a stale decision, and only then are the
+//! events appended since read. A decision that writes nothing (or refuses)
+//! proves nothing about the state, so it is taken again after a read.
+//!
+//! Only for commands that are idempotent in the domain (everything a saga
+//! participant sends): unlike [`crate::commands::execute`], a replay is not
+//! recognised by its event ids in the history, but by the state refusing to
+//! do the same thing twice.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use domain::Aggregate;
+use event_store::{EventStore, ExpectedVersion, StoreError};
+
+use crate::commands::{self, Appended, ExecuteError, Invocation};
+
+/// Aggregate states by stream, at most `capacity` of them. Two generations
+/// stand in for least-recently-used: states land in the recent one; when it
+/// holds half the capacity it becomes the older one and the states nobody
+/// used since the last turn are dropped. A hot stream's state is used, so
+/// put back into the recent generation, all the time: it stays.
+pub struct StateCache {
+    generations: Mutex<Generations>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Generations {
+    recent: HashMap<String, Kept>,
+    older: HashMap<String, Kept>,
+}
+
+struct Kept {
+    appended: Appended,
+    /// An `Arc<A::State>`.
+    state: Box<dyn Any + Send>,
+}
+
+impl StateCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { generations: Mutex::new(Generations::default()), capacity: capacity.max(2) }
+    }
+
+    /// Takes a stream's state out (a concurrent command on the same stream
+    /// then reads it from the store: states are moved, never copied).
+    fn take<A: Aggregate>(&self, stream_id: &str) -> Option<(Appended, A::State)>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let kept = {
+            let mut generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+            generations.recent.remove(stream_id).or_else(|| generations.older.remove(stream_id))?
+        };
+        let state = *kept.state.downcast::<Arc<A::State>>().ok()?;
+        // Unshared unless a caller still holds the answer it was given.
+        Some((kept.appended, Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone())))
+    }
+
+    fn put<A: Aggregate>(&self, stream_id: &str, appended: Appended, state: Arc<A::State>)
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let mut generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+        generations.older.remove(stream_id);
+        generations.recent.insert(stream_id.to_owned(), Kept { appended, state: Box::new(state) });
+        if generations.recent.len() >= self.capacity / 2 {
+            generations.older = std::mem::take(&mut generations.recent);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        let generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
+        generations.recent.len() + generations.older.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Runs a domain-idempotent command, starting from the kept state; answers
+/// the state after it (shared with the cache, not copied), and keeps that.
+pub async fn execute<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<(Appended, Arc<A::State>), ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
+    let kept = cache.take::<A>(stream_id);
+    // A kept state may be behind the store until this call has read it.
+    let mut unread = kept.is_some();
+    let (mut appended, mut state) = kept.unwrap_or((Appended { stream_version: 0, position: 0 }, A::State::default()));
+    if !unread {
+        catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+    }
+    for _ in 0..invocation.max_attempts.max(1) {
+        let mut decision = A::decide(&state, command.clone());
+        if unread && !matches!(&decision, Ok(events) if !events.is_empty()) {
+            // Writing nothing, or refusing, is only the answer on a current state.
+            if catch_up::<A>(store, stream_id, &mut appended, &mut state).await? > 0 {
+                decision = A::decide(&state, command.clone());
+            }
+        }
+        let events = match decision {
+            Ok(events) if events.is_empty() => {
+                let state = Arc::new(state);
+                cache.put::<A>(stream_id, appended, state.clone());
+                return Ok((appended, state));
+            }
+            Ok(events) => events,
+            Err(rejected) => {
+                cache.put::<A>(stream_id, appended, Arc::new(state));
+                return Err(rejected.into());
+            }
+        };
+        let new_events = commands::to_append(&events, invocation);
+        match store.append(stream_id, ExpectedVersion::Exact(appended.stream_version), new_events).await {
+            Ok(result) => {
+                let state = Arc::new(events.iter().fold(state, A::evolve));
+                let appended =
+                    Appended { stream_version: result.stream_version, position: result.log_position.position };
+                cache.put::<A>(stream_id, appended, state.clone());
+                return Ok((appended, state));
+            }
+            // Someone appended first: read what they did, and decide again.
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                unread = false;
+                catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    cache.put::<A>(stream_id, appended, Arc::new(state));
+    Err(ExecuteError::Contention(invocation.max_attempts))
+}
+
+/// Applies the events appended after `appended` to `state`; answers how many.
+async fn catch_up<A: Aggregate>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    appended: &mut Appended,
+    state: &mut A::State,
+) -> Result<usize, ExecuteError> {
+    let events = store.read_stream(stream_id, appended.stream_version + 1).await?;
+    for stored in &events {
+        *state = A::evolve(std::mem::take(state), &commands::decode::<A>(stored)?);
+        *appended = Appended { stream_version: stored.stream_version, position: stored.log_position.position };
+    }
+    Ok(events.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::inventory::{Inventory, InventoryCommand};
+    use event_store::{MemoryEventStore, Metadata};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::commands::EventIds;
+
+    fn invocation() -> Invocation {
+        Invocation { metadata: Metadata::default(), ids: EventIds::Random, expected_version: None, max_attempts: 5 }
+    }
+
+    fn reserve(order: u128) -> InventoryCommand {
+        InventoryCommand::Reserve { sku: "SKU-1".into(), order_id: Uuid::from_u128(order), quantity: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_kept_state_catches_up_with_what_others_appended() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive.clone()).await.unwrap();
+        // Another process appends behind the cache's back.
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let (appended, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved, state.available()), (3, 2, 3));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_state_that_would_do_nothing_is_read_up_to_date_first() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        // Another process reserves for order 1; the kept state knows nothing of it.
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let release = InventoryCommand::Release { sku: "SKU-1".into(), order_id: Uuid::from_u128(1) };
+        let (appended, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), release).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved, state.available()), (3, 0, 5), "released");
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_saga_command_changes_nothing() {
+        let store = MemoryEventStore::new();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let first = execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let again = execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        assert_eq!(first.0, again.0);
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commands_through_one_cache_all_land_once() {
+        let store = Arc::new(MemoryEventStore::new());
+        let cache = Arc::new(StateCache::new(10));
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 100 };
+        execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let tasks = (0..20u128).map(|order| {
+            let (store, cache) = (store.clone(), cache.clone());
+            tokio::spawn(async move {
+                let many = Invocation { max_attempts: 100, ..invocation() };
+                execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &many, reserve(order % 10)).await.unwrap();
+            })
+        });
+        futures_util::future::join_all(tasks).await;
+        let (_, state) =
+            execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation(), reserve(0)).await.unwrap();
+        assert_eq!(state.reserved, 10, "ten orders, each reserved once");
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 11);
+    }
+
+    /// What another process may do to the item, behind the cache's back, or
+    /// what this process's saga asks through the cache.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Elsewhere(InventoryCommand),
+        Cached(InventoryCommand),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        fn sku() -> String {
+            "SKU-1".to_owned()
+        }
+        let order = (0u128..6).prop_map(Uuid::from_u128);
+        let saga = prop_oneof![
+            (order.clone(), 1i64..4).prop_map(|(order_id, quantity)| InventoryCommand::Reserve {
+                sku: sku(),
+                order_id,
+                quantity
+            }),
+            order.prop_map(|order_id| InventoryCommand::Release { sku: sku(), order_id }),
+        ];
+        prop_oneof![
+            saga.clone().prop_map(Step::Cached),
+            saga.prop_map(Step::Elsewhere),
+            (1i64..5).prop_map(|quantity| Step::Elsewhere(InventoryCommand::Receive { sku: sku(), quantity })),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever others append in between, every answer the cache gives
+        /// is the stream's current state (decided on the kept state at once,
+        /// or read up to date first), and what it appends is what a command
+        /// on the freshly read stream would have appended.
+        #[test]
+        fn the_kept_state_never_answers_behind_the_stream(steps in proptest::collection::vec(step(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (kept, fresh) = (MemoryEventStore::new(), MemoryEventStore::new());
+                let cache = StateCache::new(10);
+                let stream = "inventory-SKU-1";
+                for step in steps {
+                    match step {
+                        Step::Elsewhere(command) => {
+                            let on_kept = commands::execute::<Inventory>(&kept, stream, &invocation(), command.clone()).await;
+                            let on_fresh = commands::execute::<Inventory>(&fresh, stream, &invocation(), command).await;
+                            assert_eq!(on_kept.is_ok(), on_fresh.is_ok());
+                        }
+                        Step::Cached(command) => {
+                            let through_cache = execute::<Inventory>(&kept, &cache, stream, &invocation(), command.clone()).await;
+                            let read_first = commands::execute::<Inventory>(&fresh, stream, &invocation(), command).await;
+                            assert_eq!(through_cache.is_ok(), read_first.is_ok());
+                            if let Ok((appended, state)) = through_cache {
+                                let stored = kept.read_stream(stream, 1).await.unwrap();
+                                let decoded: Vec<_> = stored.iter().map(|e| commands::decode::<Inventory>(e).unwrap()).collect();
+                                assert_eq!(appended.stream_version, stored.len() as u64);
+                                assert_eq!(*state, Inventory::fold(&decoded));
+                            }
+                        }
+                    }
+                }
+                let events = |store: &MemoryEventStore| {
+                    let store = store.clone();
+                    async move {
+                        let events = store.read_stream(stream, 1).await.unwrap();
+                        events.into_iter().map(|e| (e.event_type, e.payload)).collect::<Vec<_>>()
+                    }
+                };
+                assert_eq!(events(&kept).await, events(&fresh).await, "the same events, in the same order");
+            });
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity_and_keeps_what_is_used() {
+        let cache = StateCache::new(4);
+        let hot = || (Appended { stream_version: 1, position: 1 }, Arc::new(Default::default()));
+        for n in 0..50 {
+            let (appended, state) = hot();
+            cache.put::<Inventory>("inventory-hot", appended, state);
+            assert!(cache.take::<Inventory>("inventory-hot").is_some(), "round {n}");
+            let (appended, state) = hot();
+            cache.put::<Inventory>("inventory-hot", appended, state);
+            let state = Arc::new(Default::default());
+            cache.put::<Inventory>(&format!("inventory-{n}"), Appended { stream_version: 1, position: 1 }, state);
+            assert!(cache.len() <= 4);
+        }
+        assert!(cache.take::<Inventory>("inventory-49").is_some());
+        assert!(cache.take::<Inventory>("inventory-0").is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! The core of every command: load the aggregate's stream, fold the state,
+//! check who asks against it, let the domain decide, append with the version
+//! that was read. A concurrency conflict means someone else appended in
+//! between: load again and decide again, a bounded number of times, unless
+//! the client pinned the version with `If-Match`.
+
+use domain::{Aggregate, DomainError, EventPayload};
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreError};
+use uuid::Uuid;
+
+/// How the events of one command get their ids.
+#[derive(Debug, Clone, Copy)]
+pub enum EventIds {
+    /// Fresh random ids.
+    Random,
+    /// Ids derived from this namespace (an idempotency key): the same request
+    /// always produces the same ids, so a replay can be recognised.
+    Derived(Uuid),
+}
+
+impl EventIds {
+    fn id(self, index: usize) -> Uuid {
+        match self {
+            Self::Random => Uuid::new_v4(),
+            Self::Derived(namespace) => Uuid::new_v5(&namespace, format!("event/{index}").as_bytes()),
+        }
+    }
+
+    /// A derived id for something other than an event (an order id).
+    pub fn derive(self, name: &str) -> Uuid {
+        match self {
+            Self::Random => Uuid::new_v4(),
+            Self::Derived(namespace) => Uuid::new_v5(&namespace, name.as_bytes()),
+        }
+    }
+}
+
+/// Who asks, and how.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub metadata: Metadata,
+    pub ids: EventIds,
+    /// The stream version the client requires (`If-Match`).
+    pub expected_version: Option<u64>,
+    pub max_attempts: u32,
+}
+
+/// The command was applied (or had been applied already): where its stream
+/// and the log stand after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub stream_version: u64,
+    /// The global position of the last event appended (0 if none exists).
+    pub position: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Who asks may not do this to the aggregate in its state.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("the stream is at version {actual}, not at the required {required}")]
+    VersionMismatch { required: u64, actual: u64 },
+    #[error("the stream kept changing; gave up after {0} attempts")]
+    Contention(u32),
+    #[error("stored event {event_id} cannot be loaded: {reason}")]
+    Corrupt { event_id: Uuid, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn execute<A>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<Appended, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    execute_checked::<A>(store, stream_id, invocation, command, |_| Ok(())).await
+}
+
+/// [`execute`], with `check` asked on every state the command is decided on
+/// (who asks may act on this aggregate as it is): one read serves both.
+pub async fn execute_checked<A>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+    check: impl Fn(&A::State) -> Result<(), String>,
+) -> Result<Appended, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    for _ in 0..invocation.max_attempts.max(1) {
+        let history = store.read_stream(stream_id, 1).await?;
+        let version = history.last().map_or(0, |e| e.stream_version);
+        if let Some(done) = already_applied(&history, invocation.ids) {
+            return Ok(done);
+        }
+        if let Some(required) = invocation.expected_version.filter(|v| *v != version) {
+            return Err(ExecuteError::VersionMismatch { required, actual: version });
+        }
+        let state = fold::<A>(&history)?;
+        check(&state).map_err(ExecuteError::Forbidden)?;
+        let events = A::decide(&state, command.clone())?;
+        if events.is_empty() {
+            let position = history.last().map_or(0, |e| e.log_position.position);
+            return Ok(Appended { stream_version: version, position });
+        }
+        let new_events = to_append(&events, invocation);
+        match store.append(stream_id, ExpectedVersion::Exact(version), new_events).await {
+            Ok(result) => {
+                return Ok(Appended { stream_version: result.stream_version, position: result.log_position.position })
+            }
+            Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                if let Some(required) = invocation.expected_version {
+                    return Err(ExecuteError::VersionMismatch { required, actual });
+                }
+                tracing::debug!(stream_id, version, actual, "concurrency conflict, deciding again");
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ExecuteError::Contention(invocation.max_attempts))
+}
+
+/// The decided events as they are appended: ids as the invocation says, its metadata.
+pub(crate) fn to_append<E: EventPayload>(events: &[E], invocation: &Invocation) -> Vec<NewEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| NewEvent {
+            event_id: invocation.ids.id(i),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: event.to_payload(),
+            metadata: invocation.metadata.clone(),
+        })
+        .collect()
+}
+
+/// The current state of the aggregate in `stream_id`.
+pub async fn load<A: Aggregate>(store: &dyn EventStore, stream_id: &str) -> Result<A::State, ExecuteError> {
+    fold::<A>(&store.read_stream(stream_id, 1).await?)
+}
+
+fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<A::State, ExecuteError> {
+    history.iter().try_fold(A::State::default(), |state, stored| Ok(A::evolve(state, &decode::<A>(stored)?)))
+}
+
+/// A stored event as the aggregate's event; a failure means the store holds
+/// what this code cannot read.
+pub(crate) fn decode<A: Aggregate>(stored: &RecordedEvent) -> Result<A::Event, ExecuteError> {
+    A::Event::from_stored(&stored.event_type, stored.schema_version, stored.payload.clone())
+        .map_err(|e| ExecuteError::Corrupt { event_id: stored.event_id, reason: e.to_string() })
+}
+
+/// With derived ids, the stream holding the first id means this very
+/// request was applied before (its response was lost): answer as then.
+fn already_applied(history: &[RecordedEvent], ids: EventIds) -> Option<Appended> {
+    let EventIds::Derived(_) = ids else { return None };
+    let first = history.iter().position(|e| e.event_id == ids.id(0))?;
+    let last = history[first..].iter().enumerate().take_while(|(i, e)| e.event_id == ids.id(*i)).last()?.1;
+    Some(Appended { stream_version: last.stream_version, position: last.log_position.position })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use domain::inventory::{Inventory, InventoryCommand};
+
+    use super::*;
+    use event_store::MemoryEventStore;
+
+    fn invocation(ids: EventIds) -> Invocation {
+        Invocation { metadata: Metadata::default(), ids, expected_version: None, max_attempts: 5 }
+    }
+
+    fn receive(quantity: i64) -> InventoryCommand {
+        InventoryCommand::Receive { sku: "SKU-1".into(), quantity }
+    }
+
+    #[tokio::test]
+    async fn a_command_appends_what_the_domain_decides() {
+        let store = MemoryEventStore::new();
+        let accepted = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await;
+        assert_eq!(accepted.unwrap().stream_version, 1);
+        let stored = store.read_stream("inventory-SKU-1", 1).await.unwrap();
+        assert_eq!(stored[0].event_type, "StockReceived");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_command_appends_nothing() {
+        let store = MemoryEventStore::new();
+        let result = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(0)).await;
+        assert!(matches!(result, Err(ExecuteError::Rejected(DomainError::Invalid(_)))));
+        assert!(store.read_stream("inventory-SKU-1", 1).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pinned_version_that_differs_is_refused_without_retry() {
+        let store = MemoryEventStore::new();
+        execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await.unwrap();
+        let pinned = Invocation { expected_version: Some(0), ..invocation(EventIds::Random) };
+        let result = execute::<Inventory>(&store, "inventory-SKU-1", &pinned, receive(5)).await;
+        assert!(matches!(result, Err(ExecuteError::VersionMismatch { required: 0, actual: 1 })));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_request_with_derived_ids_answers_as_the_first_time() {
+        let store = MemoryEventStore::new();
+        let ids = EventIds::Derived(Uuid::from_u128(9));
+        let first = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
+        execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(1)).await.unwrap();
+        let again = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commands_on_one_stream_all_land() {
+        let store = Arc::new(MemoryEventStore::new());
+        let done = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..10).map(|_| {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let inv = Invocation { max_attempts: 50, ..invocation(EventIds::Random) };
+                execute::<Inventory>(&*store, "inventory-SKU-1", &inv, receive(1)).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        futures_util::future::join_all(tasks).await;
+        assert_eq!(done.load(Ordering::SeqCst), 10);
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 10);
+    }
+}

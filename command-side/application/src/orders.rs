@@ -1,0 +1,89 @@
+//! Order commands: `PlaceOrder`, `CancelOrder`. A customer places and
+//! cancels only its own orders.
+
+use domain::order::{CancelledBy, LineInput, Order, OrderCommand, OrderState};
+use domain::Aggregate;
+use uuid::Uuid;
+
+use crate::commands;
+use crate::outcome::{CommandError, Done, OrderAccepted, Refusal};
+use crate::{Application, Request, Start};
+
+/// A new order, as the client sent it (`decide` checks every rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub currency: String,
+    pub payment_token: String,
+    pub lines: Vec<LineInput>,
+}
+
+/// Cancel the order `order_id`, for `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOrder {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+impl Application {
+    /// Places an order; its id derives from the request's key (a retry
+    /// places the same order), and its deadline is the order deadline from
+    /// the request's time.
+    pub async fn place_order(&self, request: &Request, order: PlaceOrder) -> Result<Done<OrderAccepted>, CommandError> {
+        if request.caller.customer.as_deref().is_some_and(|customer| customer != order.customer_id) {
+            return Err(Refusal::Forbidden { reason: "this token acts for another customer".into() }.into());
+        }
+        let run = match self.start(request).await? {
+            Start::Run(run) => run,
+            Start::Saved(saved) => return Done::from_saved(saved),
+        };
+        let order_id = run.invocation.ids.derive("order_id");
+        let command = OrderCommand::Place(domain::order::PlaceOrder {
+            order_id,
+            customer_id: order.customer_id,
+            currency: order.currency,
+            payment_token: order.payment_token,
+            lines: order.lines,
+            placed_at: run.now,
+            deadline: run.now + self.settings().order_deadline,
+        });
+        let outcome =
+            commands::execute::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
+                .await
+                .map(|appended| OrderAccepted {
+                    order_id,
+                    version: appended.stream_version,
+                    position: appended.position,
+                })
+                .map_err(CommandError::from);
+        self.finish(request, run.lease, outcome).await
+    }
+
+    /// Cancels an order (a confirmed one too: its payment is refunded).
+    pub async fn cancel_order(
+        &self,
+        request: &Request,
+        cancel: CancelOrder,
+    ) -> Result<Done<OrderAccepted>, CommandError> {
+        let run = match self.start(request).await? {
+            Start::Run(run) => run,
+            Start::Saved(saved) => return Done::from_saved(saved),
+        };
+        let CancelOrder { order_id, reason } = cancel;
+        let customer = request.caller.customer.as_deref();
+        // A customer cancels its own orders only; an unknown order is the domain's to report.
+        let owner = |state: &OrderState| match (state, customer) {
+            (OrderState::Placed(order), Some(customer)) if order.customer_id != customer => {
+                Err("this order belongs to another customer".to_owned())
+            }
+            _ => Ok(()),
+        };
+        let command = OrderCommand::Cancel { reason, by: CancelledBy::Customer };
+        let stream_id = Order::stream_id(order_id);
+        let outcome = commands::execute_checked::<Order>(&**self.store(), &stream_id, &run.invocation, command, owner)
+            .await
+            .map(|appended| OrderAccepted { order_id, version: appended.stream_version, position: appended.position })
+            .map_err(CommandError::from);
+        self.finish(request, run.lease, outcome).await
+    }
+}

@@ -1,0 +1,117 @@
+//! The relay's configuration: the JetStream stream it publishes to (which
+//! the saga participants consume), and the process's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use event_store::Backend;
+use service_kit::config::{self, ConfigError, Environment, Source};
+use service_kit::postgres::DatabaseConfig;
+use service_kit::telemetry::LogFormat;
+
+/// The events' stream: `RELAY_STREAM`, `RELAY_SUBJECT_PREFIX`.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The JetStream stream (created if missing, file storage).
+    pub stream: String,
+    /// Subjects are `<prefix>.<category>.<EventType>`.
+    pub subject_prefix: String,
+    /// Most events published before their acknowledgements are awaited.
+    pub batch_size: usize,
+    /// How long JetStream remembers message ids to drop duplicates.
+    pub duplicate_window: Duration,
+    /// How often a standby instance tries to become the live one.
+    pub standby_poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            stream: "EVENTS".into(),
+            subject_prefix: "events".into(),
+            batch_size: 256,
+            duplicate_window: Duration::from_secs(120),
+            standby_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// `RELAY_STREAM` and `RELAY_SUBJECT_PREFIX`, checked.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let stream: String = config::parsed(source, "RELAY_STREAM", defaults.stream.clone())?;
+        let subject_prefix: String = config::parsed(source, "RELAY_SUBJECT_PREFIX", defaults.subject_prefix.clone())?;
+        let token =
+            |text: &str| !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !token(&stream) {
+            return Err(ConfigError::new("RELAY_STREAM", stream, "letters, digits, - and _ only"));
+        }
+        if !subject_prefix.split('.').all(token) {
+            return Err(ConfigError::new(
+                "RELAY_SUBJECT_PREFIX",
+                subject_prefix,
+                "dot-separated tokens of letters, digits, - and _",
+            ));
+        }
+        Ok(Self { stream, subject_prefix, ..defaults })
+    }
+}
+
+/// The relay process: `DATABASE_URL`, `EVENT_STORE_URL`, `NATS_URL`, the
+/// stream, `RELAY_OPS_ADDR`, logging.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub event_store: Backend,
+    pub nats_url: String,
+    pub relay: RelayConfig,
+    /// Health and metrics of the relay process.
+    pub ops_addr: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
+        Ok(Self {
+            database: DatabaseConfig::from_source(source, 2)?,
+            event_store: config::event_store(source)?,
+            nats_url: config::nats_url(source)?,
+            relay: RelayConfig::from_source(source)?,
+            ops_addr: config::parsed(source, "RELAY_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::config::Vars;
+
+    #[test]
+    fn the_stream_and_prefix_settings_are_checked() {
+        let config = RelayConfig::from_source(&Vars(&[])).unwrap();
+        assert_eq!((config.stream.as_str(), config.subject_prefix.as_str()), ("EVENTS", "events"));
+        let custom = RelayConfig::from_source(&Vars(&[("RELAY_SUBJECT_PREFIX", "shop.events")])).unwrap();
+        assert_eq!(custom.subject_prefix, "shop.events");
+        let bad = RelayConfig::from_source(&Vars(&[("RELAY_STREAM", "a.b")])).unwrap_err();
+        assert!(bad.to_string().contains("RELAY_STREAM"), "{bad}");
+        let bad = RelayConfig::from_source(&Vars(&[("RELAY_SUBJECT_PREFIX", "events.>")])).unwrap_err();
+        assert!(bad.to_string().contains("RELAY_SUBJECT_PREFIX"), "{bad}");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (name, value) in [("NATS_URL", "http://x"), ("RELAY_OPS_ADDR", "here"), ("DATABASE_URL", "mysql://x")] {
+            assert_eq!(Config::from_source(&Vars(&[(name, value)])).unwrap_err().name, name);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! `relay`: publishes every event of the log to NATS JetStream, until SIGTERM.
+
+use anyhow::Context;
+use relay::{App, Config};
+use service_kit::{telemetry, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let _telemetry = telemetry::init("relay", &config.log_level, config.log_format);
+    let app = App::build(config).await.context("the relay cannot start")?;
+    app.run_until(Shutdown::on_signal()).await?;
+    Ok(())
+}

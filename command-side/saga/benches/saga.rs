@@ -1,0 +1,180 @@
+//! Saga completion: how long an order takes from placed to confirmed, at a
+//! steady 200 orders/s, with everything running: the command API over HTTP,
+//! the relay, the saga participants and the payment gateway simulator (no
+//! injected latency), on the real PostgreSQL and NATS.
+//!
+//! Run: `cargo bench -p saga --bench saga` (needs DATABASE_URL and
+//! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
+//! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
+//! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
+//! `BENCH_SECONDS=n` runs n seconds.
+//!
+//! Latency is `OrderConfirmed.recorded_at - OrderPlaced.recorded_at`, both
+//! stamped by the database. The saga takes four trips through the relay and
+//! JetStream (placed -> reserved -> ready for payment -> captured ->
+//! confirmed). Baseline, measured in the same run: one such trip, from an
+//! `OrderPlaced` committed to a JetStream consumer holding it.
+
+#![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
+
+#[path = "../tests/saga/shop.rs"]
+mod shop;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{self, pull};
+use chrono::Utc;
+use event_store::bench::{self, quick};
+use event_store::RecordedEvent;
+use futures_util::StreamExt;
+use shop::{with_shop, Setup, Shop};
+use uuid::Uuid;
+
+/// Orders per second: 200, or `BENCH_RATE`.
+static RATE: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| std::env::var("BENCH_RATE").map_or(200, |r| r.parse().expect("BENCH_RATE: orders/s")));
+const SKUS: usize = 50;
+const WARM_UP: Duration = Duration::from_secs(2);
+/// The run's measured part is also cut into windows this long, each with its p99.
+const WINDOW_SECONDS: usize = 10;
+
+#[tokio::main]
+async fn main() {
+    let seconds = std::env::var("BENCH_SECONDS")
+        .map_or(if quick() { 10 } else { 30 }, |s| s.parse().expect("BENCH_SECONDS: seconds of load"));
+    with_shop(Setup::default(), |shop| async move {
+        let shop = Arc::new(shop);
+        for sku in 0..SKUS {
+            shop.receive(&format!("SKU-{sku}"), 1_000_000).await;
+        }
+        let facts = bench::server_facts(&shop.pool).await;
+        let hops = Arc::new(Mutex::new(Vec::new()));
+        let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
+
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / *RATE));
+        let mut placing = Vec::new();
+        for n in 0..*RATE as usize * seconds {
+            tick.tick().await;
+            let shop = shop.clone();
+            placing.push(tokio::spawn(async move {
+                let lines = [
+                    (format!("SKU-{}", n % SKUS), 1 + (n % 3) as u32, 1000),
+                    (format!("SKU-{}", (n + 7) % SKUS), 1, 250),
+                ];
+                let lines: Vec<(&str, u32, u64)> =
+                    lines.iter().take(1 + n % 2).map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
+                (Instant::now(), shop.place(&lines, "tok_visa").await)
+            }));
+        }
+        let mut orders: Vec<(Instant, Uuid)> = Vec::new();
+        for task in placing {
+            orders.push(task.await.unwrap());
+        }
+        let offered = orders.len() as f64 / started.elapsed().as_secs_f64();
+        let measured: Vec<(Instant, Uuid)> =
+            orders.iter().filter(|(at, _)| at.duration_since(started) >= WARM_UP).copied().collect();
+
+        let mut latencies = Vec::with_capacity(measured.len());
+        // The saga's latencies by the 10-second window the order was placed in: is the p99 steady?
+        let mut windows: Vec<Vec<f64>> = Vec::new();
+        let mut stages: [Vec<f64>; 4] = Default::default();
+        for (placed_at, order_id) in &measured {
+            let confirmed = |o: &domain::order::PlacedOrder| o.status == domain::order::OrderStatus::Confirmed;
+            shop.until_order(*order_id, Duration::from_secs(120), confirmed).await;
+            let mut events = shop.events(&format!("order-{order_id}")).await;
+            events.extend(shop.events(&format!("payment-{order_id}")).await);
+            let at = |kind: &str| events.iter().find(|e| e.event_type == kind).map(|e| e.recorded_at).unwrap();
+            let marks =
+                ["OrderPlaced", "OrderReadyForPayment", "PaymentRequested", "PaymentCaptured", "OrderConfirmed"];
+            let latency = millis(at(marks[4]) - at(marks[0]));
+            latencies.push(latency);
+            let window = (placed_at.duration_since(started) - WARM_UP).as_secs() as usize / WINDOW_SECONDS;
+            windows.resize_with(windows.len().max(window + 1), Vec::new);
+            windows[window].push(latency);
+            for (stage, pair) in stages.iter_mut().zip(marks.windows(2)) {
+                stage.push(millis(at(pair[1]) - at(pair[0])));
+            }
+        }
+        watcher.abort();
+        let mut hops = hops.lock().unwrap().clone();
+        let (saga, hop) = (summary(&mut latencies), summary(&mut hops));
+        let row = |what: &str, (n, p50, p99, max): (usize, f64, f64, f64)| {
+            format!("| {what} | {n} | {p50:.1} | {p99:.1} | {max:.1} |")
+        };
+        let names = [
+            "- placed -> ready for payment (2 trips, stock reserved)",
+            "- ready -> payment requested (1 trip)",
+            "- requested -> captured (gateway call)",
+            "- captured -> confirmed (1 trip)",
+        ];
+        let mut rows = vec![row("placed -> confirmed (saga)", saga)];
+        rows.extend(names.iter().zip(stages.iter_mut()).map(|(name, stage)| row(name, summary(stage))));
+        rows.push(row("one trip: committed -> consumer (baseline)", hop));
+        let rows = rows.join("\n");
+        let window_p99s: Vec<String> =
+            windows.iter_mut().filter(|w| !w.is_empty()).map(|w| format!("{:.1}", summary(w).2)).collect();
+        let window_p99s = window_p99s.join(" / ");
+        println!("offered {offered:.0} orders/s\n{rows}\nsaga p99 per {WINDOW_SECONDS} s window: {window_p99s} ms");
+        let rate = *RATE;
+        let section = format!(
+            "## Saga completion\n\n\
+             `cargo bench -p saga --bench saga` — {facts}, NATS {} with JetStream — {}.\n\n\
+             Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
+             achieved), with the command API, the relay, the saga participants and the payment gateway simulator \
+             (no injected latency) running in one process; the first {} s are warm-up and not counted. \
+             Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \
+             appends. Baseline, same run: one trip, an `OrderPlaced` committed -> a JetStream consumer holding it. \
+             Target: p99 under 100 ms.\n\n\
+             | what | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n{rows}\n\n\
+             Placed -> confirmed p99 in each {WINDOW_SECONDS} s window of the run (orders by when they were \
+             placed): {window_p99s} ms.\n",
+            shop.js.client().server_info().version,
+            bench::commit_and_date(),
+            WARM_UP.as_secs(),
+        );
+        if !quick() {
+            bench::write_section("saga", &section);
+        }
+        Arc::into_inner(shop).expect("every task is done with the shop").stop().await;
+    })
+    .await;
+}
+
+/// Latency of one trip: each `OrderPlaced`, from its commit to a JetStream consumer.
+async fn watch_hops(shop: Arc<Shop>, hops: Arc<Mutex<Vec<f64>>>) {
+    let stream = loop {
+        match shop.js.get_stream(&shop.config.events.stream).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: format!("{}.order.OrderPlaced", shop.config.events.subject_prefix),
+            ack_policy: consumer::AckPolicy::None,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(Ok(message)) = messages.next().await {
+        let received = Utc::now();
+        if let Ok(event) = serde_json::from_slice::<RecordedEvent>(&message.payload) {
+            hops.lock().unwrap().push(millis(received - event.recorded_at));
+        }
+    }
+}
+
+fn millis(duration: chrono::TimeDelta) -> f64 {
+    duration.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+/// Samples, p50, p99 and max.
+fn summary(samples: &mut [f64]) -> (usize, f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    (samples.len(), at(0.5), at(0.99), at(1.0))
+}

@@ -1,0 +1,164 @@
+//! The saga participants' configuration: the events' stream, dead letters,
+//! deliveries and concurrency, deadlines, the payment gateway; and the process's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use event_store::Backend;
+use relay::RelayConfig;
+use service_kit::config::{self, ConfigError, Environment, Source};
+use service_kit::postgres::DatabaseConfig;
+use service_kit::telemetry::LogFormat;
+
+use crate::gateway::GatewayConfig;
+
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    /// The stream the relay publishes to, and its subject prefix.
+    pub events: RelayConfig,
+    /// `SAGA_DEAD_LETTER_STREAM`: where messages that cannot be handled go.
+    pub dead_letter_stream: String,
+    /// Subjects of dead letters: `<prefix>.<consumer>`.
+    pub dead_letter_prefix: String,
+    /// `SAGA_MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
+    pub max_deliveries: i64,
+    /// `SAGA_CONCURRENCY`: messages each consumer handles at once. The work
+    /// is reads and appends on the database: more in flight only contends.
+    pub concurrency: usize,
+    /// `SAGA_GATEWAY_CONCURRENCY`: the same for the payment participant's
+    /// consumers, whose messages mostly wait on the payment gateway.
+    pub gateway_concurrency: usize,
+    /// How long JetStream waits for an answer before delivering a message again.
+    pub ack_wait: Duration,
+    /// `SAGA_RETRY_DELAY`: pause before a failed or waiting message comes back (it grows).
+    pub retry_delay: Duration,
+    /// How often a command is decided again after a concurrency conflict.
+    pub command_max_attempts: u32,
+    /// Aggregate states the participants keep between commands (see `cached`).
+    pub state_cache: usize,
+    /// `DEADLINE_POLL`: how often overdue orders are looked for.
+    pub deadline_poll: Duration,
+    /// Chaos switch for tests: every message is handled, then delivered and handled once more.
+    pub redeliver_once: bool,
+    pub gateway: GatewayConfig,
+}
+
+impl SagaConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let defaults = Self::new(RelayConfig::from_source(source)?, GatewayConfig::from_source(source)?);
+        let dead_letter_stream: String =
+            config::parsed(source, "SAGA_DEAD_LETTER_STREAM", defaults.dead_letter_stream.clone())?;
+        if dead_letter_stream.is_empty()
+            || !dead_letter_stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || dead_letter_stream == defaults.events.stream
+        {
+            return Err(ConfigError::new(
+                "SAGA_DEAD_LETTER_STREAM",
+                dead_letter_stream,
+                "letters, digits, - and _ only, and not the events stream",
+            ));
+        }
+        Ok(Self {
+            dead_letter_stream,
+            max_deliveries: config::ranged(source, "SAGA_MAX_DELIVERIES", defaults.max_deliveries, 1, 1000)?,
+            concurrency: config::ranged(source, "SAGA_CONCURRENCY", defaults.concurrency, 1, 1024)?,
+            gateway_concurrency: config::ranged(
+                source,
+                "SAGA_GATEWAY_CONCURRENCY",
+                defaults.gateway_concurrency,
+                1,
+                4096,
+            )?,
+            retry_delay: config::nonzero_duration(source, "SAGA_RETRY_DELAY", defaults.retry_delay)?,
+            deadline_poll: config::nonzero_duration(source, "DEADLINE_POLL", defaults.deadline_poll)?,
+            ..defaults
+        })
+    }
+
+    /// Defaults around the given event stream and gateway.
+    pub fn new(events: RelayConfig, gateway: GatewayConfig) -> Self {
+        let dead_letter_prefix = format!("{}_deadletter", events.subject_prefix.replace('.', "_"));
+        Self {
+            events,
+            dead_letter_stream: "DEADLETTER".into(),
+            dead_letter_prefix,
+            max_deliveries: 5,
+            concurrency: 4,
+            gateway_concurrency: 64,
+            ack_wait: Duration::from_secs(30),
+            retry_delay: Duration::from_millis(500),
+            command_max_attempts: 20,
+            state_cache: 10_000,
+            deadline_poll: Duration::from_secs(1),
+            redeliver_once: false,
+            gateway,
+        }
+    }
+}
+
+/// The saga process: `DATABASE_URL`, `EVENT_STORE_URL`, `NATS_URL`, the
+/// participants' settings, `SAGA_OPS_ADDR`, logging.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub event_store: Backend,
+    pub nats_url: String,
+    pub saga: SagaConfig,
+    /// Health and metrics of the saga process.
+    pub ops_addr: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
+        Ok(Self {
+            database: DatabaseConfig::from_source(source, 2)?,
+            event_store: config::event_store(source)?,
+            nats_url: config::nats_url(source)?,
+            saga: SagaConfig::from_source(source)?,
+            ops_addr: config::parsed(source, "SAGA_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9102)))?,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::config::Vars;
+
+    #[test]
+    fn the_process_settings_are_checked_and_named() {
+        for (name, value) in [("SAGA_OPS_ADDR", "nowhere"), ("NATS_URL", "http://x"), ("DATABASE_URL", "mysql://x")] {
+            assert_eq!(Config::from_source(&Vars(&[(name, value)])).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
+    fn saga_settings_are_checked_and_named() {
+        let config = SagaConfig::from_source(&Vars(&[])).unwrap();
+        assert_eq!(
+            (config.dead_letter_stream.as_str(), config.dead_letter_prefix.as_str()),
+            ("DEADLETTER", "events_deadletter")
+        );
+        for (name, value) in [
+            ("SAGA_DEAD_LETTER_STREAM", "EVENTS"),
+            ("SAGA_DEAD_LETTER_STREAM", "a.b"),
+            ("SAGA_MAX_DELIVERIES", "0"),
+            ("SAGA_CONCURRENCY", "lots"),
+            ("SAGA_GATEWAY_CONCURRENCY", "0"),
+            ("SAGA_RETRY_DELAY", "0s"),
+            ("DEADLINE_POLL", "often"),
+            ("PAYMENT_GATEWAY_URL", "ftp://x"),
+        ] {
+            assert_eq!(SagaConfig::from_source(&Vars(&[(name, value)])).unwrap_err().name, name);
+        }
+    }
+}

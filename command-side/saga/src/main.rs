@@ -1,0 +1,14 @@
+//! `saga`: the saga participants (inventory, order, payment, deadline), until SIGTERM.
+
+use anyhow::Context;
+use saga::{App, Config};
+use service_kit::{telemetry, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let _telemetry = telemetry::init("saga", &config.log_level, config.log_format);
+    let app = App::build(config).await.context("the saga participants cannot start")?;
+    app.run_until(Shutdown::on_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! What each participant does with the events it hears. Every reaction is a
+//! command on the participant's own aggregate, run with ids derived from the
+//! triggering event, so running a reaction twice appends nothing new.
+//!
+//! | participant | hears | does |
+//! |---|---|---|
+//! | inventory | OrderPlaced | reserves each line |
+//! | inventory | OrderRejected, OrderCancelled | releases what the order holds |
+//! | order | StockReserved, StockReservationRejected | records the line (all reserved: ready for payment) or rejects the order |
+//! | order | PaymentCaptured, PaymentDeclined | confirms, or cancels the order |
+//! | payment | OrderReadyForPayment | requests the payment and charges the card at the gateway |
+//! | payment | OrderCancelled (payment due) | refunds, or voids a payment not yet captured |
+//! | deadline | OrderPlaced, and the order's final event | arms and disarms the order's deadline (see `deadline`) |
+
+use std::sync::Arc;
+
+use domain::inventory::{Inventory, InventoryCommand, InventoryEvent};
+use domain::order::{CancelledBy, Order, OrderCommand, OrderEvent, OrderState};
+use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentState, PaymentStatus};
+use domain::Aggregate;
+use event_store::StoreError;
+use futures_util::future::try_join_all;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::deadline;
+use super::gateway::{ChargeOutcome, Gateway, GatewayError};
+use super::trigger::{Fact, Malformed, Trigger};
+use application::{Application, ExecuteError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Participant {
+    Inventory,
+    Order,
+    Payment,
+    Deadline,
+}
+
+impl Participant {
+    pub const ALL: [Self; 4] = [Self::Inventory, Self::Order, Self::Payment, Self::Deadline];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inventory => "inventory",
+            Self::Order => "order",
+            Self::Payment => "payment",
+            Self::Deadline => "deadline",
+        }
+    }
+
+    /// The events it hears, as `(category, event type)`: one durable consumer
+    /// each, filtered to that one subject (NATS 2.9 takes a single filter
+    /// subject per consumer), so no participant is sent what it ignores.
+    pub fn subscriptions(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Inventory => &[("order", "OrderPlaced"), ("order", "OrderRejected"), ("order", "OrderCancelled")],
+            Self::Order => &[
+                ("inventory", "StockReserved"),
+                ("inventory", "StockReservationRejected"),
+                ("payment", "PaymentCaptured"),
+                ("payment", "PaymentDeclined"),
+            ],
+            Self::Payment => &[("order", "OrderReadyForPayment"), ("order", "OrderCancelled")],
+            Self::Deadline => &[
+                ("order", "OrderPlaced"),
+                ("order", "OrderConfirmed"),
+                ("order", "OrderRejected"),
+                ("order", "OrderCancelled"),
+            ],
+        }
+    }
+
+    pub async fn react(self, ctx: &Reactor, trigger: &Trigger) -> Result<(), ReactionError> {
+        match self {
+            Self::Inventory => ctx.inventory(trigger).await,
+            Self::Order => ctx.order(trigger).await,
+            Self::Payment => ctx.payment(trigger).await,
+            Self::Deadline => deadline::track(&ctx.pool, trigger).await.map_err(ReactionError::from_database),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReactionError {
+    /// The message can never be handled: dead-letter it at once.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// Something this participant depends on is away (the gateway, the
+    /// store): deliver again later, however often it takes.
+    #[error("waiting: {0}")]
+    Waiting(String),
+    /// It failed; another delivery may succeed, a bounded number of times.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReactionError {
+    fn from_database(error: sqlx::Error) -> Self {
+        Self::from(ExecuteError::Store(StoreError::from(error)))
+    }
+}
+
+impl From<ExecuteError> for ReactionError {
+    fn from(error: ExecuteError) -> Self {
+        match error {
+            ExecuteError::Store(StoreError::Unavailable(_)) => Self::Waiting(error.to_string()),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<GatewayError> for ReactionError {
+    fn from(error: GatewayError) -> Self {
+        match error {
+            GatewayError::Unavailable(_) => Self::Waiting(error.to_string()),
+            GatewayError::Refused(_) => Self::Failed(error.to_string()),
+        }
+    }
+}
+
+/// What the participants need to act: the application layer (whose kept
+/// states they command), the deadlines' database, the payment gateway.
+#[derive(Clone)]
+pub struct Reactor {
+    pub app: Application,
+    pub pool: PgPool,
+    pub gateway: Gateway,
+}
+
+impl Reactor {
+    async fn run<A>(
+        &self,
+        trigger: &Trigger,
+        actor: &str,
+        purpose: &str,
+        stream_id: &str,
+        command: A::Command,
+    ) -> Result<Arc<A::State>, ReactionError>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::State: Send + Sync + 'static,
+    {
+        let invocation = trigger.invocation(actor, purpose, self.app.settings().max_attempts);
+        Ok(self.app.react::<A>(&invocation, stream_id, command).await?)
+    }
+
+    async fn inventory(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
+        let order_id = *order_id;
+        let lines = match event {
+            OrderEvent::OrderPlaced { lines, .. } => lines.clone(),
+            OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
+                match self.app.load::<Order>(&Order::stream_id(order_id)).await? {
+                    OrderState::Placed(order) => order.lines,
+                    OrderState::NotPlaced => {
+                        return Err(ReactionError::Failed(format!("order {order_id} does not exist")))
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        let reserve = matches!(event, OrderEvent::OrderPlaced { .. });
+        try_join_all(lines.into_iter().map(|line| {
+            let stream_id = Inventory::stream_id(&line.sku);
+            let (purpose, command) = if reserve {
+                let command =
+                    InventoryCommand::Reserve { sku: line.sku.clone(), order_id, quantity: line.quantity.into() };
+                (format!("reserve/{}", line.sku), command)
+            } else {
+                (format!("release/{}", line.sku), InventoryCommand::Release { sku: line.sku.clone(), order_id })
+            };
+            async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await.map(drop) }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn order(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let (order_id, command) = match &trigger.event {
+            Fact::Inventory { event: InventoryEvent::StockReserved { sku, order_id, .. }, .. } => {
+                (*order_id, OrderCommand::RecordLineReserved { sku: sku.clone() })
+            }
+            Fact::Inventory {
+                event: InventoryEvent::StockReservationRejected { sku, order_id, requested, available },
+                ..
+            } => (
+                *order_id,
+                OrderCommand::RecordLineRejected {
+                    sku: sku.clone(),
+                    reason: format!("not enough stock of {sku}: {requested} requested, {available} available"),
+                },
+            ),
+            Fact::Payment { order_id, event: PaymentEvent::PaymentCaptured { provider_ref, .. } } => {
+                (*order_id, OrderCommand::Confirm { provider_ref: provider_ref.clone() })
+            }
+            Fact::Payment { order_id, event: PaymentEvent::PaymentDeclined { reason, .. } } => (
+                *order_id,
+                OrderCommand::Cancel {
+                    reason: format!("payment declined: {reason}"),
+                    by: CancelledBy::PaymentDeclined,
+                },
+            ),
+            _ => return Ok(()),
+        };
+        self.run::<Order>(trigger, "order", "record", &Order::stream_id(order_id), command).await?;
+        Ok(())
+    }
+
+    async fn payment(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
+        let order_id = *order_id;
+        let (purpose, command) = match event {
+            OrderEvent::OrderReadyForPayment { amount_cents, currency, payment_token } => (
+                "request",
+                PaymentCommand::Request {
+                    order_id,
+                    amount_cents: i64::try_from(*amount_cents).unwrap_or(i64::MAX),
+                    currency: currency.clone(),
+                    payment_token: payment_token.clone(),
+                },
+            ),
+            OrderEvent::OrderCancelled { payment_refund_due: true, reason, .. } => {
+                ("refund", PaymentCommand::Refund { order_id, reason: reason.clone() })
+            }
+            _ => return Ok(()),
+        };
+        let payment = self.payment_command(trigger, purpose, order_id, command).await?;
+        self.settle(trigger, order_id, payment).await
+    }
+
+    /// Runs a command on the payment of `order_id`; answers the payment after it.
+    async fn payment_command(
+        &self,
+        trigger: &Trigger,
+        purpose: &str,
+        order_id: Uuid,
+        command: PaymentCommand,
+    ) -> Result<Arc<PaymentState>, ReactionError> {
+        self.run::<Payment>(trigger, "payment", purpose, &Payment::stream_id(order_id), command).await
+    }
+
+    /// Brings the gateway in line with the payment: a requested payment is
+    /// charged (once: the order id is the idempotency key), a payment voided
+    /// after its request has its key closed at the gateway (a charge made
+    /// meanwhile, whose answer was lost, is recorded and so refunded), and a
+    /// refunded one is refunded at the gateway (once, by its own key).
+    async fn settle(
+        &self,
+        trigger: &Trigger,
+        order_id: Uuid,
+        mut payment: Arc<PaymentState>,
+    ) -> Result<(), ReactionError> {
+        let correlation_id = &trigger.recorded.metadata.correlation_id;
+        let key = order_id.to_string();
+        let outcome = if payment.status == PaymentStatus::Requested {
+            let (amount, currency, token) = (payment.amount_cents, &payment.currency, &payment.payment_token);
+            Some(self.gateway.charge(&key, amount, currency, token, correlation_id).await?)
+        } else if payment.voided_with_charge_unknown() {
+            Some(self.gateway.void(&key, correlation_id).await?)
+        } else {
+            None
+        };
+        let command = match outcome {
+            Some(ChargeOutcome::Captured { charge_id }) => {
+                Some(("capture", PaymentCommand::Capture { order_id, provider_ref: charge_id }))
+            }
+            Some(ChargeOutcome::Declined { reason }) => Some(("decline", PaymentCommand::Decline { order_id, reason })),
+            Some(ChargeOutcome::Voided) => Some((
+                "decline",
+                PaymentCommand::Decline { order_id, reason: "the charge was voided at the gateway".into() },
+            )),
+            None => None,
+        };
+        if let Some((purpose, command)) = command {
+            // A capture after the order ended comes with its refund (see the domain);
+            // a decline of a voided payment changes nothing.
+            payment = self.payment_command(trigger, purpose, order_id, command).await?;
+        }
+        if payment.status == PaymentStatus::Refunded {
+            self.refund_at_gateway(order_id, &payment, correlation_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn refund_at_gateway(
+        &self,
+        order_id: Uuid,
+        payment: &PaymentState,
+        correlation_id: &str,
+    ) -> Result<(), ReactionError> {
+        let Some(charge_id) = payment.provider_ref.as_deref() else {
+            return Err(ReactionError::Failed(format!(
+                "the payment of order {order_id} is refunded but has no capture"
+            )));
+        };
+        self.gateway.refund(&format!("refund-{order_id}"), charge_id, payment.refunded_cents, correlation_id).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! Running the participants: one supervised consumer per (participant,
+//! event type heard), and the deadline watcher.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use service_kit::{supervise, Shutdown};
+
+use crate::config::SagaConfig;
+use crate::consumer;
+use crate::deadline;
+use crate::participants::{Participant, Reactor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error("JetStream: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
+}
+
+/// The dead-letter stream, created if missing (file storage, kept until drained).
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    config: &SagaConfig,
+) -> Result<stream::Stream, SagaError> {
+    js.get_or_create_stream(stream::Config {
+        name: config.dead_letter_stream.clone(),
+        subjects: vec![format!("{}.>", config.dead_letter_prefix)],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| SagaError::Nats(e.to_string()))
+}
+
+/// Runs every participant and the deadline watcher until `shutdown`. A
+/// consumer that fails (NATS away, its consumer deleted) starts again after
+/// a pause; the others carry on.
+pub async fn run(
+    reactor: Reactor,
+    js: jetstream::Context,
+    config: SagaConfig,
+    shutdown: Shutdown,
+) -> Result<(), SagaError> {
+    relay::ensure_stream(&js, &config.events).await?;
+    ensure_dead_letter_stream(&js, &config).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for participant in Participant::ALL {
+        for subscription in participant.subscriptions() {
+            let (js, reactor, config, shutdown) = (js.clone(), reactor.clone(), config.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let what = consumer::consumer_name(participant, subscription.1);
+                supervise(&what, &shutdown, RESTART_PAUSE, || {
+                    consumer::consume(&js, &reactor, &config, participant, *subscription, &shutdown)
+                })
+                .await;
+            });
+        }
+    }
+    let poll = config.deadline_poll;
+    tasks.spawn(async move { deadline::watch(&reactor.app, &reactor.pool, poll, &shutdown).await });
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("saga participants stopped");
+    Ok(())
+}
+
+/// Pause before a failed consumer starts again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);

@@ -1,0 +1,7 @@
+//! The query API over real HTTP, reading read models that the real
+//! projections build from events in a fresh database per test.
+
+mod auth;
+mod helpers;
+mod openapi;
+mod queries;

@@ -1,0 +1,322 @@
+//! The query API over real HTTP, reading read models that the real
+//! projections build from events in a fresh database.
+
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use domain::inventory::InventoryEvent;
+use domain::order::{OrderEvent, OrderLine};
+use domain::payment::PaymentEvent;
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{problem, with_app, TestApp};
+
+fn placed(order_id: Uuid, customer: &str, minute: u32) -> OrderEvent {
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 12, minute, 0).unwrap();
+    OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: customer.into(),
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+        lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
+        total_cents: 3998,
+        placed_at: at,
+        deadline: at + chrono::Duration::minutes(15),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_inventory_item_and_payment_read_as_the_api_says() {
+    with_app(|app| async move {
+        let order_id = Uuid::new_v4();
+        app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 50 }]).await;
+        app.append(&format!("order-{order_id}"), &[placed(order_id, "c-42", 0)]).await;
+        app.append("inventory-SKU-1", &[InventoryEvent::StockReserved { sku: "SKU-1".into(), order_id, quantity: 2 }])
+            .await;
+        let last = app
+            .append(
+                &format!("payment-{order_id}"),
+                &[PaymentEvent::PaymentRequested {
+                    order_id,
+                    amount_cents: 3998,
+                    currency: "EUR".into(),
+                    payment_token: "tok_visa".into(),
+                }],
+            )
+            .await;
+        let _projecting = app.project();
+
+        let order = app.json(&format!("/v1/orders/{order_id}?min_position={last}")).await;
+        assert_eq!(order["order_id"], json!(order_id));
+        assert_eq!(order["customer_id"], "c-42");
+        assert_eq!(order["status"], "pending");
+        assert_eq!(order["payment_status"], "pending");
+        assert_eq!(order["reason"], Value::Null);
+        assert_eq!(order["currency"], "EUR");
+        assert_eq!(order["total_cents"], 3998);
+        assert_eq!(order["lines"], json!([{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}]));
+        assert_eq!(order["version"], 1);
+        assert!(order["created_at"].is_string() && order["updated_at"].is_string());
+
+        let item = app.json(&format!("/v1/inventory/SKU-1?min_position={last}")).await;
+        assert_eq!(item, json!({"sku": "SKU-1", "on_hand": 50, "reserved": 2, "available": 48, "version": 2}));
+        let payment = app.json(&format!("/v1/payments/{order_id}?min_position={last}")).await;
+        assert_eq!(
+            payment,
+            json!({"order_id": order_id, "status": "pending", "amount_cents": 3998, "currency": "EUR", "provider_ref": null})
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_404_and_bad_parameters_400() {
+    with_app(|app| async move {
+        problem(app.get(&format!("/v1/orders/{}", Uuid::new_v4())).await, StatusCode::NOT_FOUND).await;
+        problem(app.get("/v1/inventory/NOPE").await, StatusCode::NOT_FOUND).await;
+        problem(app.get(&format!("/v1/payments/{}", Uuid::new_v4())).await, StatusCode::NOT_FOUND).await;
+        for bad in [
+            "/v1/orders/not-a-uuid",
+            "/v1/payments/123",
+            "/v1/orders?limit=0",
+            "/v1/orders?limit=201",
+            "/v1/orders?limit=ten",
+            "/v1/orders?status=shipped",
+            "/v1/orders?cursor=zz",
+            "/v1/orders?cursor=",
+            "/v1/orders?colour=red",
+            "/v1/inventory/SKU-1?min_position=soon",
+            "/v1/inventory/SKU-1?min_position=-1",
+        ] {
+            let response = app.get(bad).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(response.headers()["content-type"], "application/problem+json", "{bad}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_list_filters_and_pages_newest_first_stably_under_inserts() {
+    with_app(|app| async move {
+        let mut mine = Vec::new();
+        for minute in 0..5 {
+            let id = Uuid::new_v4();
+            app.append(&format!("order-{id}"), &[placed(id, "c-1", minute)]).await;
+            mine.push(id);
+        }
+        let mut last = 0;
+        for minute in 0..3 {
+            let id = Uuid::new_v4();
+            last = app.append(&format!("order-{id}"), &[placed(id, "c-2", minute)]).await;
+        }
+        let _projecting = app.project();
+        app.json(&format!("/v1/orders/{}?min_position={last}", mine[0])).await;
+
+        let first = app.json("/v1/orders?customer_id=c-1&limit=2").await;
+        let ids = |page: &Value| -> Vec<Uuid> {
+            page["items"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().parse().unwrap()).collect()
+        };
+        assert_eq!(ids(&first), [mine[4], mine[3]]);
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+
+        // A new order between two pages shows up on no later page.
+        let newer = Uuid::new_v4();
+        let position = app.append(&format!("order-{newer}"), &[placed(newer, "c-1", 30)]).await;
+        app.json(&format!("/v1/orders/{newer}?min_position={position}")).await;
+
+        let second = app.json(&format!("/v1/orders?customer_id=c-1&limit=2&cursor={cursor}")).await;
+        assert_eq!(ids(&second), [mine[2], mine[1]]);
+        let cursor = second["next_cursor"].as_str().unwrap().to_owned();
+        let third = app.json(&format!("/v1/orders?customer_id=c-1&limit=2&cursor={cursor}")).await;
+        assert_eq!(ids(&third), [mine[0]]);
+        assert_eq!(third["next_cursor"], Value::Null);
+
+        let everyone = app.json("/v1/orders").await;
+        assert_eq!(everyone["items"].as_array().unwrap().len(), 9);
+        let pending = app.json("/v1/orders?status=pending&customer_id=c-2").await;
+        assert_eq!(pending["items"].as_array().unwrap().len(), 3);
+        let none = app.json("/v1/orders?status=confirmed").await;
+        assert_eq!(none, json!({"items": [], "next_cursor": null}));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_position_waits_for_the_read_model_then_answers_503_with_retry_after() {
+    with_app(|app| async move {
+        let position =
+            app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity: 5 }]).await;
+        // No projection runs yet: the wait is bounded (2 s), then 503.
+        let started = Instant::now();
+        let response = app.get(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+        assert_eq!(response.headers()["retry-after"], "1");
+        problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(4));
+
+        // With the projections running, the same query waits and answers.
+        let _projecting = app.project();
+        let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+        assert_eq!(item["on_hand"], 5);
+
+        // A write followed at once by a read of it: the read sees the write.
+        for quantity in 1..=5u64 {
+            let position =
+                app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity }]).await;
+            let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+            assert_eq!(item["version"], quantity + 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
+    with_app(|app| async move {
+        let mut last = 0;
+        for quantity in 1..=3u64 {
+            last =
+                app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity }]).await;
+        }
+        let projecting = app.project();
+        let mut caught_up = false;
+        for _ in 0..200 {
+            let admin = app.json("/v1/admin/projections").await;
+            let projections = admin["projections"].as_array().unwrap();
+            if projections.len() == 3 && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0) {
+                caught_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(caught_up, "the projections did not catch up");
+        projecting.fire();
+        // Stopped: new events show up as lag.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let newest =
+            app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 9 }]).await;
+        let admin = app.json("/v1/admin/projections").await;
+        let projections = admin["projections"].as_array().unwrap();
+        let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["inventory", "orders", "payments"]);
+        for projection in projections {
+            assert_eq!(projection["checkpoint"], last, "{projection}");
+            assert_eq!(projection["head"], newest, "{projection}");
+            assert_eq!(projection["lag"], 1, "{projection}");
+            assert_eq!(projection["state"], "running");
+            assert_eq!(projection["failure"], Value::Null);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_asked_for_on_the_admin_api_runs_in_the_projections_service_and_reports_progress() {
+    with_app(|app| async move {
+        use projections::testing::{event_count, shop_history, snapshot, write};
+        let history = shop_history(300, 11);
+        let events = event_count(&history) as u64;
+        write(std::sync::Arc::new(app.store.clone()), history, 4).await;
+        let projecting = app.project();
+        let orders_caught_up = |admin: &Value| {
+            admin["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "orders" && p["events_processed"] == events)
+        };
+        admin_until(&app, "the orders projection catches up", orders_caught_up).await;
+        let built_live = snapshot(&app.pool, "rm_orders", "order_id").await;
+
+        let unknown = app.client.post(format!("{}/v1/admin/projections/nope/rebuild", app.base)).send().await.unwrap();
+        problem(unknown, StatusCode::NOT_FOUND).await;
+        let accepted =
+            app.client.post(format!("{}/v1/admin/projections/orders/rebuild", app.base)).send().await.unwrap();
+        assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+        assert_eq!(accepted.headers()["location"], "/v1/admin/projections");
+        let body: Value = accepted.json().await.unwrap();
+        assert!(body["state"] == "requested" || body["state"] == "running", "{body}");
+
+        let rebuilt = |admin: &Value| {
+            admin["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "orders" && p["rebuild"]["state"] == "done")
+        };
+        let admin = admin_until(&app, "the rebuild is done", rebuilt).await;
+        let orders = admin["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+        let rebuild = &orders["rebuild"];
+        assert_eq!(rebuild["events_done"], events, "{rebuild}");
+        assert_eq!(rebuild["events_total"], events, "{rebuild}");
+        assert!(rebuild["events_per_second"].as_f64().unwrap() > 0.0, "{rebuild}");
+        assert_eq!(rebuild["error"], Value::Null);
+        assert_eq!((orders["state"].as_str(), orders["lag"].as_i64()), (Some("running"), Some(0)));
+        assert_eq!(snapshot(&app.pool, "rm_orders", "order_id").await, built_live);
+        let others = admin["projections"].as_array().unwrap().iter().filter(|p| p["name"] != "orders");
+        assert!(others.into_iter().all(|p| p["rebuild"].is_null()));
+        projecting.fire();
+    })
+    .await;
+}
+
+/// Polls the admin API until `done` holds of it (20 s at most); returns it.
+async fn admin_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..400 {
+        let admin = app.json("/v1/admin/projections").await;
+        if done(&admin) {
+            return admin;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 20 s");
+}
+
+/// A projection that stopped on an event it cannot read shows on the
+/// metrics, beside every projection's checkpoint, head and lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_report_each_projections_lag_and_a_failed_projection() {
+    with_app(|app| async move {
+        let order_id = Uuid::new_v4();
+        app.append(&format!("order-{order_id}"), &[placed(order_id, "c-1", 0)]).await;
+        let broken = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "OrderPlaced".into(),
+            schema_version: 2,
+            payload: json!({"order_id": "not a uuid"}),
+            metadata: Metadata::default(),
+        };
+        app.store.append(&format!("order-{}", Uuid::new_v4()), ExpectedVersion::NoStream, vec![broken]).await.unwrap();
+        let head =
+            app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 1 }]).await;
+        let projecting = app.project();
+        let failed = |admin: &Value| {
+            admin["projections"].as_array().unwrap().iter().any(|p| p["name"] == "orders" && p["state"] == "failed")
+        };
+        admin_until(&app, "the orders projection stops", failed).await;
+        let inventory_done = |admin: &Value| {
+            admin["projections"].as_array().unwrap().iter().any(|p| p["name"] == "inventory" && p["lag"] == 0)
+        };
+        admin_until(&app, "the inventory projection catches up", inventory_done).await;
+
+        let response = app.get("/metrics").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = response.text().await.unwrap();
+        for line in [
+            "projection_failed{projection=\"orders\"} 1".to_owned(),
+            "projection_failed{projection=\"inventory\"} 0".to_owned(),
+            "projection_lag_events{projection=\"orders\"} 2".to_owned(),
+            "projection_lag_events{projection=\"inventory\"} 0".to_owned(),
+            format!("projection_head_position{{projection=\"orders\"}} {head}"),
+            format!("projection_checkpoint_position{{projection=\"inventory\"}} {head}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} is not in\n{text}");
+        }
+        projecting.fire();
+    })
+    .await;
+}
