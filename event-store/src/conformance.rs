@@ -98,18 +98,11 @@ async fn all_events(store: &dyn EventStore) -> Vec<RecordedEvent> {
 /// ends while it is computed (see `es_read_horizon`), so a read can show less
 /// than the one before it. Whatever a case asserts of the global log, it
 /// asserts of the log once it shows what was appended.
-async fn soon<T, Fut>(what: &str, mut check: impl FnMut() -> Fut) -> T
+async fn soon<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let started = tokio::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < DELIVERY_TIMEOUT, "{what}: not within {DELIVERY_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::testing::eventually(DELIVERY_TIMEOUT, what, check).await
 }
 
 /// The whole log once it shows at least `at_least` events.

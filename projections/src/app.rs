@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use event_store::{Backend, EventStore, StoreError};
+use event_store::{EventStore, StoreError};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use service_kit::config::{self, ConfigError, Environment, Source};
-use service_kit::ops::{Check, OpsServer};
-use service_kit::postgres::DatabaseConfig;
-use service_kit::telemetry::LogFormat;
+use service_kit::ops::OpsServer;
+use service_kit::process::CommonConfig;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -47,18 +46,14 @@ impl Command {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub command: Command,
-    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` (at least 4).
-    pub database: DatabaseConfig,
-    /// `EVENT_STORE_URL`
-    pub event_store: Backend,
+    /// The database (at least 4 connections), the event store, logging.
+    pub common: CommonConfig,
     /// `PROJECTION_BATCH_SIZE`
     pub projector: ProjectorConfig,
     /// `REBUILD_PAGE_SIZE`
     pub rebuild: RebuildOptions,
     /// `PROJECTIONS_OPS_ADDR`
     pub ops_addr: SocketAddr,
-    pub log_level: String,
-    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -69,18 +64,14 @@ impl Config {
     pub fn from_source(source: &dyn Source, command: Command) -> Result<Self, ConfigError> {
         // A rebuild on the command line draws a progress bar: only warnings are logged beside it.
         let default_level = if command == Command::Serve { "info,sqlx=warn" } else { "warn" };
-        let (log_level, log_format) = config::logging(source, default_level)?;
         let batch_size = config::ranged(source, "PROJECTION_BATCH_SIZE", 500usize, 1, 10_000)?;
         let page_size = config::ranged(source, "REBUILD_PAGE_SIZE", 5_000usize, 100, 100_000)?;
         Ok(Self {
             command,
-            database: DatabaseConfig::from_source(source, 4)?,
-            event_store: config::event_store(source)?,
+            common: CommonConfig::from_source(source, 4, default_level)?,
             projector: ProjectorConfig { batch_size, ..ProjectorConfig::default() },
             rebuild: RebuildOptions { page_size, ..RebuildOptions::default() },
             ops_addr: config::parsed(source, "PROJECTIONS_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9103)))?,
-            log_level,
-            log_format,
         })
     }
 }
@@ -108,8 +99,8 @@ pub struct App {
 impl App {
     /// Connects, migrates, opens the event store.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let pool = migrations::connect_and_migrate(&config.database).await?;
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
+        let pool = migrations::connect_and_migrate(&config.common.database).await?;
+        let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
         Ok(Self { config, pool, store })
     }
 
@@ -125,8 +116,7 @@ impl App {
     async fn serve(self, shutdown: Shutdown) -> Result<(), AppError> {
         let addr = self.config.ops_addr;
         let ops = OpsServer::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
-        let mut checks = vec![Check::database(self.pool.clone(), migrations::expected())];
-        checks.extend(Check::event_store_if_separate(&self.config.event_store, &self.store));
+        let checks = self.config.common.checks(&self.pool, &self.store, migrations::expected());
         let ops = tokio::spawn(ops.run(checks, shutdown.clone()));
         tracing::info!("projections running");
         let Config { projector, rebuild, .. } = self.config;

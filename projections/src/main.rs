@@ -10,7 +10,7 @@ use service_kit::{telemetry, Shutdown};
 async fn main() -> anyhow::Result<()> {
     let command = Command::parse(std::env::args().skip(1)).map_err(|usage| anyhow!(usage))?;
     let config = Config::from_env(command)?;
-    let _telemetry = telemetry::init("projections", &config.log_level, config.log_format);
+    let _telemetry = telemetry::init("projections", &config.common.log_level, config.common.log_format);
     App::build(config).await?.run_until(Shutdown::on_signal()).await?;
     Ok(())
 }

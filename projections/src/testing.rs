@@ -249,3 +249,19 @@ pub async fn snapshot(pool: &PgPool, table: &str, key: &str) -> Vec<serde_json::
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
+
+/// An order of customer `customer` placed `minute` minutes after noon on
+/// 2026-01-01: two of `SKU-1` at 19.99 (39.98 in all), a 15-minute deadline.
+pub fn placed(order_id: Uuid, customer: &str, minute: u32) -> OrderEvent {
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 12, minute, 0).unwrap();
+    OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: customer.into(),
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+        lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
+        total_cents: 3998,
+        placed_at: at,
+        deadline: at + Duration::minutes(15),
+    }
+}

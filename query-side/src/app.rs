@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use service_kit::ops::Check;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -29,14 +28,14 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = config.database.connect().await?;
+        let pool = config.common.database.connect().await?;
         Self::build_with_pool(config, pool).await
     }
 
     /// The read-model tables are created by the migrations the other services apply.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         service_kit::metrics::handle();
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
+        let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
         let state = AppState {
             store: store.clone(),
             progress: Progress::start(pool.clone()),
@@ -45,8 +44,7 @@ impl App {
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
-        let mut checks = vec![Check::database(pool, migrations::expected())];
-        checks.extend(Check::event_store_if_separate(&config.event_store, &store));
+        let checks = config.common.checks(&pool, &store, migrations::expected());
         let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)
             .await

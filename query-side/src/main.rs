@@ -7,7 +7,7 @@ use service_kit::{telemetry, Shutdown};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let _telemetry = telemetry::init("query-api", &config.log_level, config.log_format);
+    let _telemetry = telemetry::init("query-api", &config.common.log_level, config.common.log_format);
     let app = App::build(config).await.context("the query API cannot start")?;
     app.run_until(Shutdown::on_signal()).await?;
     Ok(())

@@ -25,6 +25,8 @@ pub mod openapi;
 pub mod ops;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(all(feature = "postgres", feature = "event-store"))]
+pub mod process;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;

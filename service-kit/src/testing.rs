@@ -1,6 +1,6 @@
 //! Test support (feature `testing`): a NATS server of the test's own (on a
 //! free port with its own JetStream directory, so a test can stop and
-//! restart it without disturbing others), bearer tokens, and `eventually`.
+//! restart it without disturbing others), and bearer tokens.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -103,18 +103,10 @@ pub fn token_expiring(secret: &str, sub: &str, scope: &str, exp: u64) -> String 
     crate::auth::mint(crate::auth::Algorithm::HS256, secret.as_bytes(), &claims).expect("HS256 signs")
 }
 
-/// Polls `check` until it answers `Some`, for at most `within`; panics
-/// naming `what` otherwise.
-pub async fn eventually<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = tokio::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A test's settings: `defaults`, each overridden (or added) by `overrides`.
+pub fn settings<'a>(defaults: &[(&'a str, &'a str)], overrides: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut settings: Vec<_> =
+        defaults.iter().filter(|(name, _)| !overrides.iter().any(|(n, _)| n == name)).copied().collect();
+    settings.extend_from_slice(overrides);
+    settings
 }

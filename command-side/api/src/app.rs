@@ -7,7 +7,6 @@ use std::time::Duration;
 use application::idempotency::LEASE;
 use application::{Application, Settings};
 use axum::Router;
-use service_kit::ops::Check;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -34,13 +33,13 @@ pub struct App {
 impl App {
     /// Connects (creating the database if missing), migrates and binds, as configured.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = migrations::connect_and_migrate(&config.database).await?;
+        let pool = migrations::connect_and_migrate(&config.common.database).await?;
         Self::build_with_pool(config, pool).await
     }
 
     /// Binds with a migrated pool of the caller's (the tests' own database).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
+        let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
         let settings = Settings {
             max_attempts: config.command_max_attempts,
             order_deadline: chrono::Duration::from_std(config.order_deadline)
@@ -50,8 +49,7 @@ impl App {
         };
         let application = Application::new(store.clone(), pool.clone(), settings);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
-        let mut checks = vec![Check::database(pool, migrations::expected())];
-        checks.extend(Check::event_store_if_separate(&config.event_store, &store));
+        let checks = config.common.checks(&pool, &store, migrations::expected());
         let router = http::router(application.clone(), config.body_limit, &config.auth, checks);
         let router = service_kit::http::layers(router, config.request_timeout);
         let listener = TcpListener::bind(config.http_addr)

@@ -6,15 +6,13 @@ use std::time::Duration;
 
 use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Environment, Source};
-use service_kit::postgres::DatabaseConfig;
-use service_kit::telemetry::LogFormat;
+use service_kit::process::CommonConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`: idempotency keys (and the events, by default).
-    pub database: DatabaseConfig,
-    /// `EVENT_STORE_URL`: where the events live (PostgreSQL unless it names EventStoreDB).
-    pub event_store: event_store::Backend,
+    /// The database (idempotency keys, and the events by default), the event
+    /// store (`EVENT_STORE_URL`), logging.
+    pub common: CommonConfig,
     /// `COMMAND_HTTP_ADDR`: where the API listens.
     pub http_addr: SocketAddr,
     /// `HTTP_BODY_LIMIT`: largest request body in bytes (larger: 413).
@@ -29,10 +27,6 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
-    /// `LOG_LEVEL`: a tracing filter directive (`info`, `info,command_api=debug`).
-    pub log_level: String,
-    /// `LOG_FORMAT`: `json` (default) or `pretty`.
-    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -41,10 +35,8 @@ impl Config {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
         Ok(Self {
-            database: DatabaseConfig::from_source(source, 1)?,
-            event_store: config::event_store(source)?,
+            common: CommonConfig::from_source(source, 1, "info,sqlx=warn")?,
             http_addr: config::parsed(source, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             body_limit: config::ranged(source, "HTTP_BODY_LIMIT", 64 * 1024, 1024, 16 * 1024 * 1024)?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
@@ -56,8 +48,6 @@ impl Config {
                 Duration::from_secs(24 * 3600),
             )?,
             auth: AuthConfig::from_source(source)?,
-            log_level,
-            log_format,
         })
     }
 }
@@ -70,9 +60,9 @@ mod tests {
     #[test]
     fn defaults_suit_a_local_machine() {
         let config = Config::from_source(&Vars(&[])).unwrap();
-        assert_eq!(config.database.url.expose(), config::DEFAULT_DATABASE_URL);
+        assert_eq!(config.common.database.url.expose(), config::DEFAULT_DATABASE_URL);
         assert_eq!(config.http_addr.port(), 8080);
-        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.common.log_format, service_kit::telemetry::LogFormat::Json);
     }
 
     #[test]
@@ -106,10 +96,10 @@ mod tests {
 
     #[test]
     fn the_events_live_in_postgresql_unless_event_store_url_says_otherwise() {
-        assert_eq!(Config::from_source(&Vars(&[])).unwrap().event_store, event_store::Backend::Postgres);
+        assert_eq!(Config::from_source(&Vars(&[])).unwrap().common.event_store, event_store::Backend::Postgres);
         let esdb = Config::from_source(&Vars(&[("EVENT_STORE_URL", "esdb://localhost:2113?tls=false")]));
         if cfg!(feature = "eventstoredb") {
-            assert_eq!(esdb.unwrap().event_store.name(), "eventstoredb");
+            assert_eq!(esdb.unwrap().common.event_store.name(), "eventstoredb");
         } else {
             assert!(esdb.unwrap_err().reason.contains("--features eventstoredb"));
         }

@@ -1,17 +1,15 @@
-//! The relay process: connects (the database migrated, the event store,
-//! NATS), serves its health and metrics on `RELAY_OPS_ADDR`, reports its
-//! lag, and relays until shutdown.
+//! The relay process: a worker (see `worker`) that serves its health and
+//! metrics on `RELAY_OPS_ADDR`, reports its lag, and relays until shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use event_store::{EventStore, StoreError};
-use service_kit::ops::{Check, OpsServer};
+use event_store::EventStore;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 
+use crate::worker::{Connections, StartupError, Worker};
 use crate::{checkpoint, relay, Config};
 
 /// How often the relay's lag is measured.
@@ -20,49 +18,25 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// The most events `relay_lag_events` counts: beyond, it says this many.
 const LAG_COUNT_LIMIT: u64 = 100_000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error(transparent)]
-    Database(#[from] migrations::MigrateError),
-    #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
-    EventStore(#[from] StoreError),
-    #[error("NATS_URL is not a NATS server address: {0}")]
-    Nats(#[from] async_nats::ConnectError),
-    #[error("cannot listen on {addr} (RELAY_OPS_ADDR): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-}
-
 pub struct App {
     config: Config,
-    pool: PgPool,
-    store: Arc<dyn EventStore>,
-    nats: async_nats::Client,
-    ops: OpsServer,
+    worker: Worker,
 }
 
 impl App {
-    /// Connects to the database (migrated), the event store and NATS
-    /// (waiting for it if it is not up yet), and binds the ops address.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let addr = config.ops_addr;
-        let ops = OpsServer::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-        let pool = migrations::connect_and_migrate(&config.database).await?;
-        let store = config.event_store.open(pool.clone(), &domain::CATEGORIES).await?;
-        let nats = service_kit::nats::connect(&config.nats_url).await?;
-        Ok(Self { config, pool, store, nats, ops })
+        let ops = (config.ops_addr, "RELAY_OPS_ADDR");
+        let worker = Worker::connect(&config.common, &config.nats_url, ops).await?;
+        Ok(Self { config, worker })
     }
 
     /// Relays until `shutdown` (starting again after failures), reporting its lag.
     pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
-        let mut checks =
-            vec![Check::database(self.pool.clone(), migrations::expected()), Check::nats(self.nats.clone())];
-        checks.extend(Check::event_store_if_separate(&self.config.event_store, &self.store));
-        let ops = tokio::spawn(self.ops.run(checks, shutdown.clone()));
+        let (Connections { pool, store, nats }, ops) = self.worker.serve_ops(shutdown.clone());
         let stream = self.config.relay.stream.clone();
-        let lag = tokio::spawn(report_lag(self.store.clone(), self.pool.clone(), stream.clone()));
+        let lag = tokio::spawn(report_lag(store.clone(), pool.clone(), stream.clone()));
         tracing::info!(%stream, "relay starting");
-        let js = jetstream::new(self.nats);
-        relay::run_supervised(self.store, self.pool, js, self.config.relay, shutdown).await;
+        relay::run_supervised(store, pool, jetstream::new(nats), self.config.relay, shutdown).await;
         lag.abort();
         ops.await.unwrap_or(Ok(()))
     }

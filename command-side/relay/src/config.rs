@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use event_store::Backend;
 use service_kit::config::{self, ConfigError, Environment, Source};
-use service_kit::postgres::DatabaseConfig;
-use service_kit::telemetry::LogFormat;
+use service_kit::process::CommonConfig;
 
 /// The events' stream: `RELAY_STREAM`, `RELAY_SUBJECT_PREFIX`.
 #[derive(Debug, Clone)]
@@ -58,18 +56,15 @@ impl RelayConfig {
     }
 }
 
-/// The relay process: `DATABASE_URL`, `EVENT_STORE_URL`, `NATS_URL`, the
-/// stream, `RELAY_OPS_ADDR`, logging.
+/// The relay process: the database, the event store and logging
+/// (`CommonConfig`), `NATS_URL`, the stream, `RELAY_OPS_ADDR`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database: DatabaseConfig,
-    pub event_store: Backend,
+    pub common: CommonConfig,
     pub nats_url: String,
     pub relay: RelayConfig,
     /// Health and metrics of the relay process.
     pub ops_addr: SocketAddr,
-    pub log_level: String,
-    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -78,15 +73,11 @@ impl Config {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
         Ok(Self {
-            database: DatabaseConfig::from_source(source, 2)?,
-            event_store: config::event_store(source)?,
+            common: CommonConfig::from_source(source, 2, "info,sqlx=warn")?,
             nats_url: config::nats_url(source)?,
             relay: RelayConfig::from_source(source)?,
             ops_addr: config::parsed(source, "RELAY_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
-            log_level,
-            log_format,
         })
     }
 }

@@ -12,13 +12,16 @@
 //!   checkpoint; what JetStream had already stored is dropped as a duplicate.
 //!
 //! - `relay`: the loop that publishes the log; `checkpoint`: its checkpoint
-//!   (`relay_checkpoints`); `config`, `app`: the process.
+//!   (`relay_checkpoints`); `config`, `app`: the process; `worker`: what the
+//!   processes that follow the log over NATS share (the saga uses it too).
 
 mod app;
 mod checkpoint;
 mod config;
 mod relay;
+pub mod worker;
 
-pub use app::{App, StartupError};
+pub use app::App;
 pub use config::{Config, RelayConfig};
 pub use relay::{ensure_stream, headers, run, run_supervised, subject, RelayError};
+pub use worker::StartupError;

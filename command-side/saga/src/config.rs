@@ -4,11 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use event_store::Backend;
 use relay::RelayConfig;
 use service_kit::config::{self, ConfigError, Environment, Source};
-use service_kit::postgres::DatabaseConfig;
-use service_kit::telemetry::LogFormat;
+use service_kit::process::CommonConfig;
 
 use crate::gateway::GatewayConfig;
 
@@ -96,18 +94,15 @@ impl SagaConfig {
     }
 }
 
-/// The saga process: `DATABASE_URL`, `EVENT_STORE_URL`, `NATS_URL`, the
-/// participants' settings, `SAGA_OPS_ADDR`, logging.
+/// The saga process: the database, the event store and logging
+/// (`CommonConfig`), `NATS_URL`, the participants' settings, `SAGA_OPS_ADDR`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database: DatabaseConfig,
-    pub event_store: Backend,
+    pub common: CommonConfig,
     pub nats_url: String,
     pub saga: SagaConfig,
     /// Health and metrics of the saga process.
     pub ops_addr: SocketAddr,
-    pub log_level: String,
-    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -116,15 +111,11 @@ impl Config {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let (log_level, log_format) = config::logging(source, "info,sqlx=warn")?;
         Ok(Self {
-            database: DatabaseConfig::from_source(source, 2)?,
-            event_store: config::event_store(source)?,
+            common: CommonConfig::from_source(source, 2, "info,sqlx=warn")?,
             nats_url: config::nats_url(source)?,
             saga: SagaConfig::from_source(source)?,
             ops_addr: config::parsed(source, "SAGA_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9102)))?,
-            log_level,
-            log_format,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod participants;
 mod run;
 pub mod trigger;
 
-pub use app::{App, StartupError};
+pub use app::App;
 pub use config::{Config, SagaConfig};
+pub use relay::StartupError;
 pub use run::{ensure_dead_letter_stream, run, SagaError};

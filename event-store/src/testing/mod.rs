@@ -99,6 +99,23 @@ where
     }
 }
 
+/// Polls `check` until it answers `Some`, for at most `within`; panics
+/// naming `what` otherwise. The one way the system's tests wait for
+/// something that happens in the background.
+pub async fn eventually<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How the conformance suite drives a backend.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {

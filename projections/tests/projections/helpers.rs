@@ -45,13 +45,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    for _ in 0..seconds * 20 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {seconds} s");
+    let within = Duration::from_secs(seconds);
+    event_store::testing::eventually(within, what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
 }
 
 /// Waits until `check` holds, for at most 20 seconds.

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use crate::helpers::{by_name, eventually, processed, start, Running};
-use chrono::{TimeZone, Utc};
 use domain::inventory::InventoryEvent;
-use domain::order::{CancelledBy, OrderEvent, OrderLine};
+use domain::order::{CancelledBy, OrderEvent};
 use domain::payment::PaymentEvent;
 use domain::EventPayload;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
@@ -31,17 +30,7 @@ async fn append(store: &PgEventStore, stream: &str, events: &[impl EventPayload]
 }
 
 fn placed(order_id: Uuid) -> OrderEvent {
-    let at = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
-    OrderEvent::OrderPlaced {
-        order_id,
-        customer_id: "c-42".into(),
-        currency: "EUR".into(),
-        payment_token: "tok_visa".into(),
-        lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
-        total_cents: 3998,
-        placed_at: at,
-        deadline: at + chrono::Duration::minutes(15),
-    }
+    projections::testing::placed(order_id, "c-42", 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

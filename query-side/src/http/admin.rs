@@ -65,24 +65,24 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projectio
 /// read at scrape time.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
     service_kit::metrics::handle(); // the recorder, before anything is recorded
-    for view in views(&state).await? {
-        let labels = [("projection", view.name.clone())];
-        metrics::gauge!("projection_checkpoint_position", &labels).set(view.checkpoint as f64);
-        metrics::gauge!("projection_head_position", &labels).set(view.head as f64);
-        metrics::gauge!("projection_lag_events", &labels).set(view.lag as f64);
-        metrics::gauge!("projection_events_processed", &labels).set(view.events_processed as f64);
-        metrics::gauge!("projection_failed", &labels).set(if view.state == "failed" { 1.0 } else { 0.0 });
-        if let Some(rebuild) = &view.rebuild {
-            metrics::gauge!("projection_rebuild_events_done", &labels).set(rebuild.events_done as f64);
-            metrics::gauge!("projection_rebuild_events_total", &labels).set(rebuild.events_total as f64);
-            metrics::gauge!("projection_rebuild_running", &labels).set(if rebuild.state == "running" {
-                1.0
-            } else {
-                0.0
-            });
-        }
-    }
+    views(&state).await?.iter().for_each(record);
     Ok(service_kit::metrics::render())
+}
+
+/// A projection's figures as gauges.
+fn record(view: &ProjectionView) {
+    let labels = [("projection", view.name.clone())];
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    metrics::gauge!("projection_checkpoint_position", &labels).set(view.checkpoint as f64);
+    metrics::gauge!("projection_head_position", &labels).set(view.head as f64);
+    metrics::gauge!("projection_lag_events", &labels).set(view.lag as f64);
+    metrics::gauge!("projection_events_processed", &labels).set(view.events_processed as f64);
+    metrics::gauge!("projection_failed", &labels).set(flag(view.state == "failed"));
+    if let Some(rebuild) = &view.rebuild {
+        metrics::gauge!("projection_rebuild_events_done", &labels).set(rebuild.events_done as f64);
+        metrics::gauge!("projection_rebuild_events_total", &labels).set(rebuild.events_total as f64);
+        metrics::gauge!("projection_rebuild_running", &labels).set(flag(rebuild.state == "running"));
+    }
 }
 
 /// Every projection, where it stands, and its latest rebuild.

@@ -81,23 +81,30 @@ pub(crate) async fn list(
     principal: Principal,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, Problem> {
-    let Query(mut query) = query?;
-    // A customer lists its own orders, whether it says so or not.
-    if let Some(customer) = principal.customer() {
-        principal.require_customer(query.customer_id.get_or_insert_with(|| customer.to_owned()))?;
-    }
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    if let Some(status) = query.status.as_deref().filter(|s| !STATUSES.contains(s)) {
-        return Err(Problem::bad_request(format!("status {status:?} is not one of {}", STATUSES.join(", "))));
-    }
-    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let filter = Filter { customer_id: query.customer_id, status: query.status, after };
+    let Query(query) = query?;
+    let (filter, limit) = query.checked(&principal)?;
     let (items, next) = orders::page(&state.pool, &filter, limit).await.map_err(database_error)?;
     let next_cursor = next.map(|(created_at, order_id)| encode_cursor(created_at, order_id));
     Ok(Json(Page { items, next_cursor }))
+}
+
+impl ListQuery {
+    /// The filter and page size asked for, checked; a customer lists its own
+    /// orders, whether it says so or not.
+    fn checked(mut self, principal: &Principal) -> Result<(Filter, u32), Problem> {
+        if let Some(customer) = principal.customer() {
+            principal.require_customer(self.customer_id.get_or_insert_with(|| customer.to_owned()))?;
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")));
+        }
+        if let Some(status) = self.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+            return Err(Problem::bad_request(format!("status {status:?} is not one of {}", STATUSES.join(", "))));
+        }
+        let after = self.cursor.as_deref().map(decode_cursor).transpose()?;
+        Ok((Filter { customer_id: self.customer_id, status: self.status, after }, limit))
+    }
 }
 
 /// Opaque to clients: hex of `<microseconds>.<order id>`.

@@ -36,22 +36,22 @@ pub(crate) async fn get_one(
     let payment = payments::get(&state.pool, order_id).await.map_err(database_error)?;
     let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;
     if principal.customer().is_some() {
-        // The payment belongs to whoever placed its order. The orders read
-        // model may lag the payments one: if it lacks the order yet, it is
-        // given the time to catch up before the answer is decided.
-        let mut customer = customer_of(&state, order_id).await?;
-        if customer.is_none() {
-            match state.progress.wait_caught_up("orders", "payments", state.min_position_wait).await {
-                Ok(_) => customer = customer_of(&state, order_id).await?,
-                Err(error) => return Err(progress_error(error)),
-            }
-        }
-        let Some(customer) = customer else {
-            return Err(Problem::unavailable(format!("the order of payment {order_id} is not readable yet"), 1));
-        };
-        principal.require_customer(&customer)?;
+        principal.require_customer(&owner(&state, order_id).await?)?;
     }
     Ok(Json(payment))
+}
+
+/// Who placed the order a payment belongs to. The orders read model may lag
+/// the payments one: if it lacks the order yet, it is given the time to
+/// catch up before the answer is decided.
+async fn owner(state: &AppState, order_id: Uuid) -> Result<String, Problem> {
+    if let Some(customer) = customer_of(state, order_id).await? {
+        return Ok(customer);
+    }
+    state.progress.wait_caught_up("orders", "payments", state.min_position_wait).await.map_err(progress_error)?;
+    customer_of(state, order_id)
+        .await?
+        .ok_or_else(|| Problem::unavailable(format!("the order of payment {order_id} is not readable yet"), 1))
 }
 
 async fn customer_of(state: &AppState, order_id: Uuid) -> Result<Option<String>, Problem> {

@@ -12,6 +12,7 @@ use projections::ProjectorConfig;
 use query_side::{App, Config};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
+use service_kit::testing::settings;
 use service_kit::{Shutdown, Trigger};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -42,12 +43,8 @@ where
     Fut: Future<Output = ()>,
 {
     service_kit::telemetry::init_for_tests();
-    let mut vars = vec![("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s"), ("AUTH_MODE", "off")];
-    for (name, value) in env {
-        vars.retain(|(n, _)| n != name);
-        vars.push((name, value));
-    }
-    let config = Config::from_source(&service_kit::config::Vars(&vars)).unwrap();
+    let defaults = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s"), ("AUTH_MODE", "off")];
+    let config = Config::from_source(&service_kit::config::Vars(&settings(&defaults, env))).unwrap();
     migrations::testing::with_database(12, |pool| async move {
         let app = App::build_with_pool(config, pool.clone()).await.unwrap();
         let base = format!("http://{}", app.local_addr());

@@ -3,30 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use domain::inventory::InventoryEvent;
-use domain::order::{OrderEvent, OrderLine};
 use domain::payment::PaymentEvent;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{problem, with_app, TestApp};
+use projections::testing::placed;
 
-fn placed(order_id: Uuid, customer: &str, minute: u32) -> OrderEvent {
-    let at = Utc.with_ymd_and_hms(2026, 1, 1, 12, minute, 0).unwrap();
-    OrderEvent::OrderPlaced {
-        order_id,
-        customer_id: customer.into(),
-        currency: "EUR".into(),
-        payment_token: "tok_visa".into(),
-        lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1999 }],
-        total_cents: 3998,
-        placed_at: at,
-        deadline: at + chrono::Duration::minutes(15),
-    }
-}
+use crate::helpers::{problem, with_app, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_inventory_item_and_payment_read_as_the_api_says() {

@@ -261,7 +261,7 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         drop((saga, relay_process, api_process, projections_process, query_process));
         let _ = std::fs::remove_dir_all(&logs);
         gateway_task.abort();
-        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
         let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
         for name in [&stream, &dead_letters] {
             let _ = js.delete_stream(name).await;

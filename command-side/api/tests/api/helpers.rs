@@ -8,6 +8,7 @@ use std::future::Future;
 use command_api::{App, Config};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
+use service_kit::testing::settings;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 
@@ -23,17 +24,13 @@ pub struct TestApp {
 /// Settings of the tests: auth off (every request an administrator), a small
 /// body limit, many attempts; `env` adds to them or overrides them.
 fn config(env: &[(&str, &str)]) -> Config {
-    let mut vars = vec![
+    let defaults = [
         ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
         ("HTTP_BODY_LIMIT", "4096"),
         ("COMMAND_MAX_ATTEMPTS", "20"),
         ("AUTH_MODE", "off"),
     ];
-    for (name, value) in env {
-        vars.retain(|(n, _)| n != name);
-        vars.push((name, value));
-    }
-    Config::from_source(&service_kit::config::Vars(&vars)).unwrap()
+    Config::from_source(&service_kit::config::Vars(&settings(&defaults, env))).unwrap()
 }
 
 /// Starts the app, runs `test`, stops the app; the database goes with it.

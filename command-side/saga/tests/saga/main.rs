@@ -9,13 +9,14 @@ use std::time::Duration;
 use async_nats::jetstream::consumer;
 use domain::order::{CancelledBy, OrderStatus};
 use domain::payment::PaymentStatus;
+use event_store::testing::eventually;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent};
 use futures_util::StreamExt;
 use payment_gateway::Faults;
 use saga::consumer::{DEAD_LETTER_CONSUMER, DEAD_LETTER_ERROR};
 use saga::gateway::BreakerState;
 use serde_json::json;
-use shop::{eventually, with_shop, Setup, Shop};
+use shop::{with_shop, Setup, Shop};
 use uuid::Uuid;
 
 const WITHIN: Duration = Duration::from_secs(20);

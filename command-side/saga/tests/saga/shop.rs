@@ -16,6 +16,7 @@ use domain::order::{CancelledBy, Order, OrderEvent, OrderState, PlacedOrder};
 use domain::payment::{Payment, PaymentState};
 use domain::{Aggregate, EventPayload};
 use event_store::{EventStore, PgEventStore, RecordedEvent};
+
 use migrations::testing::with_database;
 use payment_gateway::{Faults, Totals};
 use relay::RelayConfig;
@@ -285,20 +286,5 @@ impl Shop {
             assert!(started.elapsed() < within, "order {order_id} still {:?} after {within:?}", order.status);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// Polls `check` until it answers `Some`, up to `within`.
-pub async fn eventually<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
