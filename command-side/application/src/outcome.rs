@@ -43,7 +43,7 @@ impl<T> Done<T> {
     pub(crate) fn from_saved(saved: Saved<T>) -> Result<Self, CommandError> {
         match saved {
             Saved::Accepted(value) => Ok(Self { value, replayed: true }),
-            Saved::Refused(refusal) => Err(CommandError::Refused(refusal)),
+            Saved::Refused(refusal) => Err(CommandError::RefusedBefore(refusal)),
         }
     }
 }
@@ -84,6 +84,9 @@ impl From<DomainError> for Refusal {
 pub enum CommandError {
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The refusal saved under the request's key, by the request that ran first.
+    #[error("{0} (as the first request with this key was)")]
+    RefusedBefore(Refusal),
     #[error("this Idempotency-Key was used with another request")]
     KeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]

@@ -184,31 +184,42 @@ impl<T: Resource + Serialize> IntoResponse for Accepted<T> {
     }
 }
 
-/// Whatever a command handler answers instead of `202`: problem+json.
-pub(crate) struct ApiError(Problem);
+/// Whatever a command handler answers instead of `202`: problem+json, with
+/// `idempotent-replayed: true` when it is the refusal saved under the key.
+pub(crate) struct ApiError {
+    problem: Problem,
+    replayed: bool,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.0.into_response()
+        let mut response = self.problem.into_response();
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
     }
 }
 
 impl From<Problem> for ApiError {
     fn from(problem: Problem) -> Self {
-        Self(problem)
+        Self { problem, replayed: false }
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        Self(rejection.into())
+        Problem::from(rejection).into()
     }
 }
 
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
-        Self(match error {
-            CommandError::Refused(refusal) => refused(refusal),
+        if let CommandError::RefusedBefore(refusal) = error {
+            return Self { problem: refused(refusal), replayed: true };
+        }
+        let problem = match error {
+            CommandError::Refused(refusal) | CommandError::RefusedBefore(refusal) => refused(refusal),
             CommandError::KeyReused => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Key reused")
                     .with_detail(error.to_string())
@@ -223,7 +234,8 @@ impl From<CommandError> for ApiError {
                 tracing::error!(%reason, "command failed");
                 Problem::internal()
             }
-        })
+        };
+        problem.into()
     }
 }
 

@@ -32,9 +32,9 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_first_response_and_ap
             StatusCode::UNPROCESSABLE_ENTITY,
         )
         .await;
-        let again =
-            problem(app.post_with("/v1/inventory/SKU-1/receipts", bad, &key).await, StatusCode::UNPROCESSABLE_ENTITY)
-                .await;
+        let again = app.post_with("/v1/inventory/SKU-1/receipts", bad, &key).await;
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let again = problem(again, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert_eq!(first, again);
     })
     .await;
