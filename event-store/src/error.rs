@@ -46,6 +46,22 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The same failure, for another caller of a shared operation (a batch
+    /// of appends): of the same kind, with the same message.
+    pub(crate) fn for_another_caller(&self) -> StoreError {
+        match self {
+            Self::WrongExpectedVersion { stream_id, expected, actual } => {
+                Self::WrongExpectedVersion { stream_id: stream_id.clone(), expected: *expected, actual: *actual }
+            }
+            Self::DuplicateEventId { event_id } => Self::DuplicateEventId { event_id: *event_id },
+            Self::InvalidAppend(why) => Self::InvalidAppend(why.clone()),
+            Self::Unavailable(error) => Self::Unavailable(error.to_string().into()),
+            Self::Backend(error) => Self::Backend(error.to_string().into()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_transient(&error) {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use event_store::conformance::{self, assert_quiet, event, take};
 use event_store::testing::{with_database, Harness, PgHarness, PlainHarness};
+use event_store::postgres::GroupCommitConfig;
 use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -225,6 +226,116 @@ mod postgres {
         })
         .await;
         open.rollback().await.unwrap();
+    }
+
+    /// A store with one append writer, for tests that need to know how appends are grouped.
+    fn one_writer(pool: sqlx::PgPool) -> PgEventStore {
+        let group_commit = GroupCommitConfig { writers: 1, ..GroupCommitConfig::default() };
+        PgEventStore::with_config(pool, PgStoreConfig { group_commit, ..PgStoreConfig::default() })
+    }
+
+    /// Holds the store's only writer busy for `hold`: its append to
+    /// `order-blocker` waits on another transaction's uncommitted row there.
+    async fn occupy_the_writer(store: &PgEventStore, hold: Duration) -> tokio::task::JoinHandle<()> {
+        let harness = PgHarness(store.clone());
+        let holder = tokio::spawn(async move {
+            let row = vec![event("Held", json!({}))];
+            harness.append_held_open("order-blocker", ExpectedVersion::NoStream, row, hold, true).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = store.clone();
+        let blocked = tokio::spawn(async move {
+            let lost = store.append("order-blocker", ExpectedVersion::NoStream, vec![event("Late", json!({}))]).await;
+            assert!(matches!(lost, Err(StoreError::WrongExpectedVersion { .. })), "{lost:?}");
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::spawn(async move {
+            holder.await.unwrap();
+            blocked.await.unwrap();
+        })
+    }
+
+    /// Appends that queue up while the writer is busy go in one statement
+    /// and one commit (they share a transaction id), and each keeps its own
+    /// outcome: new streams are written, a stale expected version conflicts,
+    /// a replay answers the original result, and none of the refused ones
+    /// writes anything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_that_arrive_together_share_one_commit_and_keep_their_own_checks() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = one_writer(pool);
+            let stored = event("Placed", json!({"n": 0}));
+            let original = store.append("order-existing", ExpectedVersion::NoStream, vec![stored.clone()]).await.unwrap();
+
+            let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
+            let append = |stream: String, expected: ExpectedVersion, events| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(&stream, expected, events).await })
+            };
+            let fresh: Vec<_> = (0..40)
+                .map(|i| append(format!("order-{i}"), ExpectedVersion::NoStream, vec![event("A", json!({})), event("B", json!({}))]))
+                .collect();
+            let stale = append("order-existing".into(), ExpectedVersion::NoStream, vec![event("Again", json!({}))]);
+            let replay = append("order-existing".into(), ExpectedVersion::Exact(0), vec![stored]);
+            let any = append("order-any".into(), ExpectedVersion::Any, vec![event("C", json!({}))]);
+            busy.await.unwrap();
+
+            let mut commits = std::collections::HashSet::new();
+            for task in fresh {
+                let result = task.await.unwrap().unwrap();
+                assert_eq!(result.stream_version, 2);
+                commits.insert(result.log_position.commit);
+            }
+            assert_eq!(commits.len(), 1, "40 appends queued together, written in {} commits", commits.len());
+            let stale = stale.await.unwrap();
+            assert!(matches!(stale, Err(StoreError::WrongExpectedVersion { actual: 1, .. })), "{stale:?}");
+            assert_eq!(replay.await.unwrap().unwrap(), original, "a replay answers the original result");
+            assert_eq!(any.await.unwrap().unwrap().stream_version, 1);
+
+            let log = store.read_all(None, 1000).await.unwrap();
+            assert_eq!(log.len(), 1 + 1 + 80 + 1, "the first, the blocker's, 40 x 2, order-any");
+            assert_eq!(store.read_stream("order-existing", 1).await.unwrap().len(), 1);
+            for i in 0..40 {
+                let stream = store.read_stream(&format!("order-{i}"), 1).await.unwrap();
+                let types: Vec<_> = stream.iter().map(|e| (e.event_type.as_str(), e.stream_version)).collect();
+                assert_eq!(types, [("A", 1), ("B", 2)]);
+            }
+        })
+        .await;
+    }
+
+    /// When another transaction takes a stream's next version while a batch
+    /// is being written, the batch statement fails as a whole; its appends
+    /// are then written one by one: only the raced one conflicts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_loses_a_race_is_written_append_by_append() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = one_writer(pool);
+            let harness = PgHarness(store.clone());
+            let racer = tokio::spawn(async move {
+                let row = vec![event("First", json!({}))];
+                harness.append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true).await
+            });
+            let busy = occupy_the_writer(&store, Duration::from_millis(500)).await;
+            let append = |stream: &str, expected: ExpectedVersion| {
+                let (store, stream) = (store.clone(), stream.to_owned());
+                tokio::spawn(async move { store.append(&stream, expected, vec![event("E", json!({}))]).await })
+            };
+            let raced = append("order-raced", ExpectedVersion::NoStream);
+            let others: Vec<_> = (0..5).map(|i| append(&format!("order-other-{i}"), ExpectedVersion::NoStream)).collect();
+            busy.await.unwrap();
+            assert!(racer.await.unwrap().unwrap().is_some());
+
+            let raced = raced.await.unwrap();
+            assert!(matches!(raced, Err(StoreError::WrongExpectedVersion { actual: 1, .. })), "{raced:?}");
+            for other in others {
+                assert_eq!(other.await.unwrap().unwrap().stream_version, 1);
+            }
+            let raced_stream = store.read_stream("order-raced", 1).await.unwrap();
+            assert_eq!(raced_stream.len(), 1);
+            assert_eq!(raced_stream[0].event_type, "First");
+        })
+        .await;
     }
 
     /// A database's read models and checkpoints keep to the backend they were

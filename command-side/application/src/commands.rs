@@ -84,6 +84,38 @@ where
     execute_checked::<A>(store, stream_id, invocation, command, |_| Ok(())).await
 }
 
+/// [`execute`] for a command that creates its aggregate under a new id (an
+/// order placed): decided on the empty state and appended expecting no
+/// stream, without reading first. Only when the stream exists after all (a
+/// replay of the same request, or an id taken) does it read and decide as
+/// [`execute`] does; so does a command the empty state refuses, to report
+/// the refusal the stream's real state gives.
+pub async fn create<A>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<Appended, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    let unpinned = invocation.expected_version.is_none_or(|v| v == 0);
+    let decided = if unpinned { A::decide(&A::State::default(), command.clone()).ok() } else { None };
+    if let Some(events) = decided.filter(|events| !events.is_empty()) {
+        match store.append(stream_id, ExpectedVersion::NoStream, to_append(&events, invocation)).await {
+            Ok(result) => {
+                return Ok(Appended { stream_version: result.stream_version, position: result.log_position.position })
+            }
+            // The stream exists, or holds these ids with other content (the
+            // same request decided at another time): decide on what is there.
+            Err(StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    execute::<A>(store, stream_id, invocation, command).await
+}
+
 /// [`execute`], with `check` asked on every state the command is decided on
 /// (who asks may act on this aggregate as it is): one read serves both.
 pub async fn execute_checked<A>(

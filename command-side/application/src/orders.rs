@@ -48,7 +48,7 @@ impl Application {
             deadline: run.now + self.settings().order_deadline,
         });
         let outcome =
-            commands::execute::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
+            commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
                 .await
                 .map(|appended| OrderAccepted {
                     order_id,

@@ -2,7 +2,9 @@
 //!
 //! An append is one SQL statement (one round trip, one transaction, see
 //! `queries.rs`); the unique index on `(stream_id, stream_version)` is the
-//! optimistic concurrency check. The global log is ordered by
+//! optimistic concurrency check. Appends that arrive together share that
+//! statement and its commit (group commit, `group.rs`), each still checked
+//! on its own. The global log is ordered by
 //! `(transaction_id, position)` and read only below the oldest transaction
 //! still open in this database (`es_read_horizon()`, after
 //! `pg_snapshot_xmin`): a transaction that took a position earlier but
@@ -18,8 +20,11 @@
 //! since its last one. Subscribers in this process are woken directly, and
 //! every subscriber also polls as a fallback.
 
+mod group;
 mod notify;
 mod queries;
+
+pub use group::GroupCommitConfig;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -63,6 +68,7 @@ pub struct PgStoreConfig {
     /// Subscribers in other processes learn of an append up to this late.
     pub notify_interval: Duration,
     pub subscription: SubscriptionConfig,
+    pub group_commit: GroupCommitConfig,
 }
 
 impl Default for PgStoreConfig {
@@ -71,6 +77,7 @@ impl Default for PgStoreConfig {
             operation_timeout: Duration::from_secs(10),
             notify_interval: Duration::from_millis(2),
             subscription: SubscriptionConfig::default(),
+            group_commit: GroupCommitConfig::default(),
         }
     }
 }
@@ -87,6 +94,8 @@ struct Inner {
     wake: Arc<watch::Sender<u64>>,
     notifier: OnceLock<notify::Notifier>,
     listener: OnceLock<notify::Listener>,
+    /// Started with the first append (it needs the runtime).
+    writers: OnceLock<group::GroupCommit>,
 }
 
 impl PgEventStore {
@@ -101,6 +110,7 @@ impl PgEventStore {
             wake: Arc::new(watch::Sender::new(0)),
             notifier: OnceLock::new(),
             listener: OnceLock::new(),
+            writers: OnceLock::new(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -118,26 +128,30 @@ impl PgEventStore {
         StoreError::within(self.inner.config.operation_timeout, work).await
     }
 
-    /// One append statement; when it writes nothing, finds out why: a replay
-    /// of stored events (the original result), a version conflict, or, for
-    /// `Any`, a racing append that took the version first (try again).
+    /// One append (in a batch, see `group.rs`); when it writes nothing,
+    /// finds out why: a replay of stored events (the original result), a
+    /// version conflict, or, for `Any`, a racing append that took the version
+    /// first (try again).
     async fn append_resolving_races(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
-        events: &[NewEvent],
+        events: Arc<[NewEvent]>,
     ) -> Result<AppendResult, StoreError> {
+        let inner = &self.inner;
+        let writers = inner.writers.get_or_init(|| {
+            let config = inner.config.group_commit.clone();
+            group::GroupCommit::start(inner.pool.clone(), config, inner.config.operation_timeout)
+        });
         let mut actual = 0;
         for _ in 0..MAX_APPEND_ATTEMPTS {
-            if let queries::Appended::Done(result) =
-                queries::append(&self.inner.pool, stream_id, expected, events).await?
-            {
+            if let queries::Appended::Done(result) = writers.append(stream_id, expected, events.clone()).await? {
                 self.announce_append();
                 return Ok(result);
             }
             let mut conn = self.inner.pool.acquire().await?;
-            match queries::explain_rejection(&mut conn, stream_id, events).await? {
-                queries::Rejection::Stored(stored) => return append::replayed_result(stream_id, events, stored),
+            match queries::explain_rejection(&mut conn, stream_id, &events).await? {
+                queries::Rejection::Stored(stored) => return append::replayed_result(stream_id, &events, stored),
                 queries::Rejection::Version(version) => actual = version,
             }
             if expected.required().is_some_and(|required| required != actual) {
@@ -186,8 +200,9 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendResult, StoreError> {
         append::validate(stream_id, &events)?;
         let started = std::time::Instant::now();
-        let appended = self.timed(self.append_resolving_races(stream_id, expected, &events)).await;
-        append::observe(&appended, events.len(), started);
+        let count = events.len();
+        let appended = self.timed(self.append_resolving_races(stream_id, expected, events.into())).await;
+        append::observe(&appended, count, started);
         appended
     }
 

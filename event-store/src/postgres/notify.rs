@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::CHANNEL;
 
 /// Aborts its task when dropped.
-struct TaskGuard(JoinHandle<()>);
+pub(super) struct TaskGuard(pub(super) JoinHandle<()>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {

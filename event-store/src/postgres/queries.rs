@@ -94,13 +94,100 @@ pub(super) async fn append(
             log_position: LogPosition { commit: commit as u64, position: position as u64 },
         })),
         Ok(None) => Ok(Appended::Rejected),
-        Err(sqlx::Error::Database(db))
-            if matches!(db.constraint(), Some("es_events_event_id_key" | "es_events_stream_version_key")) =>
-        {
-            Ok(Appended::Rejected)
-        }
+        Err(error) if is_append_race(&error) => Ok(Appended::Rejected),
         Err(error) => Err(error.into()),
     }
+}
+
+/// One append of a batch (see `group.rs`).
+pub(super) struct BatchAppend<'a> {
+    pub stream_id: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: &'a [NewEvent],
+}
+
+/// Many appends to distinct streams, one statement: each is written if its
+/// stream is at its expected version (`NULL`: any) and none of its event ids
+/// is stored, else left out; nothing of an append is written unless all of
+/// it is. Events are numbered by append (`$4`) and by their place in it
+/// (`$5`), and take positions in that order. The streams' versions and the
+/// stored ids are probed through their unique indexes, one lookup each.
+const APPEND_BATCH: &str = "
+WITH appends AS (
+    SELECT a.append_no, a.stream_id, a.expected,
+           (SELECT coalesce(max(s.stream_version), 0) FROM es_events s WHERE s.stream_id = a.stream_id) AS version
+    FROM unnest($1::int[], $2::text[], $3::bigint[]) AS a (append_no, stream_id, expected)
+), events AS (
+    SELECT * FROM unnest($4::int[], $5::int[], $6::uuid[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[])
+        AS e (append_no, ord, event_id, event_type, schema_version, payload, metadata)
+), accepted AS (
+    SELECT a.* FROM appends a
+    WHERE (a.expected IS NULL OR a.version = a.expected)
+      AND NOT EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.append_no = a.append_no
+            AND EXISTS (SELECT 1 FROM es_events s WHERE s.event_id = e.event_id))
+), inserted AS (
+    INSERT INTO es_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+    SELECT e.event_id, a.stream_id, a.version + e.ord, e.event_type, e.schema_version, e.payload, e.metadata
+    FROM accepted a JOIN events e ON e.append_no = a.append_no
+    ORDER BY e.append_no, e.ord
+    RETURNING stream_id, stream_version, position, transaction_id
+)
+SELECT a.append_no, max(i.stream_version), max(i.position), max(i.transaction_id::text::bigint)
+FROM accepted a JOIN inserted i ON i.stream_id = a.stream_id
+GROUP BY a.append_no";
+
+/// Writes a batch ([`APPEND_BATCH`]): each append's outcome in the batch's
+/// order, or `None` when a racing transaction made the statement fail on a
+/// unique index (then nothing was written).
+pub(super) async fn append_batch(
+    executor: impl sqlx::PgExecutor<'_>,
+    appends: &[BatchAppend<'_>],
+) -> Result<Option<Vec<Appended>>, StoreError> {
+    let numbers: Vec<i32> = (0..appends.len() as i32).collect();
+    let streams: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
+    let expected: Vec<Option<i64>> = appends.iter().map(|a| a.expected.required().map(to_i64)).collect();
+    let events = || appends.iter().enumerate().flat_map(|(n, a)| a.events.iter().enumerate().map(move |(i, e)| (n, i, e)));
+    let event_appends: Vec<i32> = events().map(|(n, _, _)| n as i32).collect();
+    let ordinals: Vec<i32> = events().map(|(_, i, _)| i as i32 + 1).collect();
+    let ids: Vec<Uuid> = events().map(|(_, _, e)| e.event_id).collect();
+    let types: Vec<&str> = events().map(|(_, _, e)| e.event_type.as_str()).collect();
+    let versions: Vec<i32> = events().map(|(_, _, e)| i32::from(e.schema_version)).collect();
+    let payloads: Vec<_> = events().map(|(_, _, e)| Json(&e.payload)).collect();
+    let metadata: Vec<_> = events().map(|(_, _, e)| Json(&e.metadata)).collect();
+    let rows: Result<Vec<(i32, i64, i64, i64)>, _> = sqlx::query_as(APPEND_BATCH)
+        .bind(&numbers)
+        .bind(&streams)
+        .bind(&expected)
+        .bind(&event_appends)
+        .bind(&ordinals)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(executor)
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(error) if is_append_race(&error) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let mut outcomes: Vec<Appended> = appends.iter().map(|_| Appended::Rejected).collect();
+    for (number, version, position, commit) in rows {
+        outcomes[number as usize] = Appended::Done(AppendResult {
+            stream_version: version as u64,
+            log_position: LogPosition { commit: commit as u64, position: position as u64 },
+        });
+    }
+    Ok(Some(outcomes))
+}
+
+/// A unique index refused the write: a racing append took the version, or the event id is stored.
+fn is_append_race(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if matches!(db.constraint(), Some("es_events_event_id_key" | "es_events_stream_version_key")))
 }
 
 /// Why an append wrote nothing.
@@ -310,6 +397,13 @@ mod tests {
                 ("anything_after", ANYTHING_AFTER.to_owned(), "('0', 0)"),
                 ("locate", LOCATE.to_owned(), "(1)"),
                 ("stats", STATS.to_owned(), ""),
+                (
+                    "append_batch",
+                    APPEND_BATCH.to_owned(),
+                    "(ARRAY[0, 1], ARRAY['order-a', 'order-b'], ARRAY[0, NULL]::bigint[], ARRAY[0, 1], ARRAY[1, 1], \
+                      ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY['A', 'B'], ARRAY[1, 1], \
+                      ARRAY['{}', '{}']::jsonb[], ARRAY['{}', '{}']::jsonb[])",
+                ),
             ];
             for (name, sql, arguments) in queries {
                 sqlx::raw_sql(&format!("PREPARE {name} AS {sql}")).execute(&mut *conn).await.unwrap();

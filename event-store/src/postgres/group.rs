@@ -1,0 +1,198 @@
+//! Group commit: appends that arrive while others are being written go to
+//! the database together, one statement and one commit for the lot.
+//!
+//! Every append of the process is queued here. A few writer tasks take
+//! turns: the one whose turn it is takes whatever has queued up (at most one
+//! append per stream, and up to the batch limits) and writes it, while the
+//! next gathers what arrives meanwhile. Each append in a batch keeps its own
+//! optimistic concurrency check: the statement writes the appends whose
+//! stream is at their expected version and none of whose event ids is
+//! stored, and leaves out the others, which the caller then explains as it
+//! would a single append (conflict, replay). A caller is answered after the
+//! commit returns, so nothing is acknowledged before it is durable, and the
+//! statement is atomic: a batch that fails fails for each of its callers,
+//! with nothing written. Only a race with another transaction on the same
+//! stream or event id (another process's append in flight) makes the whole
+//! statement fail; the batch's appends are then written one by one.
+//!
+//! A batch of one is the plain one-event or many-event statement, so a lone
+//! client pays nothing for the grouping.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::notify::TaskGuard;
+use super::queries::{self, Appended};
+use crate::{ExpectedVersion, NewEvent, StoreError};
+
+/// How appends are grouped.
+#[derive(Debug, Clone)]
+pub struct GroupCommitConfig {
+    /// Writer tasks, each with at most one statement in flight: while one
+    /// waits for its commit, the next gathers a batch.
+    pub writers: usize,
+    /// The most appends in one batch.
+    pub max_appends: usize,
+    /// The most events in one batch (an append larger than this is written alone).
+    pub max_events: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self { writers: 3, max_appends: 128, max_events: 2_000 }
+    }
+}
+
+/// One append waiting for its batch.
+pub(super) struct Request {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Arc<[NewEvent]>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+impl Request {
+    fn answer(self, result: Result<Appended, StoreError>) {
+        // The caller may have given up (its timeout); then nobody listens.
+        let _ = self.reply.send(result);
+    }
+}
+
+pub(super) struct GroupCommit {
+    queue: mpsc::Sender<Request>,
+    _writers: Vec<TaskGuard>,
+}
+
+impl GroupCommit {
+    pub fn start(pool: PgPool, config: GroupCommitConfig, statement_timeout: Duration) -> Self {
+        // Room for a burst; beyond it, callers wait to queue (back-pressure).
+        let (queue, receiver) = mpsc::channel(config.max_appends.max(1) * 8);
+        let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
+        let writers = (0..config.writers.max(1))
+            .map(|_| {
+                let writer = Writer { pool: pool.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
+                TaskGuard(tokio::spawn(writer.run()))
+            })
+            .collect();
+        Self { queue, _writers: writers }
+    }
+
+    /// Queues the append and waits for the outcome of its batch.
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Arc<[NewEvent]>,
+    ) -> Result<Appended, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let request = Request { stream_id: stream_id.to_owned(), expected, events, reply };
+        self.queue.send(request).await.map_err(|_| writers_gone())?;
+        outcome.await.unwrap_or_else(|_| Err(writers_gone()))
+    }
+}
+
+fn writers_gone() -> StoreError {
+    StoreError::Unavailable("the append writers have stopped".into())
+}
+
+/// What waits to be written: the queue, and appends put back because their
+/// stream already had an append in the batch being gathered.
+struct Pending {
+    receiver: mpsc::Receiver<Request>,
+    deferred: VecDeque<Request>,
+}
+
+impl Pending {
+    /// Waits for the first append, then takes what else is waiting, within
+    /// the limits and one append per stream; `None` once the store is gone.
+    async fn next_batch(&mut self, config: &GroupCommitConfig) -> Option<Vec<Request>> {
+        let first = match self.deferred.pop_front() {
+            Some(request) => request,
+            None => self.receiver.recv().await?,
+        };
+        let mut events = first.events.len();
+        let mut streams = HashSet::from([first.stream_id.clone()]);
+        let mut batch = vec![first];
+        let mut put_back = VecDeque::new();
+        let mut earlier = std::mem::take(&mut self.deferred).into_iter();
+        while batch.len() < config.max_appends {
+            let Some(request) = earlier.next().or_else(|| self.receiver.try_recv().ok()) else { break };
+            if request.reply.is_closed() {
+                continue; // its caller gave up before it was written: do not write it
+            }
+            if events + request.events.len() > config.max_events || streams.contains(&request.stream_id) {
+                put_back.push_back(request);
+                continue;
+            }
+            events += request.events.len();
+            streams.insert(request.stream_id.clone());
+            batch.push(request);
+        }
+        // What was put back, and anything deferred not looked at, is first in line next time.
+        put_back.extend(earlier);
+        self.deferred = put_back;
+        Some(batch)
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    pending: Arc<Mutex<Pending>>,
+    config: GroupCommitConfig,
+    statement_timeout: Duration,
+}
+
+impl Writer {
+    async fn run(self) {
+        loop {
+            // Holding the lock while waiting makes the writers take turns.
+            let batch = self.pending.lock().await.next_batch(&self.config).await;
+            let Some(batch) = batch else { return };
+            metrics::histogram!("event_store_append_batch_size").record(batch.len() as f64);
+            self.write(batch).await;
+        }
+    }
+
+    async fn write(&self, mut batch: Vec<Request>) {
+        if batch.len() == 1 {
+            let request = batch.pop().expect("one request");
+            let outcome = self.one(&request).await;
+            return request.answer(outcome);
+        }
+        let appends: Vec<queries::BatchAppend<'_>> = batch
+            .iter()
+            .map(|r| queries::BatchAppend { stream_id: &r.stream_id, expected: r.expected, events: &r.events })
+            .collect();
+        let written = StoreError::within(self.statement_timeout, queries::append_batch(&self.pool, &appends)).await;
+        match written {
+            Ok(Some(outcomes)) => {
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
+                    request.answer(Ok(outcome));
+                }
+            }
+            Ok(None) => {
+                // Another transaction raced for one of the batch's streams or
+                // event ids: write them one by one, each finding out on its own.
+                metrics::counter!("event_store_append_batch_splits_total").increment(1);
+                let outcomes = futures_util::future::join_all(batch.iter().map(|request| self.one(request))).await;
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
+                    request.answer(outcome);
+                }
+            }
+            Err(error) => {
+                for request in batch {
+                    request.answer(Err(error.for_another_caller()));
+                }
+            }
+        }
+    }
+
+    async fn one(&self, request: &Request) -> Result<Appended, StoreError> {
+        let append = queries::append(&self.pool, &request.stream_id, request.expected, &request.events);
+        StoreError::within(self.statement_timeout, append).await
+    }
+}
