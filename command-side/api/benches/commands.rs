@@ -127,8 +127,9 @@ impl Service {
             .env("JWT_SECRET", SECRET)
             .env("RATE_LIMIT_PER_SECOND", "1000000")
             .env("RATE_LIMIT_BURST", "1000000")
-            .env("RUST_LOG", "warn")
+            // Its logs as in production (JSON, info), written nowhere.
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start command-api");
         let service = Self { child, base: format!("http://127.0.0.1:{port}") };

@@ -257,6 +257,84 @@ mod tests {
         assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
     }
 
+    /// A memory store that counts the stream reads it is asked for.
+    #[derive(Default)]
+    struct CountingReads {
+        store: MemoryEventStore,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for CountingReads {
+        async fn append(
+            &self,
+            stream_id: &str,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> Result<event_store::AppendResult, StoreError> {
+            self.store.append(stream_id, expected, events).await
+        }
+        async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.read_stream(stream_id, from_version).await
+        }
+        async fn read_all(
+            &self,
+            after: Option<event_store::LogPosition>,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.store.read_all(after, limit).await
+        }
+        fn subscribe(&self, after: Option<event_store::LogPosition>) -> event_store::EventStream {
+            self.store.subscribe(after)
+        }
+        async fn stats(&self) -> Result<event_store::LogStats, StoreError> {
+            self.store.stats().await
+        }
+        async fn locate(&self, position: u64) -> Result<Option<event_store::LogPosition>, StoreError> {
+            self.store.locate(position).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_creation_appends_without_reading_first() {
+        let store = CountingReads::default();
+        let created = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await;
+        assert_eq!(created.unwrap().stream_version, 1);
+        assert_eq!(store.reads.load(Ordering::SeqCst), 0);
+        assert_eq!(store.store.read_stream("inventory-SKU-1", 1).await.unwrap()[0].event_type, "StockReceived");
+    }
+
+    #[tokio::test]
+    async fn a_creation_on_a_stream_that_exists_decides_on_what_is_there() {
+        let store = CountingReads::default();
+        execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await.unwrap();
+        let created = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(3)).await;
+        assert_eq!(created.unwrap().stream_version, 2);
+        let state = load::<Inventory>(&store, "inventory-SKU-1").await.unwrap();
+        assert_eq!(state.on_hand, 8);
+    }
+
+    /// The same request (same derived ids) decided again later, with another
+    /// time in its events: the first result, nothing appended.
+    #[tokio::test]
+    async fn a_creation_replayed_later_answers_as_the_first_time() {
+        let store = MemoryEventStore::new();
+        let ids = EventIds::Derived(Uuid::from_u128(7));
+        let first = create::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
+        let again = create::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(6)).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_creation_the_empty_state_refuses_is_refused_with_the_real_state() {
+        let store = CountingReads::default();
+        let refused = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(0)).await;
+        assert!(matches!(refused, Err(ExecuteError::Rejected(DomainError::Invalid(_)))), "{refused:?}");
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1, "read once, to decide on what is there");
+    }
+
     #[tokio::test]
     async fn concurrent_commands_on_one_stream_all_land() {
         let store = Arc::new(MemoryEventStore::new());

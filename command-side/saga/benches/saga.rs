@@ -7,7 +7,11 @@
 //! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
 //! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
 //! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
-//! `BENCH_SECONDS=n` runs n seconds.
+//! `BENCH_SECONDS=n` runs n seconds; `BENCH_RATE=n` places n orders/s.
+//!
+//! `BENCH_CAPACITY=1` searches instead for the highest rate whose p99 stays
+//! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and
+//! writes the section "Saga capacity".
 //!
 //! Latency is `OrderConfirmed.recorded_at - OrderPlaced.recorded_at`, both
 //! stamped by the database. The saga takes four trips through the relay and
@@ -38,24 +42,117 @@ const SKUS: usize = 50;
 const WARM_UP: Duration = Duration::from_secs(2);
 /// The run's measured part is also cut into windows this long, each with its p99.
 const WINDOW_SECONDS: usize = 10;
+/// What the saga must hold: placed -> confirmed p99 under this many milliseconds.
+const TARGET_P99_MS: f64 = 100.0;
+
+/// What one run at a steady rate measured.
+struct Run {
+    rate: u64,
+    offered: f64,
+    /// Placed -> confirmed: samples, p50, p99, max.
+    saga: (usize, f64, f64, f64),
+    /// The table's rows: the saga, its stages, the one-trip baseline.
+    rows: String,
+    window_p99s: String,
+    facts: String,
+}
 
 #[tokio::main]
 async fn main() {
     let seconds = std::env::var("BENCH_SECONDS")
         .map_or(if quick() { 10 } else { 30 }, |s| s.parse().expect("BENCH_SECONDS: seconds of load"));
+    if std::env::var_os("BENCH_CAPACITY").is_some_and(|v| v != "0") {
+        return capacity_search(seconds.min(15)).await;
+    }
+    let run = run_at(*RATE, seconds).await;
+    println!("offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms", run.offered, run.rows, run.window_p99s);
+    let Run { rate, offered, rows, window_p99s, facts, .. } = run;
+    let section = format!(
+        "## Saga completion\n\n\
+         `cargo bench -p saga --bench saga` — {facts} — {}.\n\n\
+         Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
+         achieved), with the command API, the relay, the saga participants and the payment gateway simulator \
+         (no injected latency) running in one process; the first {} s are warm-up and not counted. \
+         Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \
+         appends. Baseline, same run: one trip, an `OrderPlaced` committed -> a JetStream consumer holding it. \
+         Target: p99 under 100 ms.\n\n\
+         | what | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n{rows}\n\n\
+         Placed -> confirmed p99 in each {WINDOW_SECONDS} s window of the run (orders by when they were \
+         placed): {window_p99s} ms.\n",
+        bench::commit_and_date(),
+        WARM_UP.as_secs(),
+    );
+    if !quick() {
+        bench::write_section("saga", &section);
+    }
+}
+
+/// The highest steady rate whose placed -> confirmed p99 stays under
+/// [`TARGET_P99_MS`]: rates grow by half while they hold it, then the gap
+/// between the last that held and the first that did not is halved three
+/// times. Each rate is a run of its own on a fresh shop.
+async fn capacity_search(seconds: usize) {
+    let mut runs: Vec<Run> = Vec::new();
+    let holds = |run: &Run| run.saga.2 < TARGET_P99_MS && run.offered >= run.rate as f64 * 0.95;
+    let mut rate = std::env::var("BENCH_FROM").map_or(100, |r| r.parse().expect("BENCH_FROM: orders/s"));
+    let (mut good, mut bad) = (0u64, None::<u64>);
+    for _ in 0..12 {
+        let run = run_at(rate, seconds).await;
+        println!("{rate}/s: offered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms", run.offered, run.saga.1, run.saga.2);
+        if holds(&run) { good = good.max(rate) } else { bad = Some(bad.map_or(rate, |b: u64| b.min(rate))) }
+        runs.push(run);
+        rate = match bad {
+            None => rate * 3 / 2,
+            Some(bad) if bad - good > (good / 20).max(10) && runs.len() < 12 => (good + bad) / 2,
+            Some(_) => break,
+        };
+    }
+    runs.sort_by_key(|run| run.rate);
+    let rows: Vec<String> = runs
+        .iter()
+        .map(|run| {
+            let (n, p50, p99, _) = run.saga;
+            let verdict = if holds(run) { "holds" } else { "does not" };
+            format!("| {} | {:.0} | {n} | {p50:.1} | {p99:.1} | {verdict} |", run.rate, run.offered)
+        })
+        .collect();
+    let facts = runs.first().map(|run| run.facts.clone()).unwrap_or_default();
+    let section = format!(
+        "## Saga capacity\n\n\
+         `BENCH_CAPACITY=1 cargo bench -p saga --bench saga` — {facts} — {}.\n\n\
+         The saga benchmark's shop (every service in the benchmark's process) at steady rates of {seconds} s each, \
+         a fresh shop per rate: the rate grows by half while placed -> confirmed p99 stays under {TARGET_P99_MS} ms \
+         (and the rate is achieved), then the gap to the first rate that fails is halved.\n\n\
+         | orders/s asked | achieved | orders measured | p50 ms | p99 ms | p99 under {TARGET_P99_MS} ms |\n\
+         |---:|---:|---:|---:|---:|---|\n{}\n\n\
+         Capacity: **{good} orders/s** with p99 under {TARGET_P99_MS} ms.\n",
+        bench::commit_and_date(),
+        rows.join("\n"),
+    );
+    println!("capacity: {good} orders/s");
+    if !quick() {
+        bench::write_section("saga-capacity", &section);
+    }
+}
+
+/// Places orders at `rate` per second for `seconds`, waits until each is
+/// confirmed, and measures.
+async fn run_at(rate: u64, seconds: usize) -> Run {
+    let report = Arc::new(Mutex::new(None));
+    let out = report.clone();
     with_shop(Setup::default(), |shop| async move {
         let shop = Arc::new(shop);
         for sku in 0..SKUS {
             shop.receive(&format!("SKU-{sku}"), 1_000_000).await;
         }
-        let facts = bench::server_facts(&shop.pool).await;
+        let facts = format!("{}, NATS {} with JetStream", bench::server_facts(&shop.pool).await, shop.js.client().server_info().version);
         let hops = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
 
         let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / *RATE));
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
         let mut placing = Vec::new();
-        for n in 0..*RATE as usize * seconds {
+        for n in 0..rate as usize * seconds {
             tick.tick().await;
             let shop = shop.clone();
             placing.push(tokio::spawn(async move {
@@ -116,30 +213,12 @@ async fn main() {
         let window_p99s: Vec<String> =
             windows.iter_mut().filter(|w| !w.is_empty()).map(|w| format!("{:.1}", summary(w).2)).collect();
         let window_p99s = window_p99s.join(" / ");
-        println!("offered {offered:.0} orders/s\n{rows}\nsaga p99 per {WINDOW_SECONDS} s window: {window_p99s} ms");
-        let rate = *RATE;
-        let section = format!(
-            "## Saga completion\n\n\
-             `cargo bench -p saga --bench saga` — {facts}, NATS {} with JetStream — {}.\n\n\
-             Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
-             achieved), with the command API, the relay, the saga participants and the payment gateway simulator \
-             (no injected latency) running in one process; the first {} s are warm-up and not counted. \
-             Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \
-             appends. Baseline, same run: one trip, an `OrderPlaced` committed -> a JetStream consumer holding it. \
-             Target: p99 under 100 ms.\n\n\
-             | what | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n{rows}\n\n\
-             Placed -> confirmed p99 in each {WINDOW_SECONDS} s window of the run (orders by when they were \
-             placed): {window_p99s} ms.\n",
-            shop.js.client().server_info().version,
-            bench::commit_and_date(),
-            WARM_UP.as_secs(),
-        );
-        if !quick() {
-            bench::write_section("saga", &section);
-        }
+        *out.lock().unwrap() = Some(Run { rate, offered, saga, rows, window_p99s, facts });
         Arc::into_inner(shop).expect("every task is done with the shop").stop().await;
     })
     .await;
+    let run = report.lock().unwrap().take();
+    run.expect("the run reported")
 }
 
 /// Latency of one trip: each `OrderPlaced`, from its commit to a JetStream consumer.
