@@ -11,6 +11,14 @@
 //! participant sends): unlike [`crate::commands::execute`], a replay is not
 //! recognised by its event ids in the history, but by the state refusing to
 //! do the same thing twice.
+//!
+//! Commands on one stream take turns in this process (the second line of an
+//! order recorded after the first, not beside it): the second then starts
+//! from the state the first kept instead of reading the stream and losing
+//! the race for its version. A stream no state is kept for is first taken
+//! to be new (a payment requested), which the expected version checks: if
+//! it exists after all, or the empty state would write nothing or refuse,
+//! it is read.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -29,7 +37,12 @@ use crate::commands::{self, Appended, ExecuteError, Invocation};
 pub struct StateCache {
     generations: Mutex<Generations>,
     capacity: usize,
+    /// Commands on a stream hold the turn of its stripe while they run.
+    turns: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of turns: streams that share one wait for each other (rarely).
+const TURNS: usize = 1024;
 
 #[derive(Default)]
 struct Generations {
@@ -45,7 +58,15 @@ struct Kept {
 
 impl StateCache {
     pub fn new(capacity: usize) -> Self {
-        Self { generations: Mutex::new(Generations::default()), capacity: capacity.max(2) }
+        let turns = (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { generations: Mutex::new(Generations::default()), capacity: capacity.max(2), turns }
+    }
+
+    /// Waits for the turn of `stream_id`: one command at a time per stream.
+    async fn turn(&self, stream_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(stream_id) as usize % self.turns.len();
+        self.turns[stripe].lock().await
     }
 
     /// Takes a stream's state out (a concurrent command on the same stream
@@ -99,13 +120,12 @@ where
     A::Command: Clone,
     A::State: Send + Sync + 'static,
 {
-    let kept = cache.take::<A>(stream_id);
-    // A kept state may be behind the store until this call has read it.
-    let mut unread = kept.is_some();
-    let (mut appended, mut state) = kept.unwrap_or((Appended { stream_version: 0, position: 0 }, A::State::default()));
-    if !unread {
-        catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
-    }
+    let _turn = cache.turn(stream_id).await;
+    // A kept state may be behind the store until this call has read it; a
+    // stream without one is taken to be new until then.
+    let mut unread = true;
+    let (mut appended, mut state) =
+        cache.take::<A>(stream_id).unwrap_or((Appended { stream_version: 0, position: 0 }, A::State::default()));
     for _ in 0..invocation.max_attempts.max(1) {
         let mut decision = A::decide(&state, command.clone());
         if unread && !matches!(&decision, Ok(events) if !events.is_empty()) {
@@ -191,6 +211,42 @@ mod tests {
             execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
         assert_eq!((appended.stream_version, state.reserved, state.available()), (3, 2, 3));
         assert_eq!(cache.len(), 1);
+    }
+
+    /// Ten reservations on one item at once: they take turns, so only the
+    /// first reads the stream (this process kept nothing of it yet, so it
+    /// first took it to be new), and none loses a race for its version
+    /// (which would read again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_on_one_stream_take_turns_and_read_it_once() {
+        let store = Arc::new(crate::commands::tests::CountingReads::default());
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 50 };
+        commands::execute::<Inventory>(&store.store, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let cache = Arc::new(StateCache::new(10));
+        let reservations = (0..10).map(|order| {
+            let (store, cache) = (store.clone(), cache.clone());
+            tokio::spawn(async move {
+                execute::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation(), reserve(order)).await
+            })
+        });
+        for reserved in futures_util::future::join_all(reservations).await {
+            reserved.unwrap().unwrap();
+        }
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let state = commands::load::<Inventory>(&store.store, "inventory-SKU-1").await.unwrap();
+        assert_eq!(state.reserved, 10);
+    }
+
+    /// A stream nothing is kept for is taken to be new: a creation appends
+    /// without reading.
+    #[tokio::test]
+    async fn a_new_stream_is_written_without_reading_it() {
+        let store = crate::commands::tests::CountingReads::default();
+        let cache = StateCache::new(10);
+        let receive = InventoryCommand::Receive { sku: "SKU-9".into(), quantity: 5 };
+        let (appended, _) = execute::<Inventory>(&store, &cache, "inventory-SKU-9", &invocation(), receive).await.unwrap();
+        assert_eq!(appended.stream_version, 1);
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -203,7 +203,7 @@ fn already_applied(history: &[RecordedEvent], ids: EventIds) -> Option<Appended>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -259,9 +259,9 @@ mod tests {
 
     /// A memory store that counts the stream reads it is asked for.
     #[derive(Default)]
-    struct CountingReads {
-        store: MemoryEventStore,
-        reads: AtomicUsize,
+    pub(crate) struct CountingReads {
+        pub store: MemoryEventStore,
+        pub reads: AtomicUsize,
     }
 
     #[async_trait::async_trait]
