@@ -20,8 +20,11 @@ pub struct SagaConfig {
     pub dead_letter_prefix: String,
     /// `SAGA_MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
     pub max_deliveries: i64,
-    /// `SAGA_CONCURRENCY`: messages each consumer handles at once. The work
-    /// is reads and appends on the database: more in flight only contends.
+    /// `SAGA_CONCURRENCY`: messages each consumer handles at once. Commands
+    /// on one stream take turns, and appends made at the same moment share a
+    /// commit (group commit): more in flight means fewer commits per order.
+    /// 4 held the saga benchmark to about 300 orders/s on two cores, 32 to
+    /// about 400 (the same run).
     pub concurrency: usize,
     /// `SAGA_GATEWAY_CONCURRENCY`: the same for the payment participant's
     /// consumers, whose messages mostly wait on the payment gateway.
@@ -81,7 +84,7 @@ impl SagaConfig {
             dead_letter_stream: "DEADLETTER".into(),
             dead_letter_prefix,
             max_deliveries: 5,
-            concurrency: 4,
+            concurrency: 32,
             gateway_concurrency: 64,
             ack_wait: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
