@@ -195,6 +195,8 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
             }
         }
         watcher.abort();
+        // Aborted, it still holds the shop until it has been dropped.
+        let _ = watcher.await;
         let mut hops = hops.lock().unwrap().clone();
         let (saga, hop) = (summary(&mut latencies), summary(&mut hops));
         let row = |what: &str, (n, p50, p99, max): (usize, f64, f64, f64)| {
