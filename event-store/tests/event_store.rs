@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::conformance::{self, assert_quiet, event, take};
-use event_store::testing::{with_database, Harness, PgHarness, PlainHarness};
 use event_store::postgres::GroupCommitConfig;
+use event_store::testing::{with_database, Harness, PgHarness, PlainHarness};
 use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -265,7 +265,8 @@ mod postgres {
         with_database(POOL_SIZE, |pool| async move {
             let store = one_writer(pool);
             let stored = event("Placed", json!({"n": 0}));
-            let original = store.append("order-existing", ExpectedVersion::NoStream, vec![stored.clone()]).await.unwrap();
+            let original =
+                store.append("order-existing", ExpectedVersion::NoStream, vec![stored.clone()]).await.unwrap();
 
             let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
             let append = |stream: String, expected: ExpectedVersion, events| {
@@ -273,7 +274,13 @@ mod postgres {
                 tokio::spawn(async move { store.append(&stream, expected, events).await })
             };
             let fresh: Vec<_> = (0..40)
-                .map(|i| append(format!("order-{i}"), ExpectedVersion::NoStream, vec![event("A", json!({})), event("B", json!({}))]))
+                .map(|i| {
+                    append(
+                        format!("order-{i}"),
+                        ExpectedVersion::NoStream,
+                        vec![event("A", json!({})), event("B", json!({}))],
+                    )
+                })
                 .collect();
             let stale = append("order-existing".into(), ExpectedVersion::NoStream, vec![event("Again", json!({}))]);
             let replay = append("order-existing".into(), ExpectedVersion::Exact(0), vec![stored]);
@@ -314,7 +321,9 @@ mod postgres {
             let harness = PgHarness(store.clone());
             let racer = tokio::spawn(async move {
                 let row = vec![event("First", json!({}))];
-                harness.append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true).await
+                harness
+                    .append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true)
+                    .await
             });
             let busy = occupy_the_writer(&store, Duration::from_millis(500)).await;
             let append = |stream: &str, expected: ExpectedVersion| {
@@ -322,7 +331,8 @@ mod postgres {
                 tokio::spawn(async move { store.append(&stream, expected, vec![event("E", json!({}))]).await })
             };
             let raced = append("order-raced", ExpectedVersion::NoStream);
-            let others: Vec<_> = (0..5).map(|i| append(&format!("order-other-{i}"), ExpectedVersion::NoStream)).collect();
+            let others: Vec<_> =
+                (0..5).map(|i| append(&format!("order-other-{i}"), ExpectedVersion::NoStream)).collect();
             busy.await.unwrap();
             assert!(racer.await.unwrap().unwrap().is_some());
 

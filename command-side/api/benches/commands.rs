@@ -74,11 +74,7 @@ where
         futures_util::future::join_all(loops).await.into_iter().flat_map(|l| l.expect("a client")).collect();
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Measurement {
-        per_second: latencies.len() as f64 / measure_for().as_secs_f64(),
-        p50: pick(0.5),
-        p99: pick(0.99),
-    }
+    Measurement { per_second: latencies.len() as f64 / measure_for().as_secs_f64(), p50: pick(0.5), p99: pick(0.99) }
 }
 
 /// One `INSERT` of a row the size of an `OrderPlaced` with its metadata.
@@ -193,16 +189,22 @@ async fn main() {
         for _ in 0..rounds {
             checkpoint(&pool).await;
             let raw = pool.clone();
-            raw_runs.push(closed_loop(clients, move |_| {
-                let raw = raw.clone();
-                async move { insert_one(&raw).await }
-            }).await);
+            raw_runs.push(
+                closed_loop(clients, move |_| {
+                    let raw = raw.clone();
+                    async move { insert_one(&raw).await }
+                })
+                .await,
+            );
             checkpoint(&pool).await;
             let (http, orders, token) = (http.clone(), orders.clone(), token.clone());
-            http_runs.push(closed_loop(clients, move |_| {
-                let (http, orders, token) = (http.clone(), orders.clone(), token.clone());
-                async move { place_order(&http, &orders, &token).await }
-            }).await);
+            http_runs.push(
+                closed_loop(clients, move |_| {
+                    let (http, orders, token) = (http.clone(), orders.clone(), token.clone());
+                    async move { place_order(&http, &orders, &token).await }
+                })
+                .await,
+            );
         }
         let (raw, http) = (median(raw_runs), median(http_runs));
         let row = format!(

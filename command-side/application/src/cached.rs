@@ -244,7 +244,8 @@ mod tests {
         let store = crate::commands::tests::CountingReads::default();
         let cache = StateCache::new(10);
         let receive = InventoryCommand::Receive { sku: "SKU-9".into(), quantity: 5 };
-        let (appended, _) = execute::<Inventory>(&store, &cache, "inventory-SKU-9", &invocation(), receive).await.unwrap();
+        let (appended, _) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-9", &invocation(), receive).await.unwrap();
         assert_eq!(appended.stream_version, 1);
         assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
     }

@@ -47,15 +47,10 @@ impl Application {
             placed_at: run.now,
             deadline: run.now + self.settings().order_deadline,
         });
-        let outcome =
-            commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
-                .await
-                .map(|appended| OrderAccepted {
-                    order_id,
-                    version: appended.stream_version,
-                    position: appended.position,
-                })
-                .map_err(CommandError::from);
+        let outcome = commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
+            .await
+            .map(|appended| OrderAccepted { order_id, version: appended.stream_version, position: appended.position })
+            .map_err(CommandError::from);
         self.finish(request, run.lease, outcome).await
     }
 

@@ -65,7 +65,10 @@ async fn main() {
         return capacity_search(seconds.min(15)).await;
     }
     let run = run_at(*RATE, seconds).await;
-    println!("offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms", run.offered, run.rows, run.window_p99s);
+    println!(
+        "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms",
+        run.offered, run.rows, run.window_p99s
+    );
     let Run { rate, offered, rows, window_p99s, facts, .. } = run;
     let section = format!(
         "## Saga completion\n\n\
@@ -99,7 +102,11 @@ async fn capacity_search(seconds: usize) {
     for _ in 0..12 {
         let run = run_at(rate, seconds).await;
         println!("{rate}/s: offered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms", run.offered, run.saga.1, run.saga.2);
-        if holds(&run) { good = good.max(rate) } else { bad = Some(bad.map_or(rate, |b: u64| b.min(rate))) }
+        if holds(&run) {
+            good = good.max(rate)
+        } else {
+            bad = Some(bad.map_or(rate, |b: u64| b.min(rate)))
+        }
         runs.push(run);
         rate = match bad {
             None => rate * 3 / 2,
@@ -145,7 +152,11 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
         for sku in 0..SKUS {
             shop.receive(&format!("SKU-{sku}"), 1_000_000).await;
         }
-        let facts = format!("{}, NATS {} with JetStream", bench::server_facts(&shop.pool).await, shop.js.client().server_info().version);
+        let facts = format!(
+            "{}, NATS {} with JetStream",
+            bench::server_facts(&shop.pool).await,
+            shop.js.client().server_info().version
+        );
         let hops = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
 

@@ -74,7 +74,8 @@ impl GroupCommit {
         let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
         let writers = (0..config.writers.max(1))
             .map(|_| {
-                let writer = Writer { pool: pool.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
+                let writer =
+                    Writer { pool: pool.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();

@@ -151,7 +151,8 @@ pub(super) async fn append_batch(
     let numbers: Vec<i32> = (0..appends.len() as i32).collect();
     let streams: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
     let expected: Vec<Option<i64>> = appends.iter().map(|a| a.expected.required().map(to_i64)).collect();
-    let events = || appends.iter().enumerate().flat_map(|(n, a)| a.events.iter().enumerate().map(move |(i, e)| (n, i, e)));
+    let events =
+        || appends.iter().enumerate().flat_map(|(n, a)| a.events.iter().enumerate().map(move |(i, e)| (n, i, e)));
     let event_appends: Vec<i32> = events().map(|(n, _, _)| n as i32).collect();
     let ordinals: Vec<i32> = events().map(|(_, i, _)| i as i32 + 1).collect();
     let ids: Vec<Uuid> = events().map(|(_, _, e)| e.event_id).collect();
@@ -416,7 +417,8 @@ mod tests {
             let root = &plan[0]["Plan"];
             assert_eq!(probes(root, "es_events_event_id_key"), 100, "{plan}");
             assert_eq!(probes(root, "es_events_stream_version_key"), 50, "{plan}");
-            let written: i64 = sqlx::query_scalar("SELECT count(*) FROM es_events").fetch_one(&mut *conn).await.unwrap();
+            let written: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM es_events").fetch_one(&mut *conn).await.unwrap();
             assert_eq!(written, 100);
         })
         .await;
