@@ -148,6 +148,14 @@ where
         };
         let new_events = commands::to_append(&events, invocation);
         match store.append(stream_id, ExpectedVersion::Exact(appended.stream_version), new_events).await {
+            // The store answered a replay: these ids were stored before, at
+            // other versions than this state's next ones. The state, taken to
+            // be new or kept from earlier, is not the stream's: read it, and
+            // decide again (the domain then sees the command done).
+            Ok(result) if unread && result.stream_version != appended.stream_version + events.len() as u64 => {
+                unread = false;
+                catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+            }
             Ok(result) => {
                 let state = Arc::new(events.iter().fold(state, A::evolve));
                 let appended =
@@ -155,9 +163,14 @@ where
                 cache.put::<A>(stream_id, appended, state.clone());
                 return Ok((appended, state));
             }
-            // Someone appended first: read what they did, and decide again.
-            Err(StoreError::WrongExpectedVersion { .. }) => {
+            // Someone appended first, or these ids were stored with what a
+            // current state decided (this command done before; a redelivery
+            // to a process that kept nothing of the stream): read, and decide again.
+            Err(StoreError::WrongExpectedVersion { .. }) | Err(StoreError::DuplicateEventId { .. }) if unread => {
                 unread = false;
+                catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => {
                 catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
             }
             Err(other) => return Err(other.into()),
@@ -235,6 +248,26 @@ mod tests {
         assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
         let state = commands::load::<Inventory>(&store.store, "inventory-SKU-1").await.unwrap();
         assert_eq!(state.reserved, 10);
+    }
+
+    /// A reservation delivered again to a process that kept nothing of the
+    /// item (restarted): taken to be new, the item would refuse it and clash
+    /// with the stored reservation's ids; it reads the item instead and finds
+    /// the reservation done.
+    #[tokio::test]
+    async fn a_redelivered_command_on_a_stream_nothing_is_kept_for_finds_it_done() {
+        let store = MemoryEventStore::new();
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let derived = Invocation { ids: EventIds::Derived(Uuid::from_u128(3)), ..invocation() };
+        let first = execute::<Inventory>(&store, &StateCache::new(10), "inventory-SKU-1", &derived, reserve(1)).await;
+        let (first, _) = first.unwrap();
+        let restarted = StateCache::new(10);
+        let (again, state) =
+            execute::<Inventory>(&store, &restarted, "inventory-SKU-1", &derived, reserve(1)).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!((state.reserved, state.available()), (1, 4));
+        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
     }
 
     /// A stream nothing is kept for is taken to be new: a creation appends
