@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use event_store::bench::{self, quick};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 const ROUNDS: usize = 7;
@@ -182,14 +181,8 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL must name the PostgreSQL server");
-    let server: PgConnectOptions = url.parse().expect("DATABASE_URL");
-    let name = format!("esbench_{}", Uuid::new_v4().simple());
-    let mut admin = server.connect().await.expect("connect");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create database");
-
-    let pool =
-        PgPoolOptions::new().max_connections(40).connect_with(server.clone().database(&name)).await.expect("connect");
+    let scratch = bench::Scratch::create("esbench", 40).await;
+    let pool = scratch.pool.clone();
     let store = PgEventStore::new(pool.clone());
     store.migrate().await.expect("migrate");
     sqlx::query("CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)").execute(&pool).await.expect("baseline table");
@@ -239,6 +232,5 @@ async fn main() {
         bench::write_section("append", &section);
     }
 
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
+    scratch.drop_database().await;
 }

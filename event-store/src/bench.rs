@@ -1,7 +1,8 @@
 //! What the benchmarks share (feature `testing`): their section of
 //! BENCHMARKS.md, and the facts every section states.
 
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 /// `BENCH_QUICK=1`: a short run that leaves BENCHMARKS.md alone.
 pub fn quick() -> bool {
@@ -54,4 +55,38 @@ pub fn write_section(key: &str, section: &str) {
         _ => format!("{}\n\n{block}\n", current.trim_end()),
     };
     std::fs::write(path, updated).expect("write BENCHMARKS.md");
+}
+
+/// A database of the benchmark's own on the server `DATABASE_URL` names,
+/// created empty; [`Scratch::drop_database`] removes it.
+pub struct Scratch {
+    pub pool: PgPool,
+    /// Its URL, for processes the benchmark starts.
+    pub url: String,
+    name: String,
+    admin: PgConnection,
+}
+
+impl Scratch {
+    /// Creates `<prefix>_<random>` and opens a pool of `max_connections` on it.
+    pub async fn create(prefix: &str, max_connections: u32) -> Self {
+        let server_url = std::env::var("DATABASE_URL").expect("DATABASE_URL must name the PostgreSQL server");
+        let server: PgConnectOptions = server_url.parse().expect("DATABASE_URL");
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = server.connect().await.expect("connect");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create database");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(server.database(&name))
+            .await
+            .expect("connect");
+        let url = format!("{}/{name}", server_url.rsplit_once('/').expect("DATABASE_URL names a database").0);
+        Self { pool, url, name, admin }
+    }
+
+    pub async fn drop_database(mut self) {
+        self.pool.close().await;
+        let drop = format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name);
+        sqlx::query(&drop).execute(&mut self.admin).await.expect("drop database");
+    }
 }

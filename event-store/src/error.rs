@@ -44,9 +44,7 @@ impl StoreError {
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {limit:?}").into())))
     }
-}
 
-impl StoreError {
     /// The same failure, for another caller of a shared operation (a batch
     /// of appends): of the same kind, with the same message.
     pub(crate) fn for_another_caller(&self) -> StoreError {

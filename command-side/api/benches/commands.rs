@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 
 use event_store::bench::{self, quick};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 const CLIENTS: [usize; 3] = [1, 8, 32];
@@ -165,19 +164,13 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL must name the PostgreSQL server");
-    let server: PgConnectOptions = url.parse().expect("DATABASE_URL");
-    let name = format!("cmdbench_{}", Uuid::new_v4().simple());
-    let mut admin = server.connect().await.expect("connect");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create database");
-    let options = server.clone().database(&name);
-    let pool = PgPoolOptions::new().max_connections(40).connect_with(options.clone()).await.expect("connect");
+    let scratch = bench::Scratch::create("cmdbench", 40).await;
+    let pool = scratch.pool.clone();
     migrations::MIGRATOR.run(&pool).await.expect("migrate");
     sqlx::query("CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)").execute(&pool).await.expect("baseline table");
     let facts = bench::server_facts(&pool).await;
 
-    let database_url = format!("{}/{name}", url.rsplit_once('/').expect("DATABASE_URL names a database").0);
-    let service = Service::start(&database_url).await;
+    let service = Service::start(&scratch.url).await;
     let orders = Arc::new(format!("{}/v1/orders", service.base));
     let token = Arc::new(service_kit::testing::token(SECRET, "c-42", "orders:write"));
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
@@ -241,6 +234,5 @@ async fn main() {
     if !quick() {
         bench::write_section("commands", &section);
     }
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
+    scratch.drop_database().await;
 }
