@@ -6,6 +6,9 @@ use anyhow::anyhow;
 use projections::app::{App, Command, Config};
 use service_kit::{telemetry, Shutdown};
 
+#[global_allocator]
+static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let command = Command::parse(std::env::args().skip(1)).map_err(|usage| anyhow!(usage))?;

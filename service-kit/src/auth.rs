@@ -242,27 +242,68 @@ impl JwtConfig {
 
     /// The principal a bearer token stands for.
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        self.verify_until(token).map(|(principal, _)| principal)
+    }
+
+    /// [`Self::verify`], and the token's `exp` (seconds since the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Principal, u64), String> {
         let mut validation = Validation::new(self.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECONDS;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation).map_err(|e| e.to_string())?;
         if data.claims.sub.is_empty() || data.claims.sub.len() > 64 {
             return Err("sub must be 1 to 64 characters".into());
         }
-        Ok(Principal {
+        let principal = Principal {
             subject: data.claims.sub,
             scopes: data.claims.scope.split_whitespace().map(str::to_owned).collect(),
-        })
+        };
+        Ok((principal, data.claims.exp))
     }
 }
+
+/// Tokens verified before, with their principal, until they expire: a
+/// client sends the same token with every request, and checking its
+/// signature and claims again each time was a tenth of the command API's
+/// CPU per request (docs/performance.md). Only valid tokens are kept, at
+/// most [`VERIFIED_TOKENS`] of them (all forgotten when full).
+#[derive(Default)]
+struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<Box<str>, (Principal, u64)>>);
+
+/// The most verified tokens kept (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 10_000;
+
+impl VerifiedTokens {
+    fn verify(&self, jwt: &JwtConfig, token: &str) -> Result<Principal, String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((principal, exp)) = lock().get(token) {
+            // The same leeway as the verification's.
+            if now <= exp + LEEWAY_SECONDS {
+                return Ok(principal.clone());
+            }
+        }
+        let (principal, exp) = jwt.verify_until(token)?;
+        let mut tokens = lock();
+        if tokens.len() >= VERIFIED_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert(token.into(), (principal.clone(), exp));
+        Ok(principal)
+    }
+}
+
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 5;
 
 /// What the auth middleware needs; build one per API at start-up.
 #[derive(Clone)]
 pub struct Gate {
     jwt: Option<Arc<JwtConfig>>,
+    verified: Arc<VerifiedTokens>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// Requests seen, to forget idle principals now and then.
     seen: Arc<std::sync::atomic::AtomicU64>,
@@ -276,7 +317,12 @@ impl Gate {
         let per_second = NonZeroU32::new(config.rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
-        Self { jwt: config.jwt.clone().map(Arc::new), limiter: Arc::new(limiter), seen: Arc::default() }
+        Self {
+            jwt: config.jwt.clone().map(Arc::new),
+            verified: Arc::default(),
+            limiter: Arc::new(limiter),
+            seen: Arc::default(),
+        }
     }
 }
 
@@ -297,7 +343,7 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
             let Some(token) = token.filter(|t| !t.is_empty()) else {
                 return unauthorized("the Authorization header must be `Bearer <jwt>`");
             };
-            match jwt.verify(token) {
+            match gate.verified.verify(jwt, token) {
                 Ok(principal) => principal,
                 Err(reason) => {
                     tracing::info!(%reason, "token refused");

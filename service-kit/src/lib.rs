@@ -10,6 +10,9 @@
 //! readiness check), `event-store` (`EVENT_STORE_URL`, its readiness check).
 //! A process enables what it uses; the payment gateway simulator none.
 
+/// The services' allocator (mimalloc): each binary installs it with
+/// `#[global_allocator] static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;`.
+pub use mimalloc::MiMalloc as Allocator;
 pub use shutdown::{Shutdown, Trigger};
 pub use supervise::supervise;
 

@@ -4,6 +4,9 @@ use anyhow::Context;
 use relay::{App, Config};
 use service_kit::{telemetry, Shutdown};
 
+#[global_allocator]
+static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;

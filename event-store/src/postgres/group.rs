@@ -43,7 +43,7 @@ pub struct GroupCommitConfig {
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
-        Self { writers: 3, max_appends: 128, max_events: 2_000 }
+        Self { writers: 2, max_appends: 128, max_events: 2_000 }
     }
 }
 

@@ -86,6 +86,22 @@ fn a_wrong_signature_issuer_audience_or_time_is_refused() {
 }
 
 #[test]
+fn a_verified_token_is_kept_only_until_it_expires() {
+    let (jwt, verified) = (hs256(), VerifiedTokens::default());
+    let valid = token(&claims("orders:read"));
+    assert_eq!(verified.verify(&jwt, &valid).unwrap().subject, "c-42");
+    assert_eq!(verified.verify(&jwt, &valid).unwrap().subject, "c-42");
+    // A token kept while valid, now past its expiry and the leeway: refused again.
+    let expired = token(&Claims { exp: now() - 3600, ..claims("admin") });
+    let principal = Principal { subject: "c-42".into(), scopes: BTreeSet::from(["admin".to_owned()]) };
+    verified.0.lock().unwrap().insert(expired.clone().into(), (principal, now() - LEEWAY_SECONDS - 1));
+    assert!(verified.verify(&jwt, &expired).is_err());
+    // Refused tokens are not kept.
+    assert!(verified.verify(&jwt, "not-a-token").is_err());
+    assert!(!verified.0.lock().unwrap().contains_key("not-a-token"));
+}
+
+#[test]
 fn required_claims_must_be_there() {
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
     let header = jsonwebtoken::Header::new(Algorithm::HS256);
