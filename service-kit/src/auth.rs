@@ -31,6 +31,8 @@ use crate::http::Problem;
 
 pub const ORDERS_WRITE: &str = "orders:write";
 pub const ORDERS_READ: &str = "orders:read";
+/// Fulfilment: ships confirmed orders.
+pub const ORDERS_FULFIL: &str = "orders:fulfil";
 pub const INVENTORY_WRITE: &str = "inventory:write";
 pub const INVENTORY_READ: &str = "inventory:read";
 pub const ADMIN: &str = "admin";
@@ -62,7 +64,7 @@ pub struct Principal {
 impl Principal {
     /// Everyone, when auth is off.
     pub fn developer() -> Self {
-        let scopes = [ORDERS_WRITE, ORDERS_READ, INVENTORY_WRITE, INVENTORY_READ, ADMIN];
+        let scopes = [ORDERS_WRITE, ORDERS_READ, ORDERS_FULFIL, INVENTORY_WRITE, INVENTORY_READ, ADMIN];
         Self { subject: "developer".into(), scopes: scopes.iter().map(|s| (*s).to_owned()).collect() }
     }
 
@@ -72,10 +74,15 @@ impl Principal {
 
     /// 403 unless the token carries `scope`.
     pub fn require(&self, scope: &str) -> Result<(), Problem> {
-        if self.scopes.contains(scope) {
-            Ok(())
-        } else {
-            Err(forbidden(format!("this route needs the scope {scope:?}")))
+        self.require_one_of(&[scope])
+    }
+
+    /// 403 unless the token carries one of `scopes`.
+    pub fn require_one_of(&self, scopes: &[&str]) -> Result<(), Problem> {
+        match scopes {
+            _ if scopes.iter().any(|scope| self.scopes.contains(*scope)) => Ok(()),
+            [scope] => Err(forbidden(format!("this route needs the scope {scope:?}"))),
+            _ => Err(forbidden(format!("this route needs one of the scopes {scopes:?}"))),
         }
     }
 
@@ -381,7 +388,12 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
 /// the body is read. Use as
 /// `.route_layer(from_fn(|r, n| auth::require_scope(auth::ORDERS_WRITE, r, n)))`.
 pub async fn require_scope(scope: &'static str, request: Request, next: Next) -> Response {
-    match request.extensions().get::<Principal>().map(|principal| principal.require(scope)) {
+    require_one_of_scopes(&[scope], request, next).await
+}
+
+/// [`require_scope`] for a route any of several scopes opens.
+pub async fn require_one_of_scopes(scopes: &[&str], request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>().map(|principal| principal.require_one_of(scopes)) {
         Some(Ok(())) => next.run(request).await,
         Some(Err(problem)) => problem.into_response(),
         None => {

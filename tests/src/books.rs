@@ -82,15 +82,17 @@ pub async fn check(pool: &PgPool, records: &Records, charges: &[KeyedCharge]) ->
     let mut statuses: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut confirmed_cents = 0u64;
     let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut shipped: BTreeMap<&str, u64> = BTreeMap::new();
     let mut order_rows = 0;
     for placed in &records.orders {
         match orders_books(&store, pool, placed, &charges, &mut report).await {
             Ok(status) => {
                 *statuses.entry(status_name(status)).or_default() += 1;
-                if status == OrderStatus::Confirmed {
+                if matches!(status, OrderStatus::Confirmed | OrderStatus::Shipped) {
                     confirmed_cents += placed.total_cents;
+                    let gone = if status == OrderStatus::Shipped { &mut shipped } else { &mut held };
                     for (sku, quantity, _) in &placed.lines {
-                        *held.entry(sku.as_str()).or_default() += u64::from(*quantity);
+                        *gone.entry(sku.as_str()).or_default() += u64::from(*quantity);
                     }
                 }
                 order_rows += 1;
@@ -124,7 +126,7 @@ pub async fn check(pool: &PgPool, records: &Records, charges: &[KeyedCharge]) ->
         format!("the log holds {in_log} orders, the clients were told of {order_rows}")
     });
 
-    stock_books(&store, pool, records, &held, &mut report).await;
+    stock_books(&store, pool, records, &held, &shipped, &mut report).await;
     money_books(&records.orders, &charges, confirmed_cents, &mut report);
     log_books(pool, &mut report).await;
     report
@@ -134,6 +136,7 @@ fn status_name(status: OrderStatus) -> &'static str {
     match status {
         OrderStatus::Pending => "pending",
         OrderStatus::Confirmed => "confirmed",
+        OrderStatus::Shipped => "shipped",
         OrderStatus::Rejected => "rejected",
         OrderStatus::Cancelled => "cancelled",
     }
@@ -156,7 +159,7 @@ async fn orders_books(
     let captured = charge.filter(|c| c.status == ChargeStatus::Captured);
     match order.status {
         OrderStatus::Pending => {}
-        OrderStatus::Confirmed => {
+        OrderStatus::Confirmed | OrderStatus::Shipped => {
             report.check(order.total_cents == placed.total_cents, || {
                 format!("order {id}: total {} of {}", order.total_cents, placed.total_cents)
             });
@@ -222,6 +225,7 @@ async fn stock_books(
     pool: &PgPool,
     records: &Records,
     held: &BTreeMap<&str, u64>,
+    shipped: &BTreeMap<&str, u64>,
     report: &mut Report,
 ) {
     for (sku, received) in &records.received {
@@ -233,12 +237,22 @@ async fn stock_books(
             }
         };
         let held = held.get(sku.as_str()).copied().unwrap_or(0);
+        let shipped = shipped.get(sku.as_str()).copied().unwrap_or(0);
         report.figure(
-            &format!("stock {sku}: received / on hand / reserved / held by confirmed orders"),
-            format!("{received} / {} / {} / {held}", inventory.on_hand, inventory.reserved),
+            &format!("stock {sku}: received / shipped / on hand / reserved / held by confirmed orders"),
+            format!("{received} / {shipped} / {} / {} / {held}", inventory.on_hand, inventory.reserved),
         );
-        report.check(inventory.on_hand == *received, || {
-            format!("{sku}: on hand {} but {received} received", inventory.on_hand)
+        report.check(inventory.on_hand + shipped == *received, || {
+            format!("{sku}: on hand {} and {shipped} shipped, but {received} received", inventory.on_hand)
+        });
+        // Bounded by the open orders: once every order has ended, the item
+        // remembers only the confirmed orders' holds (ADR 0011).
+        report.figure(
+            &format!("stock {sku}: orders remembered (holds / awaiting a message)"),
+            format!("{} / {}", inventory.holds.len(), inventory.awaiting.len()),
+        );
+        report.check(inventory.awaiting.is_empty(), || {
+            format!("{sku}: still awaits a message for {} ended orders", inventory.awaiting.len())
         });
         report.check(inventory.reserved == held, || {
             format!("{sku}: reserved {} but confirmed orders hold {held}", inventory.reserved)

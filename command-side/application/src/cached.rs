@@ -7,10 +7,12 @@
 //! events appended since read. A decision that writes nothing (or refuses)
 //! proves nothing about the state, so it is taken again after a read.
 //!
-//! Only for commands that are idempotent in the domain (everything a saga
-//! participant sends): unlike [`crate::commands::execute`], a replay is not
-//! recognised by its event ids in the history, but by the state refusing to
-//! do the same thing twice.
+//! For the saga participants' commands, whose event ids derive from the
+//! message that caused them: a message delivered again is recognised by the
+//! store (the ids are stored: it answers the first append's result, or
+//! refuses ids stored with other content), and answered as done, without
+//! deciding again. The domain need not remember every order it ever saw
+//! (ADR 0011); while it does remember, a repeated command decides nothing.
 //!
 //! Commands on one stream take turns in this process (the second line of an
 //! order recorded after the first, not beside it): the second then starts
@@ -149,12 +151,12 @@ where
         let new_events = commands::to_append(&events, invocation);
         match store.append(stream_id, ExpectedVersion::Exact(appended.stream_version), new_events).await {
             // The store answered a replay: these ids were stored before, at
-            // other versions than this state's next ones. The state, taken to
-            // be new or kept from earlier, is not the stream's: read it, and
-            // decide again (the domain then sees the command done).
-            Ok(result) if unread && result.stream_version != appended.stream_version + events.len() as u64 => {
-                unread = false;
-                catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+            // other versions than this state's next ones. This very command
+            // (the same message) was done before: the state, taken to be new
+            // or kept from earlier, is not the stream's, so read it, and
+            // answer it.
+            Ok(result) if result.stream_version != appended.stream_version + events.len() as u64 => {
+                return done_before::<A>(store, cache, stream_id, appended, state).await;
             }
             Ok(result) => {
                 let state = Arc::new(events.iter().fold(state, A::evolve));
@@ -163,10 +165,15 @@ where
                 cache.put::<A>(stream_id, appended, state.clone());
                 return Ok((appended, state));
             }
-            // Someone appended first, or these ids were stored with what a
-            // current state decided (this command done before; a redelivery
-            // to a process that kept nothing of the stream): read, and decide again.
-            Err(StoreError::WrongExpectedVersion { .. }) | Err(StoreError::DuplicateEventId { .. }) if unread => {
+            // These ids were stored with what another state decided: this
+            // command was done before too (a redelivery after its aggregate
+            // has forgotten the order it concerned, or to a process that
+            // kept nothing of the stream). Deciding again would do it twice.
+            Err(StoreError::DuplicateEventId { .. }) => {
+                return done_before::<A>(store, cache, stream_id, appended, state).await;
+            }
+            // Someone appended first: read, and decide again.
+            Err(StoreError::WrongExpectedVersion { .. }) if unread => {
                 unread = false;
                 catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
             }
@@ -178,6 +185,25 @@ where
     }
     cache.put::<A>(stream_id, appended, Arc::new(state));
     Err(ExecuteError::Contention(invocation.max_attempts))
+}
+
+/// The answer to a command the store recognised as done before: the stream's
+/// state, read up to date and kept.
+async fn done_before<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    mut appended: Appended,
+    mut state: A::State,
+) -> Result<(Appended, Arc<A::State>), ExecuteError>
+where
+    A: Aggregate,
+    A::State: Send + Sync + 'static,
+{
+    catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
+    let state = Arc::new(state);
+    cache.put::<A>(stream_id, appended, state.clone());
+    Ok((appended, state))
 }
 
 /// Applies the events appended after `appended` to `state`; answers how many.
@@ -399,6 +425,97 @@ mod tests {
                     }
                 };
                 assert_eq!(events(&kept).await, events(&fresh).await, "the same events, in the same order");
+            });
+        }
+    }
+
+    /// One delivery of an order's message to the inventory participant: its
+    /// reservation, or its end (a shipment if `ship` and the order holds
+    /// stock, else a release); through the process's cache, or after a
+    /// restart (a cache that kept nothing).
+    #[derive(Debug, Clone, Copy)]
+    struct Delivery {
+        order: u128,
+        reserve: bool,
+        ship: bool,
+        restarted: bool,
+    }
+
+    fn deliveries() -> impl proptest::strategy::Strategy<Value = Vec<Delivery>> {
+        use proptest::prelude::*;
+        let order = (any::<bool>(), 1usize..4, 1usize..4, proptest::collection::vec(any::<bool>(), 8));
+        proptest::collection::vec(order, 1..8).prop_flat_map(|orders| {
+            let mut all = vec![];
+            for (n, (ship, reserves, ends, restarts)) in orders.into_iter().enumerate() {
+                let order = n as u128 + 1;
+                let (reserve, end) = restarts.split_at(4);
+                all.extend(reserve[..reserves].iter().map(|&restarted| Delivery {
+                    order,
+                    reserve: true,
+                    ship,
+                    restarted,
+                }));
+                all.extend(end[..ends].iter().map(|&restarted| Delivery { order, reserve: false, ship, restarted }));
+            }
+            Just(all).prop_shuffle()
+        })
+    }
+
+    proptest::proptest! {
+        /// Reservations and releases are idempotent in any order of delivery,
+        /// whatever the item still remembers: every message delivered once
+        /// or several times, interleaved at random, some after a restart. In
+        /// the end the item holds nothing for anyone and remembers no order
+        /// (its state is bounded by the open orders), no order was reserved
+        /// for twice, and stock only left with a shipment.
+        #[test]
+        fn reserve_and_release_are_idempotent_in_any_order_of_delivery(deliveries in deliveries()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let store = MemoryEventStore::new();
+                let stream = "inventory-SKU-1";
+                let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 10 };
+                commands::execute::<Inventory>(&store, stream, &invocation(), receive).await.unwrap();
+                let mut cache = StateCache::new(10);
+                let mut ends = std::collections::HashMap::new();
+                for delivery in deliveries {
+                    if delivery.restarted {
+                        cache = StateCache::new(10);
+                    }
+                    let order_id = Uuid::from_u128(delivery.order);
+                    // The message's id, and so the ids of what it causes, are the same at every delivery.
+                    let (message, command) = if delivery.reserve {
+                        (1, reserve(delivery.order))
+                    } else {
+                        // The order's end is one message: a shipment (only
+                        // ever after a reservation that held: a confirmed
+                        // order), or else a release; the same at every delivery.
+                        let holds = commands::load::<Inventory>(&store, stream).await.unwrap().holds.contains_key(&order_id);
+                        let ships = *ends.entry(delivery.order).or_insert(delivery.ship && holds);
+                        let sku = "SKU-1".to_owned();
+                        if ships { (2, InventoryCommand::Ship { sku, order_id }) } else { (3, InventoryCommand::Release { sku, order_id }) }
+                    };
+                    let ids = EventIds::Derived(Uuid::new_v5(&order_id, &[message]));
+                    let derived = Invocation { ids, ..invocation() };
+                    let (_, state) = execute::<Inventory>(&store, &cache, stream, &derived, command).await.unwrap();
+                    assert!(state.reserved <= state.on_hand);
+                }
+                let stored = store.read_stream(stream, 1).await.unwrap();
+                let events: Vec<_> = stored.iter().map(|e| commands::decode::<Inventory>(e).unwrap()).collect();
+                let state = Inventory::fold(&events);
+                assert!(state.holds.is_empty() && state.awaiting.is_empty() && state.reserved == 0, "{state:?}");
+                let mut reserved_for = std::collections::HashSet::new();
+                let mut shipped = 0;
+                for event in &events {
+                    match event {
+                        domain::inventory::InventoryEvent::StockReserved { order_id, .. } => {
+                            assert!(reserved_for.insert(*order_id), "reserved twice for {order_id}");
+                        }
+                        domain::inventory::InventoryEvent::StockShipped { quantity, .. } => shipped += u64::from(*quantity),
+                        _ => {}
+                    }
+                }
+                assert_eq!(state.on_hand, 10 - shipped);
             });
         }
     }

@@ -156,6 +156,13 @@ where
                 }
                 tracing::debug!(stream_id, version, actual, "concurrency conflict, deciding again");
             }
+            // These derived ids are stored with what another state decided:
+            // this request was done before, further back than was read (or
+            // the aggregate has forgotten it). Answer the stream as it stands.
+            Err(StoreError::DuplicateEventId { .. }) => {
+                let position = history.last().map_or(0, |e| e.log_position.position);
+                return Ok(Appended { stream_version: version, position });
+            }
             Err(other) => return Err(other.into()),
         }
     }

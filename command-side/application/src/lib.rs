@@ -33,7 +33,7 @@ use sqlx::PgPool;
 pub use cached::StateCache;
 pub use commands::{Appended, EventIds, ExecuteError, Invocation};
 pub use inventory::ReceiveStock;
-pub use orders::{CancelOrder, PlaceOrder};
+pub use orders::{CancelOrder, PlaceOrder, ShipOrder};
 pub use outcome::{CommandError, Done, OrderAccepted, Refusal, StockAccepted};
 
 use idempotency::{Key, Lease, NextAction, Saved};

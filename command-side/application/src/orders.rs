@@ -1,5 +1,5 @@
-//! Order commands: `PlaceOrder`, `CancelOrder`. A customer places and
-//! cancels only its own orders.
+//! Order commands: `PlaceOrder`, `CancelOrder`, `ShipOrder`. A customer
+//! places and cancels only its own orders; fulfilment ships any confirmed one.
 
 use domain::order::{CancelledBy, LineInput, Order, OrderCommand, OrderState};
 use domain::Aggregate;
@@ -23,6 +23,13 @@ pub struct PlaceOrder {
 pub struct CancelOrder {
     pub order_id: Uuid,
     pub reason: String,
+}
+
+/// Ship the confirmed order `order_id` (fulfilment, or an administrator:
+/// the API checks the scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShipOrder {
+    pub order_id: Uuid,
 }
 
 impl Application {
@@ -79,6 +86,27 @@ impl Application {
             .await
             .map(|appended| OrderAccepted { order_id, version: appended.stream_version, position: appended.position })
             .map_err(CommandError::from);
+        self.finish(request, run.lease, outcome).await
+    }
+
+    /// Ships a confirmed order: its stock leaves the inventory (the saga
+    /// ships each line's hold), and it can no longer be cancelled.
+    pub async fn ship_order(&self, request: &Request, ship: ShipOrder) -> Result<Done<OrderAccepted>, CommandError> {
+        let run = match self.start(request).await? {
+            Start::Run(run) => run,
+            Start::Saved(saved) => return Done::from_saved(saved),
+        };
+        let ShipOrder { order_id } = ship;
+        let command = OrderCommand::Ship { now: run.now };
+        let outcome =
+            commands::execute::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
+                .await
+                .map(|appended| OrderAccepted {
+                    order_id,
+                    version: appended.stream_version,
+                    position: appended.position,
+                })
+                .map_err(CommandError::from);
         self.finish(request, run.lease, outcome).await
     }
 }

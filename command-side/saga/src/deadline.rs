@@ -44,7 +44,10 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
             };
             metrics::counter!("saga_orders_finished_total", "outcome" => outcome).increment(1);
         }
-        OrderEvent::OrderLineReserved { .. } | OrderEvent::OrderReadyForPayment { .. } => {}
+        // Shipped after its confirmation, which disarmed the deadline.
+        OrderEvent::OrderLineReserved { .. }
+        | OrderEvent::OrderReadyForPayment { .. }
+        | OrderEvent::OrderShipped { .. } => {}
     }
     Ok(())
 }

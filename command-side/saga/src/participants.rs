@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | inventory | OrderPlaced | reserves each line |
 //! | inventory | OrderRejected, OrderCancelled | releases what the order holds |
+//! | inventory | OrderShipped | ships what the order holds (it leaves on hand and reserved) |
 //! | order | StockReserved, StockReservationRejected | records the line (all reserved: ready for payment) or rejects the order |
 //! | order | PaymentCaptured, PaymentDeclined | confirms, or cancels the order |
 //! | payment | OrderReadyForPayment | requests the payment and charges the card at the gateway |
@@ -53,7 +54,12 @@ impl Participant {
     /// subject per consumer), so no participant is sent what it ignores.
     pub fn subscriptions(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::Inventory => &[("order", "OrderPlaced"), ("order", "OrderRejected"), ("order", "OrderCancelled")],
+            Self::Inventory => &[
+                ("order", "OrderPlaced"),
+                ("order", "OrderRejected"),
+                ("order", "OrderCancelled"),
+                ("order", "OrderShipped"),
+            ],
             Self::Order => &[
                 ("inventory", "StockReserved"),
                 ("inventory", "StockReservationRejected"),
@@ -150,7 +156,7 @@ impl Reactor {
         let order_id = *order_id;
         let lines = match event {
             OrderEvent::OrderPlaced { lines, .. } => lines.clone(),
-            OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
+            OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } | OrderEvent::OrderShipped { .. } => {
                 match self.app.load::<Order>(&Order::stream_id(order_id)).await? {
                     OrderState::Placed(order) => order.lines,
                     OrderState::NotPlaced => {
@@ -160,16 +166,15 @@ impl Reactor {
             }
             _ => return Ok(()),
         };
-        let reserve = matches!(event, OrderEvent::OrderPlaced { .. });
         try_join_all(lines.into_iter().map(|line| {
             let stream_id = Inventory::stream_id(&line.sku);
-            let (purpose, command) = if reserve {
-                let command =
-                    InventoryCommand::Reserve { sku: line.sku.clone(), order_id, quantity: line.quantity.into() };
-                (format!("reserve/{}", line.sku), command)
-            } else {
-                (format!("release/{}", line.sku), InventoryCommand::Release { sku: line.sku.clone(), order_id })
+            let (sku, quantity) = (line.sku.clone(), line.quantity.into());
+            let (purpose, command) = match event {
+                OrderEvent::OrderPlaced { .. } => ("reserve", InventoryCommand::Reserve { sku, order_id, quantity }),
+                OrderEvent::OrderShipped { .. } => ("ship", InventoryCommand::Ship { sku, order_id }),
+                _ => ("release", InventoryCommand::Release { sku, order_id }),
             };
+            let purpose = format!("{purpose}/{}", line.sku);
             async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await.map(drop) }
         }))
         .await?;

@@ -26,6 +26,10 @@ pub enum OrderCommand {
         reason: String,
         by: CancelledBy,
     },
+    /// By fulfilment (HTTP): the confirmed order leaves the warehouse at `now`.
+    Ship {
+        now: DateTime<Utc>,
+    },
     /// From the deadline watcher: cancel the order if it is still pending at `now`.
     Expire {
         now: DateTime<Utc>,

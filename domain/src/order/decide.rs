@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+
 use super::commands::{OrderCommand, PlaceOrder};
 use super::events::{CancelledBy, OrderEvent, OrderLine};
 use super::state::{OrderState, OrderStatus, PlacedOrder};
@@ -19,6 +21,7 @@ pub fn decide(state: &OrderState, command: OrderCommand) -> Result<Vec<OrderEven
         (Placed(order), C::RecordLineRejected { sku, reason }) => record_line_rejected(order, sku, reason),
         (Placed(order), C::Confirm { provider_ref }) => confirm(order, provider_ref),
         (Placed(order), C::Cancel { reason, by }) => cancel(order, reason, by),
+        (Placed(order), C::Ship { now }) => ship(order, now),
         (Placed(order), C::Expire { now }) => Ok(if order.status == OrderStatus::Pending && now >= order.deadline {
             vec![OrderEvent::OrderCancelled {
                 reason: "the order was not completed before its deadline".into(),
@@ -106,7 +109,17 @@ fn confirm(order: &PlacedOrder, provider_ref: String) -> Result<Vec<OrderEvent>,
         OrderStatus::Pending if order.ready_for_payment => Ok(vec![OrderEvent::OrderConfirmed { provider_ref }]),
         OrderStatus::Pending => Err(DomainError::conflict("the order's stock is not reserved yet")),
         // Redelivered; or the order ended first, and the payment side refunds.
-        OrderStatus::Confirmed | OrderStatus::Rejected | OrderStatus::Cancelled => Ok(vec![]),
+        OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Rejected | OrderStatus::Cancelled => Ok(vec![]),
+    }
+}
+
+fn ship(order: &PlacedOrder, now: DateTime<Utc>) -> Result<Vec<OrderEvent>, DomainError> {
+    match order.status {
+        OrderStatus::Confirmed => Ok(vec![OrderEvent::OrderShipped { shipped_at: now }]),
+        OrderStatus::Pending => Err(DomainError::conflict("the order is not confirmed yet")),
+        OrderStatus::Shipped => Err(DomainError::conflict("the order has shipped already")),
+        OrderStatus::Rejected => Err(DomainError::conflict("the order was rejected and cannot be shipped")),
+        OrderStatus::Cancelled => Err(DomainError::conflict("the order was cancelled and cannot be shipped")),
     }
 }
 
@@ -119,8 +132,12 @@ fn cancel(order: &PlacedOrder, reason: String, by: CancelledBy) -> Result<Vec<Or
             Ok(vec![OrderEvent::OrderCancelled { reason, by, payment_refund_due: order.ready_for_payment }])
         }
         // The saga's cancellations are idempotent; a customer is told why nothing happened.
-        (OrderStatus::Rejected | OrderStatus::Cancelled, CancelledBy::PaymentDeclined | CancelledBy::Deadline) => {
-            Ok(vec![])
+        (
+            OrderStatus::Shipped | OrderStatus::Rejected | OrderStatus::Cancelled,
+            CancelledBy::PaymentDeclined | CancelledBy::Deadline,
+        ) => Ok(vec![]),
+        (OrderStatus::Shipped, CancelledBy::Customer) => {
+            Err(DomainError::conflict("the order has shipped and can no longer be cancelled"))
         }
         (OrderStatus::Cancelled, CancelledBy::Customer) => Err(DomainError::conflict("the order is already cancelled")),
         (OrderStatus::Rejected, CancelledBy::Customer) => {

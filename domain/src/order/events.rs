@@ -45,6 +45,9 @@ pub enum OrderEvent {
     OrderReadyForPayment { amount_cents: u64, currency: String, payment_token: String },
     /// The payment was captured; the order is complete.
     OrderConfirmed { provider_ref: String },
+    /// The confirmed order was shipped: its stock leaves the inventory, and
+    /// it can no longer be cancelled. The end of its life.
+    OrderShipped { shipped_at: DateTime<Utc> },
     /// Inventory could not reserve a line; the order never completes.
     OrderRejected { reason: String, sku: String },
     /// Cancelled by the customer, a declined payment or the deadline.
@@ -52,7 +55,15 @@ pub enum OrderEvent {
 }
 
 event_payload!(
-    OrderEvent { OrderPlaced, OrderLineReserved, OrderReadyForPayment, OrderConfirmed, OrderRejected, OrderCancelled },
+    OrderEvent {
+        OrderPlaced,
+        OrderLineReserved,
+        OrderReadyForPayment,
+        OrderConfirmed,
+        OrderShipped,
+        OrderRejected,
+        OrderCancelled
+    },
     versions: { OrderPlaced => 2 },
     upcast: upcast
 );

@@ -13,22 +13,25 @@ use super::events::{OrderEvent, OrderLine};
 pub enum OrderStatus {
     Pending,
     Confirmed,
+    Shipped,
     Rejected,
     Cancelled,
 }
 
 impl OrderStatus {
-    /// Statuses only move forward: pending -> confirmed -> cancelled, pending -> rejected.
+    /// Statuses only move forward: pending -> confirmed -> shipped or
+    /// cancelled, pending -> rejected or cancelled.
     pub fn rank(self) -> u8 {
         match self {
             Self::Pending => 0,
             Self::Confirmed => 1,
-            Self::Rejected | Self::Cancelled => 2,
+            Self::Shipped | Self::Rejected | Self::Cancelled => 2,
         }
     }
 
+    /// The order's life is over: nothing changes it any more.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Rejected | Self::Cancelled)
+        matches!(self, Self::Shipped | Self::Rejected | Self::Cancelled)
     }
 }
 
@@ -94,6 +97,7 @@ pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
                 }
                 OrderEvent::OrderReadyForPayment { .. } => order.ready_for_payment = true,
                 OrderEvent::OrderConfirmed { .. } => order.status = OrderStatus::Confirmed,
+                OrderEvent::OrderShipped { .. } => order.status = OrderStatus::Shipped,
                 OrderEvent::OrderRejected { .. } => order.status = OrderStatus::Rejected,
                 OrderEvent::OrderCancelled { .. } => order.status = OrderStatus::Cancelled,
             }

@@ -277,6 +277,46 @@ fn the_deadline_does_not_touch_a_confirmed_order() {
     assert_eq!(when(&history, late), Ok(vec![]));
 }
 
+fn shipped() -> OrderEvent {
+    OrderEvent::OrderShipped { shipped_at: t0() + Duration::hours(1) }
+}
+
+fn ship() -> OrderCommand {
+    OrderCommand::Ship { now: t0() + Duration::hours(1) }
+}
+
+fn confirmed_order() -> Vec<OrderEvent> {
+    vec![placed(), reserved("SKU-1"), reserved("SKU-2"), ready(), confirmed()]
+}
+
+#[test]
+fn a_confirmed_order_ships() {
+    assert_eq!(when(&confirmed_order(), ship()), Ok(vec![shipped()]));
+}
+
+#[test]
+fn only_a_confirmed_order_ships() {
+    let pending = vec![placed(), reserved("SKU-1")];
+    let shipped_already = [confirmed_order(), vec![shipped()]].concat();
+    let cancelled = [vec![placed()], when(&[placed()], cancel(CancelledBy::Customer)).unwrap()].concat();
+    let rejected = vec![placed(), OrderEvent::OrderRejected { reason: "none".into(), sku: "SKU-1".into() }];
+    for history in [pending, shipped_already, cancelled, rejected] {
+        assert!(matches!(when(&history, ship()), Err(DomainError::Conflict(_))), "{history:?}");
+    }
+    assert_eq!(when(&[], ship()), Err(DomainError::NotFound("order")));
+}
+
+#[test]
+fn a_shipped_order_cannot_be_cancelled_and_the_saga_leaves_it_alone() {
+    let history = [confirmed_order(), vec![shipped()]].concat();
+    assert!(matches!(when(&history, cancel(CancelledBy::Customer)), Err(DomainError::Conflict(_))));
+    assert_eq!(when(&history, cancel(CancelledBy::PaymentDeclined)), Ok(vec![]));
+    assert_eq!(when(&history, OrderCommand::Expire { now: t0() + Duration::days(1) }), Ok(vec![]));
+    assert_eq!(when(&history, OrderCommand::Confirm { provider_ref: "pay_1".into() }), Ok(vec![]));
+    let OrderState::Placed(order) = Order::fold(&history) else { panic!("placed") };
+    assert!(order.status.is_final());
+}
+
 #[test]
 fn every_order_event_survives_storage() {
     let events = [
@@ -284,6 +324,7 @@ fn every_order_event_survives_storage() {
         reserved("SKU-1"),
         ready(),
         confirmed(),
+        shipped(),
         OrderEvent::OrderRejected { reason: "r".into(), sku: "SKU-1".into() },
         OrderEvent::OrderCancelled { reason: "r".into(), by: CancelledBy::PaymentDeclined, payment_refund_due: true },
     ];
@@ -310,7 +351,7 @@ fn order_placed_v1_loads_with_the_legacy_deadline() {
 #[test]
 fn unknown_types_versions_and_payloads_are_decode_errors() {
     use crate::DecodeError;
-    assert!(matches!(OrderEvent::from_stored("OrderShipped", 1, json!({})), Err(DecodeError::UnknownType(_))));
+    assert!(matches!(OrderEvent::from_stored("OrderReturned", 1, json!({})), Err(DecodeError::UnknownType(_))));
     assert!(matches!(
         OrderEvent::from_stored("OrderPlaced", 3, json!({})),
         Err(DecodeError::UnknownVersion { version: 3, .. })
@@ -330,6 +371,7 @@ fn any_command() -> impl Strategy<Value = OrderCommand> {
         sku.clone().prop_map(|sku| OrderCommand::RecordLineReserved { sku }),
         sku.prop_map(|sku| OrderCommand::RecordLineRejected { sku, reason: "none left".into() }),
         Just(OrderCommand::Confirm { provider_ref: "pay_1".into() }),
+        Just(ship()),
         by.prop_map(|by| OrderCommand::Cancel { reason: "why".into(), by }),
         (0i64..40).prop_map(|m| OrderCommand::Expire { now: t0() + Duration::minutes(m) }),
     ]
@@ -354,7 +396,7 @@ proptest! {
                 prop_assert!(order.status.rank() >= last_rank, "{:?} after rank {}", order.status, last_rank);
                 last_rank = order.status.rank();
                 prop_assert!(order.reserved.iter().all(|sku| order.has_line(sku)));
-                if order.status == OrderStatus::Confirmed {
+                if matches!(order.status, OrderStatus::Confirmed | OrderStatus::Shipped) {
                     prop_assert!(order.ready_for_payment);
                 }
             }

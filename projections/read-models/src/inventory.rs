@@ -72,7 +72,9 @@ impl RowModel for Inventory {
             InventoryEvent::StockReceived { sku, quantity } => (sku, quantity as i64, 0),
             InventoryEvent::StockReserved { sku, quantity, .. } => (sku, 0, i64::from(quantity)),
             InventoryEvent::StockReleased { sku, quantity, .. } => (sku, 0, -i64::from(quantity)),
-            InventoryEvent::StockReservationRejected { sku, .. } => (sku, 0, 0),
+            InventoryEvent::StockShipped { sku, quantity, .. } => (sku, -i64::from(quantity), -i64::from(quantity)),
+            InventoryEvent::StockReservationRejected { sku, .. }
+            | InventoryEvent::StockReservationSkipped { sku, .. } => (sku, 0, 0),
         };
         let version = event.stream_version as i64;
         Ok(Some((sku, StockChange { version, on_hand, reserved, at: event.recorded_at })))

@@ -24,7 +24,7 @@ pub struct Orders;
 pub struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
-    /// `pending`, `confirmed`, `rejected` or `cancelled`.
+    /// `pending`, `confirmed`, `shipped`, `rejected` or `cancelled`.
     pub status: String,
     /// `none`, `pending`, `captured`, `declined` or `refunded`.
     pub payment_status: String,
@@ -150,6 +150,9 @@ impl RowModel for Orders {
                 }
                 OrderEvent::OrderConfirmed { .. } => {
                     OrderChange::Order { version, status: Some("confirmed"), reason: None, at }
+                }
+                OrderEvent::OrderShipped { .. } => {
+                    OrderChange::Order { version, status: Some("shipped"), reason: None, at }
                 }
                 OrderEvent::OrderRejected { reason, .. } => {
                     OrderChange::Order { version, status: Some("rejected"), reason: Some(reason), at }

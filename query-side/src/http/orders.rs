@@ -47,7 +47,7 @@ pub(crate) async fn get_one(
 pub(crate) struct ListQuery {
     /// Only this customer's orders (a customer token: its own, whether given or not).
     customer_id: Option<String>,
-    /// `pending`, `confirmed`, `rejected` or `cancelled`.
+    /// `pending`, `confirmed`, `shipped`, `rejected` or `cancelled`.
     status: Option<String>,
     /// 1 to 200, default 50.
     limit: Option<u32>,
@@ -61,7 +61,7 @@ pub(crate) struct Page {
     next_cursor: Option<String>,
 }
 
-const STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "cancelled"];
+const STATUSES: [&str; 5] = ["pending", "confirmed", "shipped", "rejected", "cancelled"];
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 

@@ -70,7 +70,7 @@ async fn unknown_ids_are_404_and_bad_parameters_400() {
             "/v1/orders?limit=0",
             "/v1/orders?limit=201",
             "/v1/orders?limit=ten",
-            "/v1/orders?status=shipped",
+            "/v1/orders?status=returned",
             "/v1/orders?cursor=zz",
             "/v1/orders?cursor=",
             "/v1/orders?colour=red",

@@ -12,6 +12,7 @@ use application::{Application, Caller, CommandError, Done, Refusal, Request as A
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -33,9 +34,13 @@ fn documented() -> OpenApiRouter<Application> {
         .routes(routes!(orders::place))
         .routes(routes!(orders::cancel))
         .route_layer(scope(auth::ORDERS_WRITE));
+    let fulfilment = OpenApiRouter::new().routes(routes!(orders::ship)).route_layer(from_fn(|request, next| {
+        auth::require_one_of_scopes(&[auth::ORDERS_FULFIL, auth::ADMIN], request, next)
+    }));
     let inventory = OpenApiRouter::new().routes(routes!(inventory::receive)).route_layer(scope(auth::INVENTORY_WRITE));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)
+        .merge(fulfilment)
         .merge(inventory)
 }
 
@@ -73,21 +78,57 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
-        let principal = Principal::from_request_parts(&mut parts, state).await?;
-        let context = RequestContext::from_request_parts(&mut parts, state).await?;
-        let if_match = if_match(&parts.headers)?;
-        let key = idempotency_key(&parts.headers)?;
-        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+        let asked = Asked::from_request_parts(&mut parts, state).await?;
         let JsonBody { value, bytes } = JsonBody::from_request(Request::from_parts(parts, body), state).await?;
-        let request = AppRequest {
+        Ok(Self { request: asked.with_body(&bytes), body: value })
+    }
+}
+
+/// A command request without a body (`POST /v1/orders/{id}/ship`): a body
+/// sent anyway is not read, nor part of the idempotency fingerprint.
+pub(crate) struct BodilessCommand(pub AppRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for BodilessCommand {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(Asked::from_request_parts(parts, state).await?.with_body(&[])))
+    }
+}
+
+/// Everything a command request says besides its body.
+struct Asked {
+    principal: Principal,
+    context: RequestContext,
+    if_match: Option<u64>,
+    key: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl Asked {
+    async fn from_request_parts<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self {
+            principal: Principal::from_request_parts(parts, state).await?,
+            context: RequestContext::from_request_parts(parts, state).await?,
+            if_match: if_match(&parts.headers)?,
+            key: idempotency_key(&parts.headers)?,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+
+    /// The request as the application takes it; the key's fingerprint covers `body`.
+    fn with_body(self, body: &[u8]) -> AppRequest {
+        let Self { principal, context, if_match, key, method, path } = self;
+        AppRequest {
             caller: Caller { actor: principal.actor(), customer: principal.customer().map(str::to_owned) },
             correlation_id: context.correlation_id,
             causation_id: context.request_id,
             trace_context: service_kit::telemetry::traceparent(&tracing::Span::current()),
-            key: key.map(|key| Key { fingerprint: idempotency::fingerprint(&method, &path, &bytes), key }),
+            key: key.map(|key| Key { fingerprint: idempotency::fingerprint(&method, &path, body), key }),
             if_match,
-        };
-        Ok(Self { request, body: value })
+        }
     }
 }
 

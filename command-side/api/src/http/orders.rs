@@ -1,6 +1,6 @@
-//! `POST /v1/orders` and `POST /v1/orders/{order_id}/cancel`.
+//! `POST /v1/orders`, `POST /v1/orders/{order_id}/cancel` and `POST /v1/orders/{order_id}/ship`.
 
-use application::{Application, CancelOrder, OrderAccepted, PlaceOrder};
+use application::{Application, CancelOrder, OrderAccepted, PlaceOrder, ShipOrder};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use domain::order::LineInput;
@@ -9,7 +9,7 @@ use service_kit::http::Problem;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Accepted, ApiError, CommandRequest, Resource};
+use super::{Accepted, ApiError, BodilessCommand, CommandRequest, Resource};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +90,7 @@ pub(crate) async fn place(
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope `orders:write`, or another customer's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order's state forbids it (cancelled already, rejected)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's state forbids it (cancelled already, rejected, shipped)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A rule is broken", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
@@ -104,4 +104,29 @@ pub(crate) async fn cancel(
     let Path(order_id) = order_id?;
     let cancel = CancelOrder { order_id, reason: body.reason };
     Ok(Accepted(application.cancel_order(&request, cancel).await?))
+}
+
+/// Ship a confirmed order: its stock leaves the inventory (on hand and
+/// reserved both drop by its quantities), and it can no longer be cancelled.
+/// No body.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/ship", tag = "orders", operation_id = "ship_order",
+    params(("order_id" = Uuid, Path), super::doc::IdempotencyKey, super::doc::IfMatch),
+    responses(
+        (status = 202, description = "Accepted; the saga ships each line's stock", body = OrderAccepted),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Neither scope `orders:fulfil` nor `admin`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not confirmed (pending, shipped already, cancelled, rejected)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:fulfil"]), ("bearer" = ["admin"])))]
+pub(crate) async fn ship(
+    State(application): State<Application>,
+    order_id: Result<Path<Uuid>, PathRejection>,
+    BodilessCommand(request): BodilessCommand,
+) -> Result<Accepted<OrderAccepted>, ApiError> {
+    let Path(order_id) = order_id?;
+    Ok(Accepted(application.ship_order(&request, ShipOrder { order_id }).await?))
 }

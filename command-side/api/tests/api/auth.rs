@@ -55,6 +55,15 @@ async fn commands_need_a_token_with_the_scope_and_act_only_for_its_customer() {
         assert_eq!(post(&cancel, Some(customer("c-2")), reason.clone()).await.status(), StatusCode::FORBIDDEN);
         assert_eq!(post(&cancel, Some(customer("c-1")), reason).await.status(), StatusCode::ACCEPTED);
 
+        // Shipping needs orders:fulfil or admin; a customer may not ship, even its own order.
+        let ship = format!("/v1/orders/{order_id}/ship");
+        assert_eq!(post(&ship, Some(customer("c-1")), json!({})).await.status(), StatusCode::FORBIDDEN);
+        let warehouse = token(SECRET, "warehouse-1", "orders:fulfil");
+        for shipper in [warehouse, admin()] {
+            // Cancelled above: the scope lets it through to the order's state.
+            assert_eq!(post(&ship, Some(shipper), json!({})).await.status(), StatusCode::CONFLICT);
+        }
+
         // Health and metrics need no token.
         for path in ["/health/live", "/health/ready", "/metrics"] {
             assert!(app.get(path).await.status().is_success(), "{path}");

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{order, problem, with_app};
+use crate::helpers::{order, problem, with_app, TestApp};
 
 #[tokio::test]
 async fn placing_an_order_answers_202_with_its_id_version_position_and_location() {
@@ -58,6 +58,70 @@ async fn a_customer_cancels_an_order_once() {
         let again = problem(app.post(&path, json!({"reason": "again"})).await, StatusCode::CONFLICT).await;
         assert!(again["detail"].as_str().unwrap().contains("already cancelled"));
         assert_eq!(app.event_count().await, 2);
+    })
+    .await;
+}
+
+/// What the saga does to an order whose stock and payment came through.
+async fn confirm(app: &TestApp, order_id: &str) {
+    use domain::order::{Order, OrderCommand};
+    let store = event_store::PgEventStore::new(app.pool.clone());
+    let stream = format!("order-{order_id}");
+    let invocation = application::Invocation {
+        metadata: event_store::Metadata::default(),
+        ids: application::EventIds::Random,
+        expected_version: None,
+        max_attempts: 5,
+    };
+    for command in [
+        OrderCommand::RecordLineReserved { sku: "SKU-1".into() },
+        OrderCommand::Confirm { provider_ref: "pay_1".into() },
+    ] {
+        application::commands::execute::<Order>(&store, &stream, &invocation, command).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn only_a_confirmed_order_ships_once_and_a_shipped_one_is_not_cancelled() {
+    with_app(|app| async move {
+        let order_id = app.place_order().await;
+        let ship = format!("/v1/orders/{order_id}/ship");
+        let pending = problem(app.post(&ship, json!({})).await, StatusCode::CONFLICT).await;
+        assert!(pending["detail"].as_str().unwrap().contains("not confirmed"), "{pending}");
+        confirm(&app, &order_id).await;
+
+        // No body needed; the answer is the order's new version.
+        let shipped = app.client.post(format!("{}{ship}", app.base)).send().await.unwrap();
+        assert_eq!(shipped.status(), StatusCode::ACCEPTED);
+        let body: Value = shipped.json().await.unwrap();
+        assert_eq!(body["version"], 5);
+        let again = problem(app.post(&ship, json!({})).await, StatusCode::CONFLICT).await;
+        assert!(again["detail"].as_str().unwrap().contains("shipped already"), "{again}");
+        let cancel = format!("/v1/orders/{order_id}/cancel");
+        let refused = problem(app.post(&cancel, json!({"reason": "too late"})).await, StatusCode::CONFLICT).await;
+        assert!(refused["detail"].as_str().unwrap().contains("shipped"), "{refused}");
+        assert_eq!(app.event_count().await, 5);
+
+        let unknown = format!("/v1/orders/{}/ship", uuid::Uuid::new_v4());
+        problem(app.post(&unknown, json!({})).await, StatusCode::NOT_FOUND).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shipping_is_idempotent_under_a_key() {
+    with_app(|app| async move {
+        let order_id = app.place_order().await;
+        confirm(&app, &order_id).await;
+        let ship = format!("/v1/orders/{order_id}/ship");
+        let first = app.post_with(&ship, json!({}), &[("idempotency-key", "ship-1")]).await;
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        let first: Value = first.json().await.unwrap();
+        let again = app.post_with(&ship, json!({}), &[("idempotency-key", "ship-1")]).await;
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+        assert_eq!(app.event_count().await, 5);
     })
     .await;
 }

@@ -36,10 +36,14 @@ async fn settled(shop: &Shop, order_id: Uuid, status: OrderStatus) -> domain::or
             if held != (status == OrderStatus::Confirmed) {
                 return None;
             }
+            // An ended order is forgotten by the item once both its messages came (ADR 0011).
+            if status.is_final() && inventory.awaiting.contains_key(&order_id) {
+                return None;
+            }
         }
         let payment = shop.payment(order_id).await.status;
         let settled = match status {
-            OrderStatus::Confirmed => payment == PaymentStatus::Captured,
+            OrderStatus::Confirmed | OrderStatus::Shipped => payment == PaymentStatus::Captured,
             OrderStatus::Rejected => payment == PaymentStatus::NotRequested,
             OrderStatus::Cancelled => {
                 matches!(
@@ -119,6 +123,34 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
         assert_eq!(shop.inventory("SKU-A").await.available(), 10);
         let ledger = shop.ledger().await;
         assert_eq!((ledger.charges_declined, ledger.captured_cents), (1, 0));
+        shop.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shipped_order_takes_its_stock_and_can_no_longer_be_cancelled() {
+    with_shop(Setup::default(), |shop| async move {
+        shop.receive("SKU-A", 10).await;
+        shop.receive("SKU-B", 4).await;
+        let order_id = shop.place(&[("SKU-A", 3, 700), ("SKU-B", 1, 100)], "tok_visa").await;
+        settled(&shop, order_id, OrderStatus::Confirmed).await;
+
+        shop.post(&format!("/v1/orders/{order_id}/ship"), json!({}), None).await;
+        settled(&shop, order_id, OrderStatus::Shipped).await;
+        let (a, b) = (shop.inventory("SKU-A").await, shop.inventory("SKU-B").await);
+        assert_eq!((a.on_hand, a.reserved, b.on_hand, b.reserved), (7, 0, 3, 0));
+        assert!(a.holds.is_empty() && a.awaiting.is_empty(), "the item forgot the shipped order: {a:?}");
+        let cancel = shop
+            .http
+            .post(format!("{}/v1/orders/{order_id}/cancel", shop.api))
+            .json(&json!({"reason": "too late"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), 409);
+        let payment = shop.payment(order_id).await;
+        assert_eq!((payment.status, payment.refunded_cents), (PaymentStatus::Captured, 0));
         shop.stop().await;
     })
     .await;
@@ -345,6 +377,8 @@ async fn every_message_delivered_twice_changes_no_outcome() {
         settled(&shop, refunded, OrderStatus::Confirmed).await;
         shop.cancel(refunded).await;
         settled(&shop, refunded, OrderStatus::Cancelled).await;
+        shop.post(&format!("/v1/orders/{confirmed}/ship"), json!({}), None).await;
+        settled(&shop, confirmed, OrderStatus::Shipped).await;
         // Let the second deliveries of the last messages run too.
         tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -352,7 +386,14 @@ async fn every_message_delivered_twice_changes_no_outcome() {
         let payment = |id: Uuid| format!("payment-{id}");
         assert_eq!(
             shop.types(&order(confirmed)).await,
-            ["OrderPlaced", "OrderLineReserved", "OrderLineReserved", "OrderReadyForPayment", "OrderConfirmed"]
+            [
+                "OrderPlaced",
+                "OrderLineReserved",
+                "OrderLineReserved",
+                "OrderReadyForPayment",
+                "OrderConfirmed",
+                "OrderShipped"
+            ]
         );
         assert_eq!(shop.types(&payment(confirmed)).await, ["PaymentRequested", "PaymentCaptured"]);
         assert_eq!(
@@ -363,12 +404,21 @@ async fn every_message_delivered_twice_changes_no_outcome() {
         assert_eq!(shop.types(&order(rejected)).await.last().map(String::as_str), Some("OrderRejected"));
         assert!(shop.types(&payment(rejected)).await.is_empty());
         assert_eq!(shop.types(&payment(refunded)).await, ["PaymentRequested", "PaymentCaptured", "PaymentRefunded"]);
-        // SKU-A: 4 receipts and reservations, 3 releases (declined, rejected, refunded); SKU-B: 1 each way, 1 refused.
+        // SKU-A: 4 reservations, 3 releases (declined, rejected, refunded), 1 shipment;
+        // SKU-B: 1 reservation, shipped; 1 refused, whose release ends the item's memory of it.
         let a = shop.types("inventory-SKU-A").await;
         assert_eq!(a.iter().filter(|t| *t == "StockReserved").count(), 4, "{a:?}");
         assert_eq!(a.iter().filter(|t| *t == "StockReleased").count(), 3, "{a:?}");
+        assert_eq!(a.iter().filter(|t| *t == "StockShipped").count(), 1, "{a:?}");
         let b = shop.types("inventory-SKU-B").await;
-        assert_eq!(b, ["StockReceived", "StockReserved", "StockReservationRejected"], "{b:?}");
+        assert_eq!(
+            b,
+            ["StockReceived", "StockReserved", "StockReservationRejected", "StockReleased", "StockShipped"],
+            "{b:?}"
+        );
+        let (a, b) = (shop.inventory("SKU-A").await, shop.inventory("SKU-B").await);
+        assert_eq!((a.on_hand, a.reserved, b.on_hand, b.reserved), (8, 0, 0, 0));
+        assert!(a.holds.is_empty() && a.awaiting.is_empty() && b.holds.is_empty() && b.awaiting.is_empty());
         let ledger = shop.ledger().await;
         assert_eq!((ledger.charges_captured, ledger.charges_declined, ledger.refunds), (2, 1, 1));
         assert_eq!((ledger.captured_cents, ledger.refunded_cents), (2800, 300));
