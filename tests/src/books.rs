@@ -109,6 +109,10 @@ pub async fn check(pool: &PgPool, records: &Records, charges: &[KeyedCharge]) ->
         "cancels accepted / refused (already ended)",
         format!("{} / {}", records.cancels_accepted, records.cancels_refused),
     );
+    report.figure(
+        "shipments accepted / refused (not confirmed)",
+        format!("{} / {}", records.ships_accepted, records.ships_refused),
+    );
     report.figure("requests / retries", format!("{} / {}", records.requests, records.retries));
     report.figure("orders sent again after their answer, answered the same", records.resent);
     for unexpected in &records.unexpected {

@@ -154,7 +154,7 @@ impl System {
             aud: "order-system".into(),
             exp: auth::now() + 24 * 3600,
             nbf: None,
-            scope: "admin orders:write orders:read inventory:write inventory:read".into(),
+            scope: "admin orders:write orders:read orders:fulfil inventory:write inventory:read".into(),
         };
         let client = Client {
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),

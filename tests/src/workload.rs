@@ -25,9 +25,12 @@ pub struct WorkloadConfig {
     pub rate: f64,
     /// Clients sending at once.
     pub clients: usize,
-    /// Shares of the requests that are stock receipts, and cancels; the rest place orders.
+    /// Shares of the requests that are stock receipts, cancels and shipments
+    /// (of an order picked at random: it may be pending, confirmed or ended);
+    /// the rest place orders.
     pub receipt_share: f64,
     pub cancel_share: f64,
+    pub ship_share: f64,
     /// Share of orders paid with a card the gateway declines.
     pub declined_share: f64,
     /// Share of placed orders sent again under the same key after their
@@ -46,6 +49,7 @@ impl Default for WorkloadConfig {
             clients: 4,
             receipt_share: 0.1,
             cancel_share: 0.15,
+            ship_share: 0.1,
             declined_share: 0.15,
             resend_share: 0.1,
             give_up_after: Duration::from_secs(300),
@@ -72,6 +76,9 @@ pub struct Records {
     /// Cancels answered 202, and 409 (the order had ended already).
     pub cancels_accepted: u64,
     pub cancels_refused: u64,
+    /// Shipments answered 202, and 409 (the order was not confirmed).
+    pub ships_accepted: u64,
+    pub ships_refused: u64,
     pub requests: u64,
     /// Sends beyond the first, because of an error or no answer.
     pub retries: u64,
@@ -194,7 +201,8 @@ async fn place(client: &Client, config: &WorkloadConfig, records: &Shared) {
     }
 }
 
-async fn cancel(client: &Client, config: &WorkloadConfig, records: &Shared) {
+/// Cancels, or ships, an order acknowledged earlier, picked at random.
+async fn end_order(client: &Client, config: &WorkloadConfig, records: &Shared, ship: bool) {
     let order_id = {
         let records = lock(records);
         if records.orders.is_empty() {
@@ -203,13 +211,21 @@ async fn cancel(client: &Client, config: &WorkloadConfig, records: &Shared) {
         records.orders[fastrand::usize(..records.orders.len())].order_id
     };
     let key = Uuid::new_v4().to_string();
-    let path = format!("/v1/orders/{order_id}/cancel");
-    match post(client, &path, &json!({"reason": "changed my mind"}), &key, config, records).await {
-        Answer::Answered(StatusCode::ACCEPTED, _) => lock(records).cancels_accepted += 1,
-        // Rejected or cancelled already.
-        Answer::Answered(StatusCode::CONFLICT, _) => lock(records).cancels_refused += 1,
-        Answer::Answered(status, answer) => lock(records).unexpected.push(format!("cancel: {status} {answer}")),
-        Answer::Unanswered(what) => lock(records).unexpected.push(format!("unanswered: {what}")),
+    let (path, body) = if ship {
+        (format!("/v1/orders/{order_id}/ship"), json!({}))
+    } else {
+        (format!("/v1/orders/{order_id}/cancel"), json!({"reason": "changed my mind"}))
+    };
+    let answer = post(client, &path, &body, &key, config, records).await;
+    let mut records = lock(records);
+    match (answer, ship) {
+        (Answer::Answered(StatusCode::ACCEPTED, _), false) => records.cancels_accepted += 1,
+        (Answer::Answered(StatusCode::ACCEPTED, _), true) => records.ships_accepted += 1,
+        // Cancel: rejected, cancelled or shipped already; ship: not confirmed.
+        (Answer::Answered(StatusCode::CONFLICT, _), false) => records.cancels_refused += 1,
+        (Answer::Answered(StatusCode::CONFLICT, _), true) => records.ships_refused += 1,
+        (Answer::Answered(status, answer), _) => records.unexpected.push(format!("{path}: {status} {answer}")),
+        (Answer::Unanswered(what), _) => records.unexpected.push(format!("unanswered: {what}")),
     }
 }
 
@@ -234,7 +250,9 @@ pub async fn run(client: Client, config: WorkloadConfig, duration: Duration, rec
                     let sku = &config.skus[fastrand::usize(..config.skus.len())];
                     receive(&client, sku, fastrand::u64(5..=15), &config, &records).await;
                 } else if draw < config.receipt_share + config.cancel_share {
-                    cancel(&client, &config, &records).await;
+                    end_order(&client, &config, &records, false).await;
+                } else if draw < config.receipt_share + config.cancel_share + config.ship_share {
+                    end_order(&client, &config, &records, true).await;
                 } else {
                     place(&client, &config, &records).await;
                 }
