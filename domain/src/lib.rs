@@ -45,8 +45,35 @@ pub trait Aggregate {
         events.into_iter().fold(Self::State::default(), Self::evolve)
     }
 
+    /// Snapshots of the state, for aggregates whose streams grow long; none
+    /// by default.
+    const SNAPSHOTS: Option<SnapshotPolicy> = None;
+
+    /// The state as a snapshot keeps it (asked only with [`Self::SNAPSHOTS`]).
+    fn encode_state(_state: &Self::State) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// A state a snapshot of this code's schema kept; `None` if it cannot be
+    /// read (the loader then folds the whole stream).
+    fn decode_state(_state: serde_json::Value) -> Option<Self::State> {
+        None
+    }
+
     /// The name of the stream that holds the instance with this id.
     fn stream_id(id: impl std::fmt::Display) -> String {
         format!("{}-{}", Self::CATEGORY, id)
     }
+}
+
+/// When an aggregate's state is snapshotted, and in which shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// The version of the state's shape: change it whenever the state's
+    /// serialised form changes. Snapshots of another version are ignored
+    /// (the state is folded from the stream, and the next snapshot replaces them).
+    pub schema_version: u32,
+    /// A snapshot is taken every this many events of a stream, and after a
+    /// load that folded at least this many.
+    pub every: u64,
 }

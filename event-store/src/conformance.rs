@@ -37,6 +37,9 @@ macro_rules! conformance_cases {
             stats_report_the_readable_head,
             events_are_located_by_position_and_counted_after_one,
             concurrent_writers_with_rollbacks_are_delivered_exactly_once_in_order,
+            a_snapshot_is_kept_per_stream_and_only_a_later_one_replaces_it,
+            a_snapshot_of_another_schema_replaces_the_kept_one,
+            an_offered_snapshot_is_written_in_the_background,
         );
     };
 }
@@ -150,6 +153,53 @@ pub async fn appends_and_reads_back_a_stream(h: Arc<dyn Harness>) {
     }
     assert!(read[0].log_position < read[1].log_position);
     assert_eq!(read[1].log_position, result.log_position);
+}
+
+fn snapshot(stream_id: &str, stream_version: u64, schema_version: u32) -> crate::Snapshot {
+    crate::Snapshot {
+        stream_id: stream_id.to_owned(),
+        stream_version,
+        position: stream_version * 10,
+        schema_version,
+        state: serde_json::json!({"version": stream_version, "holds": {"a": 1}}),
+    }
+}
+
+pub async fn a_snapshot_is_kept_per_stream_and_only_a_later_one_replaces_it(h: Arc<dyn Harness>) {
+    let store = h.store();
+    let (one, other) = (unique_stream("inventory"), unique_stream("inventory"));
+    assert_eq!(store.read_snapshot(&one).await.unwrap(), None);
+    store.write_snapshot(snapshot(&one, 5, 1)).await.unwrap();
+    store.write_snapshot(snapshot(&other, 9, 1)).await.unwrap();
+    assert_eq!(store.read_snapshot(&one).await.unwrap(), Some(snapshot(&one, 5, 1)));
+    store.write_snapshot(snapshot(&one, 8, 1)).await.unwrap();
+    // An older one, written late (a slow writer), does not go back.
+    store.write_snapshot(snapshot(&one, 6, 1)).await.unwrap();
+    assert_eq!(store.read_snapshot(&one).await.unwrap(), Some(snapshot(&one, 8, 1)));
+    assert_eq!(store.read_snapshot(&other).await.unwrap(), Some(snapshot(&other, 9, 1)));
+    // Snapshots are not events: the streams and the log know nothing of them.
+    assert!(store.read_stream(&one, 1).await.unwrap().is_empty());
+    assert!(log_through_a_marker(&*store).await.iter().all(|e| e.stream_id != one && e.stream_id != other));
+}
+
+pub async fn a_snapshot_of_another_schema_replaces_the_kept_one(h: Arc<dyn Harness>) {
+    let store = h.store();
+    let stream = unique_stream("inventory");
+    store.write_snapshot(snapshot(&stream, 50, 1)).await.unwrap();
+    // Code with a new state shape writes its own, from an earlier version too.
+    store.write_snapshot(snapshot(&stream, 40, 2)).await.unwrap();
+    assert_eq!(store.read_snapshot(&stream).await.unwrap(), Some(snapshot(&stream, 40, 2)));
+}
+
+pub async fn an_offered_snapshot_is_written_in_the_background(h: Arc<dyn Harness>) {
+    let store = h.store();
+    let stream = unique_stream("inventory");
+    store.offer_snapshot(snapshot(&stream, 3, 1));
+    soon("the offered snapshot", || {
+        let (store, stream) = (store.clone(), stream.clone());
+        async move { store.read_snapshot(&stream).await.unwrap().filter(|s| *s == snapshot(&stream, 3, 1)) }
+    })
+    .await;
 }
 
 pub async fn an_unknown_stream_reads_empty(h: Arc<dyn Harness>) {

@@ -17,6 +17,7 @@ mod error;
 mod memory;
 pub mod postgres;
 mod shared;
+mod snapshot;
 mod subscription;
 mod types;
 
@@ -39,7 +40,7 @@ pub use memory::MemoryEventStore;
 pub use postgres::{PgEventStore, PgStoreConfig};
 pub use shared::SharedTail;
 pub use subscription::SubscriptionConfig;
-pub use types::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent};
+pub use types::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent, Snapshot};
 
 /// A live view of the global log: every event after a position, catch-up
 /// first, then new events as they commit. It never ends by itself; a failure
@@ -121,6 +122,20 @@ pub trait EventStore: Send + Sync + 'static {
         }
         Ok(counted.min(at_most))
     }
+
+    /// The latest snapshot of a stream's aggregate, if one was kept.
+    async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Keeps a snapshot, unless one of a later version (of the same state
+    /// schema) is kept already: it replaces the older one, or one of another
+    /// schema. Callers on a command's path use [`EventStore::offer_snapshot`].
+    async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// Writes a snapshot in the background, never waiting: a command that
+    /// makes one is not slowed by it. Dropped when too many writes are in
+    /// flight already, or when the write fails (logged): a lost snapshot
+    /// only makes the next load fold more events.
+    fn offer_snapshot(&self, snapshot: Snapshot);
 
     /// What this backend guarantees where backends differ.
     fn guarantees(&self) -> Guarantees {

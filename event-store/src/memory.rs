@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::subscription::{self, SubscriptionConfig, Tail};
 use crate::{
-    append, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent,
-    StoreError,
+    append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent,
+    RecordedEvent, Snapshot, StoreError,
 };
 
 #[derive(Clone, Default)]
@@ -22,13 +22,19 @@ pub struct MemoryEventStore {
 
 struct Inner {
     log: Mutex<Log>,
+    snapshots: Mutex<HashMap<String, Snapshot>>,
     wake: watch::Sender<u64>,
     subscription: SubscriptionConfig,
 }
 
 impl Default for Inner {
     fn default() -> Self {
-        Self { log: Mutex::default(), wake: watch::Sender::new(0), subscription: SubscriptionConfig::default() }
+        Self {
+            log: Mutex::default(),
+            snapshots: Mutex::default(),
+            wake: watch::Sender::new(0),
+            subscription: SubscriptionConfig::default(),
+        }
     }
 }
 
@@ -129,6 +135,23 @@ impl EventStore for MemoryEventStore {
     async fn stats(&self) -> Result<LogStats, StoreError> {
         let log = self.log();
         Ok(LogStats { readable_head: log.events.last().map(|e| e.log_position), held_back_events: 0 })
+    }
+
+    async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.inner.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(stream_id).cloned())
+    }
+
+    async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let mut snapshots = self.inner.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kept = snapshots.get(&snapshot.stream_id);
+        if kept.is_none_or(|kept| snapshot::replaces(&snapshot, kept)) {
+            snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        }
+        Ok(())
+    }
+
+    fn offer_snapshot(&self, snapshot: Snapshot) {
+        snapshot::offer(self, snapshot);
     }
 
     async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {

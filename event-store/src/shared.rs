@@ -21,7 +21,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::{
-    AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent, StoreError,
+    AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent, Snapshot,
+    StoreError,
 };
 
 /// Events a subscriber takes from the window, or reads from the store, at a time.
@@ -171,6 +172,18 @@ impl EventStore for SharedTail {
 
     async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         self.inner.read_stream(stream_id, from_version).await
+    }
+
+    async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.read_snapshot(stream_id).await
+    }
+
+    async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.inner.write_snapshot(snapshot).await
+    }
+
+    fn offer_snapshot(&self, snapshot: Snapshot) {
+        self.inner.offer_snapshot(snapshot);
     }
 
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

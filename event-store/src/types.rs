@@ -121,3 +121,19 @@ pub struct LogStats {
     /// still open: how far the safe read horizon lags the head.
     pub held_back_events: u64,
 }
+
+/// An aggregate's state as of one version of its stream, so that loading it
+/// reads only the events after it. Written off the hot path; losing one only
+/// costs a longer fold. The state's shape is the aggregate's business: a
+/// loader that finds another `schema_version` than its own ignores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub stream_id: String,
+    /// The version of the last event folded into `state`.
+    pub stream_version: u64,
+    /// That event's global position (what a command answers with).
+    pub position: u64,
+    /// The version of the state's shape.
+    pub schema_version: u32,
+    pub state: serde_json::Value,
+}

@@ -18,7 +18,8 @@
 
 #![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,11 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use common::{Service, SECRET};
+
 const CLIENTS: [usize; 3] = [1, 8, 32];
 const ROUNDS: usize = 3;
 const WARM_UP: Duration = Duration::from_secs(1);
-const SECRET: &str = "a benchmark's secret of thirty-two bytes or more";
 
 fn measure_for() -> Duration {
     Duration::from_secs(if quick() { 2 } else { 5 })
@@ -104,47 +106,6 @@ async fn place_order(client: &reqwest::Client, url: &str, token: &str) {
         "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 1999}]});
     let response = client.post(url).bearer_auth(token).json(&body).send().await.expect("POST /v1/orders");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{:?}", response.text().await);
-}
-
-/// The command API as its own process, answering on a free port.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    async fn start(database_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_command-api"))
-            .env("DATABASE_URL", database_url)
-            .env("DATABASE_MAX_CONNECTIONS", "40")
-            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("JWT_SECRET", SECRET)
-            .env("RATE_LIMIT_PER_SECOND", "1000000")
-            .env("RATE_LIMIT_BURST", "1000000")
-            // Its logs as in production (JSON, info), written nowhere.
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start command-api");
-        let service = Self { child, base: format!("http://127.0.0.1:{port}") };
-        let client = reqwest::Client::new();
-        for _ in 0..300 {
-            let ready = client.get(format!("{}/health/ready", service.base)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return service;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("command-api did not become ready");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn checkpoint(pool: &PgPool) {

@@ -30,6 +30,7 @@ use domain::Aggregate;
 use event_store::{EventStore, ExpectedVersion, StoreError};
 
 use crate::commands::{self, Appended, ExecuteError, Invocation};
+use crate::snapshots;
 
 /// Aggregate states by stream, at most `capacity` of them. Two generations
 /// stand in for least-recently-used: states land in the recent one; when it
@@ -160,8 +161,10 @@ where
             }
             Ok(result) => {
                 let state = Arc::new(events.iter().fold(state, A::evolve));
+                let before = appended.stream_version;
                 let appended =
                     Appended { stream_version: result.stream_version, position: result.log_position.position };
+                snapshots::after_append::<A>(store, stream_id, before, appended, &state);
                 cache.put::<A>(stream_id, appended, state.clone());
                 return Ok((appended, state));
             }
@@ -206,19 +209,26 @@ where
     Ok((appended, state))
 }
 
-/// Applies the events appended after `appended` to `state`; answers how many.
+/// Brings a kept state up to the stream: the events appended after it; or,
+/// for a state that knows nothing of the stream yet (taken to be new), the
+/// stream's snapshot and the events after that. Answers how many events
+/// were folded (a snapshot's count too, as a state that changed).
 async fn catch_up<A: Aggregate>(
     store: &dyn EventStore,
     stream_id: &str,
     appended: &mut Appended,
     state: &mut A::State,
 ) -> Result<usize, ExecuteError> {
-    let events = store.read_stream(stream_id, appended.stream_version + 1).await?;
-    for stored in &events {
-        *state = A::evolve(std::mem::take(state), &commands::decode::<A>(stored)?);
-        *appended = Appended { stream_version: stored.stream_version, position: stored.log_position.position };
+    let mut from_snapshot = 0;
+    if appended.stream_version == 0 {
+        let (at, snapshot) = snapshots::start::<A>(store, stream_id).await?;
+        if at.stream_version > 0 {
+            (*appended, *state, from_snapshot) = (at, snapshot, 1);
+        }
     }
-    Ok(events.len())
+    let folded = snapshots::catch_up::<A>(store, stream_id, appended, state).await?;
+    snapshots::after_load::<A>(store, stream_id, folded, *appended, state);
+    Ok(folded + from_snapshot)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use domain::{Aggregate, DomainError, EventPayload};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreError};
 use uuid::Uuid;
 
+use crate::snapshots;
+
 /// How the events of one command get their ids.
 #[derive(Debug, Clone, Copy)]
 pub enum EventIds {
@@ -129,26 +131,37 @@ where
     A: Aggregate,
     A::Command: Clone,
 {
+    // The snapshot (if the aggregate keeps them) and the events after it;
+    // after a conflict, only the events appended since.
+    let (mut appended, mut state) = snapshots::start::<A>(store, stream_id).await?;
     for _ in 0..invocation.max_attempts.max(1) {
-        let history = store.read_stream(stream_id, 1).await?;
-        let version = history.last().map_or(0, |e| e.stream_version);
-        if let Some(done) = already_applied(&history, invocation.ids) {
+        let tail = store.read_stream(stream_id, appended.stream_version + 1).await?;
+        if let Some(done) = already_applied(&tail, invocation.ids) {
             return Ok(done);
         }
+        for stored in &tail {
+            state = A::evolve(state, &decode::<A>(stored)?);
+            appended = Appended { stream_version: stored.stream_version, position: stored.log_position.position };
+        }
+        snapshots::after_load::<A>(store, stream_id, tail.len(), appended, &state);
+        let version = appended.stream_version;
         if let Some(required) = invocation.expected_version.filter(|v| *v != version) {
             return Err(ExecuteError::VersionMismatch { required, actual: version });
         }
-        let state = fold::<A>(&history)?;
         check(&state).map_err(ExecuteError::Forbidden)?;
         let events = A::decide(&state, command.clone())?;
         if events.is_empty() {
-            let position = history.last().map_or(0, |e| e.log_position.position);
-            return Ok(Appended { stream_version: version, position });
+            return Ok(appended);
         }
         let new_events = to_append(&events, invocation);
         match store.append(stream_id, ExpectedVersion::Exact(version), new_events).await {
             Ok(result) => {
-                return Ok(Appended { stream_version: result.stream_version, position: result.log_position.position })
+                let done = Appended { stream_version: result.stream_version, position: result.log_position.position };
+                if A::SNAPSHOTS.is_some() {
+                    let after = events.iter().fold(state, A::evolve);
+                    snapshots::after_append::<A>(store, stream_id, version, done, &after);
+                }
+                return Ok(done);
             }
             Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                 if let Some(required) = invocation.expected_version {
@@ -159,10 +172,7 @@ where
             // These derived ids are stored with what another state decided:
             // this request was done before, further back than was read (or
             // the aggregate has forgotten it). Answer the stream as it stands.
-            Err(StoreError::DuplicateEventId { .. }) => {
-                let position = history.last().map_or(0, |e| e.log_position.position);
-                return Ok(Appended { stream_version: version, position });
-            }
+            Err(StoreError::DuplicateEventId { .. }) => return Ok(appended),
             Err(other) => return Err(other.into()),
         }
     }
@@ -184,13 +194,9 @@ pub(crate) fn to_append<E: EventPayload>(events: &[E], invocation: &Invocation) 
         .collect()
 }
 
-/// The current state of the aggregate in `stream_id`.
+/// The current state of the aggregate in `stream_id` (from its snapshot, if kept).
 pub async fn load<A: Aggregate>(store: &dyn EventStore, stream_id: &str) -> Result<A::State, ExecuteError> {
-    fold::<A>(&store.read_stream(stream_id, 1).await?)
-}
-
-fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<A::State, ExecuteError> {
-    history.iter().try_fold(A::State::default(), |state, stored| Ok(A::evolve(state, &decode::<A>(stored)?)))
+    Ok(snapshots::load::<A>(store, stream_id).await?.1)
 }
 
 /// A stored event as the aggregate's event; a failure means the store holds
@@ -300,6 +306,15 @@ pub(crate) mod tests {
         }
         async fn locate(&self, position: u64) -> Result<Option<event_store::LogPosition>, StoreError> {
             self.store.locate(position).await
+        }
+        async fn read_snapshot(&self, stream_id: &str) -> Result<Option<event_store::Snapshot>, StoreError> {
+            self.store.read_snapshot(stream_id).await
+        }
+        async fn write_snapshot(&self, snapshot: event_store::Snapshot) -> Result<(), StoreError> {
+            self.store.write_snapshot(snapshot).await
+        }
+        fn offer_snapshot(&self, snapshot: event_store::Snapshot) {
+            self.store.offer_snapshot(snapshot);
         }
     }
 

@@ -19,6 +19,7 @@ pub mod idempotency;
 mod inventory;
 mod orders;
 pub mod outcome;
+mod snapshots;
 
 use std::sync::Arc;
 use std::time::Duration;

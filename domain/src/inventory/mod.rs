@@ -7,12 +7,13 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use events::InventoryEvent;
 
 use crate::rules::{self, Problems};
-use crate::{Aggregate, DomainError};
+use crate::{Aggregate, DomainError, SnapshotPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InventoryCommand {
@@ -44,7 +45,8 @@ pub enum InventoryCommand {
 /// its order is forgotten is recognised by the event store instead: its
 /// events' ids are derived from the message, and the store answers a
 /// repeated append with the stored result (ADR 0011).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InventoryState {
     pub on_hand: u64,
     pub reserved: u64,
@@ -58,7 +60,8 @@ pub struct InventoryState {
 /// Each order meets an item twice: its reservation, then its release or
 /// shipment. With nothing held in between, the item remembers which of the
 /// two it still expects, until it comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Awaiting {
     /// The reservation was refused: the order's release will come.
     Release,
@@ -80,6 +83,18 @@ impl Aggregate for Inventory {
     type State = InventoryState;
     type Command = InventoryCommand;
     type Event = InventoryEvent;
+
+    /// A best-selling item's stream grows by an order's reservation and
+    /// release or shipment, for years; its state stays as small as its open orders.
+    const SNAPSHOTS: Option<SnapshotPolicy> = Some(SnapshotPolicy { schema_version: 1, every: 100 });
+
+    fn encode_state(state: &InventoryState) -> serde_json::Value {
+        serde_json::to_value(state).expect("an inventory state serialises")
+    }
+
+    fn decode_state(state: serde_json::Value) -> Option<InventoryState> {
+        serde_json::from_value(state).ok()
+    }
 
     fn decide(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, DomainError> {
         match command {

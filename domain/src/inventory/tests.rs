@@ -223,7 +223,27 @@ fn deliver(receipts: &[u64], messages: &[(u128, Message)]) -> (Vec<InventoryStat
     (states, history)
 }
 
+#[test]
+fn a_snapshot_of_another_shape_is_not_read() {
+    assert_eq!(Inventory::decode_state(serde_json::json!({"on_hand": 5})), None);
+    assert_eq!(
+        Inventory::decode_state(
+            serde_json::json!({"on_hand": 5, "reserved": 0, "holds": {}, "awaiting": {}, "extra": 1})
+        ),
+        None
+    );
+}
+
 proptest! {
+    /// A snapshot gives back the state it was taken of.
+    #[test]
+    fn a_snapshot_keeps_the_state(receipts in prop::collection::vec(1u64..10, 0..4), messages in deliveries()) {
+        let (states, _) = deliver(&receipts, &messages);
+        for state in states {
+            prop_assert_eq!(Inventory::decode_state(Inventory::encode_state(&state)), Some(state));
+        }
+    }
+
     /// Never negative, never oversold: whatever arrives in whatever order,
     /// reserved stock is what the holds add up to and never more than is on hand.
     #[test]

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StoreError};
+use crate::{ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, Snapshot, StoreError};
 
 /// Which of EventStoreDB's streams belong to this store: those of the
 /// system's categories (`order-…`, `payment-…`, `inventory-…`), under an
@@ -361,4 +361,42 @@ mod tests {
             assert!(matches!(store_error(error), StoreError::Backend(_)));
         }
     }
+}
+
+/// The stream id of a stream's snapshots.
+pub fn snapshot_stream(stream_id: &str) -> String {
+    format!("snapshot-{stream_id}")
+}
+
+/// A snapshot as EventStoreDB keeps it: one JSON event of type `Snapshot`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    stream_version: u64,
+    position: u64,
+    schema_version: u32,
+    state: serde_json::Value,
+}
+
+pub fn snapshot_data(snapshot: &Snapshot) -> Result<eventstore::EventData, StoreError> {
+    let stored = StoredSnapshot {
+        stream_version: snapshot.stream_version,
+        position: snapshot.position,
+        schema_version: snapshot.schema_version,
+        state: snapshot.state.clone(),
+    };
+    eventstore::EventData::json("Snapshot", &stored)
+        .map_err(|e| StoreError::InvalidAppend(format!("the snapshot of {}: {e}", snapshot.stream_id)))
+}
+
+pub fn snapshot(stream_id: &str, event: &eventstore::RecordedEvent) -> Result<Snapshot, StoreError> {
+    let stored: StoredSnapshot = event
+        .as_json()
+        .map_err(|e| StoreError::Backend(format!("the snapshot of {stream_id} cannot be read: {e}").into()))?;
+    Ok(Snapshot {
+        stream_id: stream_id.to_owned(),
+        stream_version: stored.stream_version,
+        position: stored.position,
+        schema_version: stored.schema_version,
+        state: stored.state,
+    })
 }

@@ -33,8 +33,8 @@ use eventstore::{
 };
 
 use crate::{
-    append, AppendResult, EventStore, EventStream, ExpectedVersion, Guarantees, LogPosition, LogStats, NewEvent,
-    RecordedEvent, StoreError,
+    append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, Guarantees, LogPosition, LogStats,
+    NewEvent, RecordedEvent, Snapshot, StoreError,
 };
 pub use mapping::Streams;
 
@@ -283,6 +283,55 @@ impl EventStore for EsdbEventStore {
     async fn stats(&self) -> Result<LogStats, StoreError> {
         // Nothing commits behind a reader: nothing is ever held back.
         Ok(LogStats { readable_head: self.timed(self.head()).await?, held_back_events: 0 })
+    }
+
+    /// The last event of the stream's snapshot stream (`snapshot-<stream id>`
+    /// under the store's prefix, a category no subscription of the store
+    /// follows; the stream keeps only its latest event, `$maxCount` 1).
+    async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let name = self.streams().name(&mapping::snapshot_stream(stream_id));
+        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1);
+        self.timed(async {
+            let mut read = match self.client.read_stream(name, &options).await {
+                Ok(read) => read,
+                Err(eventstore::Error::ResourceNotFound) => return Ok(None),
+                Err(error) => return Err(mapping::store_error(error)),
+            };
+            match read.next().await {
+                Ok(Some(resolved)) => mapping::snapshot(stream_id, resolved.get_original_event()).map(Some),
+                Ok(None) | Err(eventstore::Error::ResourceNotFound) => Ok(None),
+                Err(error) => Err(mapping::store_error(error)),
+            }
+        })
+        .await
+    }
+
+    async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let kept = self.read_snapshot(&snapshot.stream_id).await?;
+        if kept.is_some_and(|kept| !snapshot::replaces(&snapshot, &kept)) {
+            return Ok(());
+        }
+        let name = self.streams().name(&mapping::snapshot_stream(&snapshot.stream_id));
+        let data = mapping::snapshot_data(&snapshot)?;
+        self.timed(async {
+            let written = self.client.append_to_stream(name.as_str(), &AppendToStreamOptions::default(), data).await;
+            let written = written.map_err(mapping::store_error)?;
+            if written.next_expected_version == 0 {
+                // The first snapshot: only the latest is ever read.
+                let metadata = eventstore::StreamMetadata::builder().max_count(1).build();
+                let options = AppendToStreamOptions::default();
+                self.client
+                    .set_stream_metadata(name.as_str(), &options, &metadata)
+                    .await
+                    .map_err(mapping::store_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn offer_snapshot(&self, snapshot: Snapshot) {
+        snapshot::offer(self, snapshot);
     }
 
     async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {

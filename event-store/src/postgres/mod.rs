@@ -35,8 +35,8 @@ use tokio::sync::watch;
 
 use crate::subscription::{self, SubscriptionConfig, Tail};
 use crate::{
-    append, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent, RecordedEvent,
-    StoreError,
+    append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent,
+    RecordedEvent, Snapshot, StoreError,
 };
 
 /// The event store's own schema (`migrations/event-store/`): `es_events`,
@@ -221,6 +221,18 @@ impl EventStore for PgEventStore {
 
     async fn stats(&self) -> Result<LogStats, StoreError> {
         self.timed(queries::stats(&self.inner.pool)).await
+    }
+
+    async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.timed(queries::read_snapshot(&self.inner.pool, stream_id)).await
+    }
+
+    async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.timed(queries::write_snapshot(&self.inner.pool, &snapshot)).await
+    }
+
+    fn offer_snapshot(&self, snapshot: Snapshot) {
+        snapshot::offer(self, snapshot);
     }
 
     async fn locate(&self, position: u64) -> Result<Option<LogPosition>, StoreError> {
