@@ -183,6 +183,44 @@ mod tonic_code {
     pub const UNAVAILABLE: i32 = 14;
 }
 
+/// The stream id of a stream's snapshots.
+pub fn snapshot_stream(stream_id: &str) -> String {
+    format!("snapshot-{stream_id}")
+}
+
+/// A snapshot as EventStoreDB keeps it: one JSON event of type `Snapshot`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    stream_version: u64,
+    position: u64,
+    schema_version: u32,
+    state: serde_json::Value,
+}
+
+pub fn snapshot_data(snapshot: &Snapshot) -> Result<eventstore::EventData, StoreError> {
+    let stored = StoredSnapshot {
+        stream_version: snapshot.stream_version,
+        position: snapshot.position,
+        schema_version: snapshot.schema_version,
+        state: snapshot.state.clone(),
+    };
+    eventstore::EventData::json("Snapshot", &stored)
+        .map_err(|e| StoreError::InvalidAppend(format!("the snapshot of {}: {e}", snapshot.stream_id)))
+}
+
+pub fn snapshot(stream_id: &str, event: &eventstore::RecordedEvent) -> Result<Snapshot, StoreError> {
+    let stored: StoredSnapshot = event
+        .as_json()
+        .map_err(|e| StoreError::Backend(format!("the snapshot of {stream_id} cannot be read: {e}").into()))?;
+    Ok(Snapshot {
+        stream_id: stream_id.to_owned(),
+        stream_version: stored.stream_version,
+        position: stored.position,
+        schema_version: stored.schema_version,
+        state: stored.state,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -361,42 +399,26 @@ mod tests {
             assert!(matches!(store_error(error), StoreError::Backend(_)));
         }
     }
-}
 
-/// The stream id of a stream's snapshots.
-pub fn snapshot_stream(stream_id: &str) -> String {
-    format!("snapshot-{stream_id}")
-}
-
-/// A snapshot as EventStoreDB keeps it: one JSON event of type `Snapshot`.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    stream_version: u64,
-    position: u64,
-    schema_version: u32,
-    state: serde_json::Value,
-}
-
-pub fn snapshot_data(snapshot: &Snapshot) -> Result<eventstore::EventData, StoreError> {
-    let stored = StoredSnapshot {
-        stream_version: snapshot.stream_version,
-        position: snapshot.position,
-        schema_version: snapshot.schema_version,
-        state: snapshot.state.clone(),
-    };
-    eventstore::EventData::json("Snapshot", &stored)
-        .map_err(|e| StoreError::InvalidAppend(format!("the snapshot of {}: {e}", snapshot.stream_id)))
-}
-
-pub fn snapshot(stream_id: &str, event: &eventstore::RecordedEvent) -> Result<Snapshot, StoreError> {
-    let stored: StoredSnapshot = event
-        .as_json()
-        .map_err(|e| StoreError::Backend(format!("the snapshot of {stream_id} cannot be read: {e}").into()))?;
-    Ok(Snapshot {
-        stream_id: stream_id.to_owned(),
-        stream_version: stored.stream_version,
-        position: stored.position,
-        schema_version: stored.schema_version,
-        state: stored.state,
-    })
+    #[test]
+    fn a_snapshot_lives_in_a_stream_of_no_category_of_the_store() {
+        let name = streams().name(&snapshot_stream("inventory-SKU-1"));
+        assert_eq!(name, "t1.snapshot-inventory-SKU-1");
+        assert_eq!(streams().stream_id(&name), None, "not in the log nor in a subscription");
+        let state = json!({"on_hand": 5, "reserved": 1, "holds": {}, "awaiting": {}});
+        let data = json!({"stream_version": 300, "position": 9_000, "schema_version": 1, "state": state});
+        let kept = snapshot("inventory-SKU-1", &stored(&name, "Snapshot", data, json!({}))).unwrap();
+        assert_eq!(
+            kept,
+            Snapshot {
+                stream_id: "inventory-SKU-1".into(),
+                stream_version: 300,
+                position: 9_000,
+                schema_version: 1,
+                state
+            }
+        );
+        assert!(snapshot("inventory-SKU-1", &stored(&name, "Snapshot", json!({"state": 1}), json!({}))).is_err());
+        assert!(snapshot_data(&kept).is_ok());
+    }
 }
