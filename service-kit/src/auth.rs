@@ -339,49 +339,62 @@ const FORGET_EVERY: u64 = 10_000;
 /// Middleware: authenticates the request (401), then applies the rate limit
 /// of its principal (429 with `Retry-After`), keyed by the token's subject,
 /// or by the peer address when auth is off: never by a header a client sets.
+/// Requests without a valid token count against their peer address, so
+/// guessing tokens costs a limited share too.
 pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let principal = match &gate.jwt {
-        None => Principal::developer(),
-        Some(jwt) => {
-            let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-                return unauthorized("send a bearer token: Authorization: Bearer <jwt>");
-            };
-            let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-            let Some(token) = token.filter(|t| !t.is_empty()) else {
-                return unauthorized("the Authorization header must be `Bearer <jwt>`");
-            };
-            match gate.verified.verify(jwt, token) {
-                Ok(principal) => principal,
-                Err(reason) => {
-                    tracing::info!(%reason, "token refused");
-                    return unauthorized(format!("the token is not valid: {reason}"));
-                }
+    let peer_ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+    let peer = || peer_ip.map_or_else(|| "peer:unknown".to_owned(), |ip| format!("peer:{ip}"));
+    let (principal, key) = match &gate.jwt {
+        None => (Principal::developer(), peer()),
+        Some(jwt) => match bearer(&request).and_then(|token| {
+            gate.verified.verify(jwt, token).map_err(|reason| {
+                tracing::info!(%reason, "token refused");
+                format!("the token is not valid: {reason}")
+            })
+        }) {
+            Ok(principal) => {
+                let key = format!("sub:{}", principal.subject);
+                (principal, key)
             }
-        }
+            Err(detail) => return gate.limit(&peer()).unwrap_or_else(|| unauthorized(detail)),
+        },
     };
-    let key = if gate.jwt.is_some() {
-        format!("sub:{}", principal.subject)
-    } else {
-        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
-        peer.map_or_else(|| "peer:unknown".to_owned(), |ip| format!("peer:{ip}"))
-    };
-    // One entry per principal seen: every so often those back at a full
-    // allowance are dropped, so the map does not grow with every customer ever.
-    if gate.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
-        gate.limiter.retain_recent();
-        gate.limiter.shrink_to_fit();
-    }
-    if let Err(not_until) = gate.limiter.check_key(&key) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        metrics::counter!("http_rate_limited_total").increment(1);
-        return Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
-            .with_detail("this principal sends requests faster than its limit")
-            .with_retry_after(seconds.max(1))
-            .into_response();
+    if let Some(limited) = gate.limit(&key) {
+        return limited;
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The bearer token of a request, or what is wrong with it (the 401's detail).
+fn bearer(request: &Request) -> Result<&str, String> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Err("send a bearer token: Authorization: Bearer <jwt>".into());
+    };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    token.filter(|t| !t.is_empty()).ok_or_else(|| "the Authorization header must be `Bearer <jwt>`".into())
+}
+
+impl Gate {
+    /// Counts a request against `key`'s allowance; the 429 once it is spent.
+    fn limit(&self, key: &str) -> Option<Response> {
+        // One entry per key seen: every so often those back at a full
+        // allowance are dropped, so the map does not grow with every customer ever.
+        if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        let Err(not_until) = self.limiter.check_key(&key.to_owned()) else { return None };
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        metrics::counter!("http_rate_limited_total").increment(1);
+        Some(
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+                .with_detail("this principal sends requests faster than its limit")
+                .with_retry_after(seconds.max(1))
+                .into_response(),
+        )
+    }
 }
 
 /// Route middleware: 403 unless the principal has `scope`, checked before

@@ -175,3 +175,21 @@ async fn a_principal_over_its_rate_gets_429_with_retry_after_and_others_do_not()
     let other = format!("Bearer {}", token(&Claims { sub: "c-7".into(), ..claims("") }));
     assert_eq!(call(&router, Some(other)).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_limited_by_their_peer_address() {
+    let vars = [("JWT_SECRET", SECRET), ("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "2")];
+    let router = app(&AuthConfig::from_source(&Vars(&vars)).unwrap());
+    let guesses = [None, Some("Bearer not-a-token".to_owned())];
+    for guess in guesses.iter().cycle().take(2) {
+        assert_eq!(call(&router, guess.clone()).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    for guess in guesses {
+        let limited = call(&router, guess).await;
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(limited.headers().contains_key(header::RETRY_AFTER));
+    }
+    // A valid token has its own allowance.
+    let valid = format!("Bearer {}", token(&claims("")));
+    assert_eq!(call(&router, Some(valid)).await.status(), StatusCode::OK);
+}
