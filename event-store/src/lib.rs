@@ -20,6 +20,7 @@ mod shared;
 mod snapshot;
 mod subscription;
 mod types;
+pub mod watch;
 
 #[cfg(feature = "testing")]
 pub mod bench;
@@ -40,7 +41,9 @@ pub use memory::MemoryEventStore;
 pub use postgres::{PgEventStore, PgStoreConfig};
 pub use shared::SharedTail;
 pub use subscription::SubscriptionConfig;
-pub use types::{AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent, Snapshot};
+pub use types::{
+    AppendResult, ExpectedVersion, HorizonBlocker, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent, Snapshot,
+};
 
 /// A live view of the global log: every event after a position, catch-up
 /// first, then new events as they commit. It never ends by itself; a failure

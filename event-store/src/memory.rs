@@ -134,7 +134,7 @@ impl EventStore for MemoryEventStore {
 
     async fn stats(&self) -> Result<LogStats, StoreError> {
         let log = self.log();
-        Ok(LogStats { readable_head: log.events.last().map(|e| e.log_position), held_back_events: 0 })
+        Ok(LogStats { readable_head: log.events.last().map(|e| e.log_position), ..LogStats::default() })
     }
 
     async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {

@@ -113,13 +113,30 @@ pub struct AppendResult {
 }
 
 /// The state of the global log, for metrics and lag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LogStats {
     /// The last event a reader can see now (`None` while nothing is readable).
     pub readable_head: Option<LogPosition>,
     /// Events committed but not readable yet because an older transaction is
     /// still open: how far the safe read horizon lags the head.
     pub held_back_events: u64,
+    /// How long the oldest of those has waited, in milliseconds (0 when none).
+    pub held_back_ms: u64,
+    /// The transaction holding the horizon back, while events wait behind it.
+    pub blocker: Option<HorizonBlocker>,
+}
+
+/// A transaction that holds the log's read horizon back: every subscriber
+/// (relay, projections) waits until it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HorizonBlocker {
+    /// Its backend's process id (`pg_stat_activity.pid`); 0 for a prepared transaction.
+    pub pid: u32,
+    /// How long it has been open, in milliseconds.
+    pub open_ms: u64,
+    /// A prepared (two-phase) transaction, which only `COMMIT PREPARED` or
+    /// `ROLLBACK PREPARED` ends.
+    pub prepared: bool,
 }
 
 /// An aggregate's state as of one version of its stream, so that loading it

@@ -154,6 +154,8 @@ mod esdb {
 }
 
 mod postgres {
+    use event_store::testing::eventually;
+
     use super::*;
 
     macro_rules! postgres_cases {
@@ -206,6 +208,78 @@ mod postgres {
             assert_eq!(store.stats().await.unwrap().held_back_events, 0);
         })
         .await;
+    }
+
+    /// A session that writes in the events' database and then sits idle in
+    /// its transaction holds the log back: the stats name it (its pid, how
+    /// long it is open) and how long the first event waits; the database's
+    /// idle-in-transaction timeout (a minute, set by the migrations; this
+    /// session asks for one second) ends it, and the log moves on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_writing_transaction_shows_as_the_blocker_until_its_timeout_ends_it() {
+        use sqlx::Connection;
+        with_database(POOL_SIZE, |pool| async move {
+            let store = PgEventStore::new(pool.clone());
+            let options = pool.connect_options();
+            // A session opened after the migrations (the pool's may be older).
+            let mut idle = sqlx::PgConnection::connect_with(&options).await.unwrap();
+            let setting: String =
+                sqlx::query_scalar("SHOW idle_in_transaction_session_timeout").fetch_one(&mut idle).await.unwrap();
+            assert_eq!(setting, "1min", "the migrations set the database's default");
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut idle).await.unwrap();
+            sqlx::query("SET idle_in_transaction_session_timeout = '1s'").execute(&mut idle).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut idle).await.unwrap();
+            sqlx::query("CREATE TEMP TABLE scratch (n int)").execute(&mut idle).await.unwrap();
+            sqlx::query("SELECT pg_current_xact_id()").execute(&mut idle).await.unwrap();
+            store.append("order-behind", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stats = store.stats().await.unwrap();
+            assert_eq!(stats.held_back_events, 1, "{stats:?}");
+            assert!(stats.held_back_ms >= 200, "{stats:?}");
+            let blocker = stats.blocker.expect("the blocker is named");
+            assert_eq!((blocker.pid, blocker.prepared), (pid as u32, false));
+            assert!(blocker.open_ms >= 300, "{blocker:?}");
+            // The timeout ends the idle transaction; the event becomes readable.
+            eventually(Duration::from_secs(10), "the log moves on", || async {
+                let stats = store.stats().await.unwrap();
+                (stats.held_back_events == 0 && stats.blocker.is_none()).then_some(())
+            })
+            .await;
+            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    /// A prepared transaction, even in another database of the cluster,
+    /// holds the log back until it is finished: the stats name it as
+    /// prepared. (On a server of the test's own: the shared one allows no
+    /// prepared transactions.)
+    #[tokio::test]
+    async fn a_forgotten_prepared_transaction_shows_as_the_blocker() {
+        use sqlx::{ConnectOptions, Connection};
+        let server = event_store::testing::PgServer::start();
+        let mut admin = sqlx::PgConnection::connect(&server.url("postgres")).await.unwrap();
+        for database in ["events", "elsewhere"] {
+            sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.unwrap();
+        }
+        let pool = PgPoolOptions::new().max_connections(4).connect(&server.url("events")).await.unwrap();
+        let store = PgEventStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let options: sqlx::postgres::PgConnectOptions = server.url("elsewhere").parse().unwrap();
+        let mut elsewhere = options.connect().await.unwrap();
+        for statement in ["BEGIN", "CREATE TABLE t (n int)", "PREPARE TRANSACTION 'forgotten'"] {
+            sqlx::query(statement).execute(&mut elsewhere).await.unwrap();
+        }
+        store.append("order-behind", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.held_back_events, 1, "{stats:?}");
+        let blocker = stats.blocker.expect("the blocker is named");
+        assert_eq!((blocker.pid, blocker.prepared), (0, true));
+        sqlx::query("ROLLBACK PREPARED 'forgotten'").execute(&mut elsewhere).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.held_back_events, stats.blocker), (0, None));
+        assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+        pool.close().await;
     }
 
     /// A transaction open in another database of the same cluster cannot

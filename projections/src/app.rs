@@ -14,6 +14,9 @@ use service_kit::ops::OpsServer;
 use service_kit::process::CommonConfig;
 use service_kit::Shutdown;
 use sqlx::PgPool;
+
+/// How often the log's horizon is reported (`event_store::watch`).
+const HORIZON_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 use tokio::sync::watch;
 
 use crate::rebuild::{self, Progress, RebuildError, RebuildOptions};
@@ -116,11 +119,14 @@ impl App {
     async fn serve(self, shutdown: Shutdown) -> Result<(), AppError> {
         let addr = self.config.ops_addr;
         let ops = OpsServer::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
-        let checks = self.config.common.checks(&self.pool, &self.store, migrations::expected());
+        let mut checks = self.config.common.checks(&self.pool, &self.store, migrations::expected());
+        checks.push(service_kit::ops::Check::log_horizon(self.store.clone()));
         let ops = tokio::spawn(ops.run(checks, shutdown.clone()));
+        let horizon = tokio::spawn(event_store::watch::watch_log(self.store.clone(), HORIZON_EVERY));
         tracing::info!("projections running");
         let Config { projector, rebuild, .. } = self.config;
         crate::service::run_all(self.store, self.pool, projector, rebuild, shutdown).await;
+        horizon.abort();
         ops.await.ok().transpose().map_err(AppError::Ops)?;
         Ok(())
     }

@@ -64,6 +64,19 @@ impl Check {
         })
     }
 
+    /// The log is not stalled: no events wait behind an open transaction
+    /// longer than `event_store::watch::STALL_AFTER` (the reason names it).
+    #[cfg(feature = "event-store")]
+    pub fn log_horizon(store: Arc<dyn event_store::EventStore>) -> Self {
+        Self::new("log_horizon", move || {
+            let store = store.clone();
+            async move {
+                let stats = store.stats().await.map_err(|e| format!("does not answer: {e}"))?;
+                event_store::watch::stall(&stats).map_or(Ok(()), Err)
+            }
+        })
+    }
+
     /// [`Check::event_store`] unless the events live in PostgreSQL.
     #[cfg(feature = "event-store")]
     pub fn event_store_if_separate(

@@ -26,7 +26,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let ops = (config.ops_addr, "RELAY_OPS_ADDR");
-        let worker = Worker::connect(&config.common, &config.nats_url, ops).await?;
+        let worker = Worker::connect(&config.common, &config.nats_url, ops).await?.follows_the_log();
         Ok(Self { config, worker })
     }
 
@@ -35,9 +35,11 @@ impl App {
         let (Connections { pool, store, nats }, ops) = self.worker.serve_ops(shutdown.clone());
         let stream = self.config.relay.stream.clone();
         let lag = tokio::spawn(report_lag(store.clone(), pool.clone(), stream.clone()));
+        let horizon = tokio::spawn(event_store::watch::watch_log(store.clone(), LAG_EVERY));
         tracing::info!(%stream, "relay starting");
         relay::run_supervised(store, pool, jetstream::new(nats), self.config.relay, shutdown).await;
         lag.abort();
+        horizon.abort();
         ops.await.unwrap_or(Ok(()))
     }
 }

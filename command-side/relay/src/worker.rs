@@ -57,6 +57,12 @@ impl Worker {
     }
 
     /// Serves `/health/*` and `/metrics` until `shutdown`; answers the connections to work with.
+    /// Readiness asks the log's horizon too (a process that follows the log).
+    pub fn follows_the_log(mut self) -> Self {
+        self.checks.push(Check::log_horizon(self.connections.store.clone()));
+        self
+    }
+
     pub fn serve_ops(self, shutdown: Shutdown) -> (Connections, JoinHandle<std::io::Result<()>>) {
         (self.connections, tokio::spawn(self.ops.run(self.checks, shutdown)))
     }

@@ -282,7 +282,7 @@ impl EventStore for EsdbEventStore {
 
     async fn stats(&self) -> Result<LogStats, StoreError> {
         // Nothing commits behind a reader: nothing is ever held back.
-        Ok(LogStats { readable_head: self.timed(self.head()).await?, held_back_events: 0 })
+        Ok(LogStats { readable_head: self.timed(self.head()).await?, ..LogStats::default() })
     }
 
     /// The last event of the stream's snapshot stream (`snapshot-<stream id>`

@@ -6,7 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    AppendResult, ExpectedVersion, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent, Snapshot, StoreError,
+    AppendResult, ExpectedVersion, HorizonBlocker, LogPosition, LogStats, Metadata, NewEvent, RecordedEvent, Snapshot,
+    StoreError,
 };
 
 const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS commit_id, event_id, stream_id, \
@@ -363,19 +364,44 @@ pub(super) async fn anything_after(pool: &PgPool, after: Option<LogPosition>) ->
     Ok(found.is_some())
 }
 
-const STATS: &str = "WITH horizon AS MATERIALIZED (SELECT es_read_horizon() AS xmin) \
-     SELECT \
-       (SELECT count(*) FROM es_events, horizon WHERE transaction_id >= horizon.xmin), \
-       head.commit_id, head.position \
-     FROM horizon LEFT JOIN LATERAL ( \
+/// The readable head, the events held back behind the horizon (how many,
+/// since when), and the transaction that holds it: an open transaction of
+/// this database whose xid is the horizon, or a prepared one (the functions
+/// behind `pg_stat_activity` and `pg_prepared_xacts`, without the views'
+/// joins on the catalogs).
+const STATS: &str = "WITH horizon AS MATERIALIZED (SELECT es_read_horizon() AS xmin), \
+     held AS MATERIALIZED ( \
+       SELECT count(*) AS events, \
+              coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)) * 1000, 0)::bigint AS waited_ms \
+       FROM es_events, horizon WHERE transaction_id >= horizon.xmin) \
+     SELECT held.events, held.waited_ms, head.commit_id, head.position, \
+            blocker.pid, blocker.open_ms, blocker.prepared \
+     FROM horizon CROSS JOIN held LEFT JOIN LATERAL ( \
        SELECT transaction_id::text::bigint AS commit_id, position FROM es_events \
        WHERE transaction_id < horizon.xmin ORDER BY transaction_id DESC, position DESC LIMIT 1 \
-     ) head ON true";
+     ) head ON true LEFT JOIN LATERAL ( \
+       SELECT a.pid, (extract(epoch FROM clock_timestamp() - a.xact_start) * 1000)::bigint AS open_ms, \
+              false AS prepared \
+       FROM pg_stat_get_activity(NULL) a \
+       WHERE held.events > 0 AND a.backend_xid::text::bigint = horizon.xmin::text::bigint % 4294967296 \
+       UNION ALL \
+       SELECT 0, (extract(epoch FROM clock_timestamp() - p.prepared) * 1000)::bigint, true \
+       FROM pg_prepared_xact() p \
+       WHERE held.events > 0 AND p.transaction::text::bigint = horizon.xmin::text::bigint % 4294967296 \
+       LIMIT 1 \
+     ) blocker ON true";
 
 pub(super) async fn stats(pool: &PgPool) -> Result<LogStats, StoreError> {
-    let (held_back, commit, position): (i64, Option<i64>, Option<i64>) = sqlx::query_as(STATS).fetch_one(pool).await?;
+    type Row = (i64, i64, Option<i64>, Option<i64>, Option<i32>, Option<i64>, Option<bool>);
+    let (held_back, waited_ms, commit, position, pid, open_ms, prepared): Row =
+        sqlx::query_as(STATS).fetch_one(pool).await?;
     let readable_head = commit.zip(position).map(|(c, p)| LogPosition { commit: c as u64, position: p as u64 });
-    Ok(LogStats { readable_head, held_back_events: held_back as u64 })
+    let blocker = pid.zip(open_ms).map(|(pid, open_ms)| HorizonBlocker {
+        pid: pid.max(0) as u32,
+        open_ms: open_ms.max(0) as u64,
+        prepared: prepared.unwrap_or(false),
+    });
+    Ok(LogStats { readable_head, held_back_events: held_back as u64, held_back_ms: waited_ms.max(0) as u64, blocker })
 }
 
 #[cfg(all(test, feature = "testing"))]

@@ -63,7 +63,7 @@ impl PgServer {
         // Fast and disposable: the operating system never crashes under a test.
         let settings = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
-             full_page_writes = off\nmax_connections = 200\nlogging_collector = off\n",
+             full_page_writes = off\nmax_connections = 200\nlogging_collector = off\nmax_prepared_transactions = 10\n",
             server.dir.display()
         );
         std::fs::OpenOptions::new()
