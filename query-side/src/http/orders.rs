@@ -34,6 +34,11 @@ pub(crate) async fn get_one(
 ) -> Result<Json<OrderRow>, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
+    // Who may read it is known before any wait: an order's customer never
+    // changes, so another customer's order is 403 at once.
+    if let Some(customer) = orders::customer_of(&state.pool, order_id).await.map_err(database_error)? {
+        principal.require_customer(&customer)?;
+    }
     state.fresh_enough("orders", &freshness).await?;
     let order = orders::get(&state.pool, order_id).await.map_err(database_error)?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;

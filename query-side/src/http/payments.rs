@@ -32,6 +32,10 @@ pub(crate) async fn get_one(
 ) -> Result<Json<PaymentRow>, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
+    // Another customer's payment is 403 at once, before any wait (see `get_one` of orders).
+    if let (Some(_), Some(customer)) = (principal.customer(), customer_of(&state, order_id).await?) {
+        principal.require_customer(&customer)?;
+    }
     state.fresh_enough("payments", &freshness).await?;
     let payment = payments::get(&state.pool, order_id).await.map_err(database_error)?;
     let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;

@@ -121,3 +121,20 @@ async fn a_customer_reads_only_its_own_orders_and_never_the_admin_routes() {
     })
     .await;
 }
+
+/// Another customer's order or payment asked with a position the read
+/// models may never reach is refused at once, not after the wait.
+#[tokio::test]
+async fn another_customers_order_is_refused_before_any_wait_for_a_position() {
+    with_app_env(&[JWT[0], JWT[1], ("MIN_POSITION_WAIT", "5s")], |app| async move {
+        let order_id = insert_order(&app.pool, "c-1").await;
+        let stranger = token("c-2", "orders:read");
+        for path in [format!("/v1/orders/{order_id}"), format!("/v1/payments/{order_id}")] {
+            let started = std::time::Instant::now();
+            let response = app.get_as(Some(&stranger), &format!("{path}?min_position=999999999")).await;
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{path}: {:?}", started.elapsed());
+        }
+    })
+    .await;
+}
