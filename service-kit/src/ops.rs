@@ -104,19 +104,43 @@ impl Check {
 /// Longest a readiness probe may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `/health/live`, `/health/ready` (asking `checks`) and `/metrics`.
+/// `/health/live`, `/health/ready` (asking `checks`) and `/metrics`, for an
+/// operators' address: readiness says why each dependency fails.
 pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+    with_metrics(health(checks, Detail::Reasons))
+}
+
+/// [`router`] for an API's public address: readiness names the failing
+/// dependencies without their reasons (a database error's text is for the
+/// logs, not for whoever asks).
+pub fn public_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+    with_metrics(health(checks, Detail::Names))
+}
+
+/// `/health/live` and `/health/ready` only (names, as [`public_router`]), for
+/// an API that renders its own `/metrics`.
+pub fn public_health_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+    health(checks, Detail::Names)
+}
+
+fn with_metrics<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     crate::metrics::handle();
-    health_router(checks).route("/metrics", get(|| async { crate::metrics::render() }))
+    router.route("/metrics", get(|| async { crate::metrics::render() }))
 }
 
-/// `/health/live` and `/health/ready` only, for a service that renders its own `/metrics`.
-pub fn health_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
+/// What a 503 from `/health/ready` says of each failing dependency.
+#[derive(Clone, Copy)]
+enum Detail {
+    Names,
+    Reasons,
+}
+
+fn health<S: Clone + Send + Sync + 'static>(checks: Vec<Check>, detail: Detail) -> Router<S> {
     let checks = Arc::new(checks);
-    Router::new().route("/health/live", get(live)).route("/health/ready", get(move || ready(checks.clone())))
+    Router::new().route("/health/live", get(live)).route("/health/ready", get(move || ready(checks.clone(), detail)))
 }
 
-async fn ready(checks: Arc<Vec<Check>>) -> Response {
+async fn ready(checks: Arc<Vec<Check>>, detail: Detail) -> Response {
     let mut failing = Vec::new();
     for check in checks.iter() {
         let outcome = tokio::time::timeout(PROBE_TIMEOUT, (check.probe)())
@@ -124,7 +148,10 @@ async fn ready(checks: Arc<Vec<Check>>) -> Response {
             .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
         if let Err(reason) = outcome {
             tracing::warn!(dependency = check.name, %reason, "not ready");
-            failing.push(format!("{}: {reason}", check.name));
+            failing.push(match detail {
+                Detail::Names => check.name.to_owned(),
+                Detail::Reasons => format!("{}: {reason}", check.name),
+            });
         }
     }
     if failing.is_empty() {
@@ -135,7 +162,7 @@ async fn ready(checks: Arc<Vec<Check>>) -> Response {
 }
 
 /// The operations routes in an API's OpenAPI document (merged into each
-/// API's own; the routes themselves are [`router`]'s and [`health_router`]'s).
+/// API's own; the routes themselves are [`public_router`]'s and [`public_health_router`]'s).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(live, ready_doc, metrics_doc),
@@ -216,6 +243,19 @@ mod tests {
         let (code, _) = status(router(vec![Check::new("database", || async { Ok(()) })]), "/health/ready").await;
         assert_eq!(code, StatusCode::NO_CONTENT);
         assert_eq!(status(router(vec![]), "/health/live").await.0, StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn public_readiness_names_the_dependency_without_its_error_text() {
+        let failing =
+            || vec![Check::new("database", || async { Err("password authentication failed for user app".into()) })];
+        let (code, body) = status(public_router(failing()), "/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not ready: database") && !body.contains("password"), "{body}");
+        let (_, body) = status(public_health_router(failing()), "/health/ready").await;
+        assert!(!body.contains("password"), "{body}");
+        let (_, body) = status(router(failing()), "/health/ready").await;
+        assert!(body.contains("password authentication failed"), "operators see why: {body}");
     }
 
     #[tokio::test]

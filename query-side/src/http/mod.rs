@@ -64,7 +64,7 @@ pub(crate) fn router(state: AppState, gate: Gate, checks: Vec<service_kit::ops::
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .route("/metrics", get(admin::metrics))
-        .merge(service_kit::ops::health_router(checks))
+        .merge(service_kit::ops::public_health_router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
