@@ -404,6 +404,43 @@ pub(super) async fn stats(pool: &PgPool) -> Result<LogStats, StoreError> {
     Ok(LogStats { readable_head, held_back_events: held_back as u64, held_back_ms: waited_ms.max(0) as u64, blocker })
 }
 
+pub(super) async fn read_snapshot(pool: &PgPool, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+    let row: Option<(i64, i64, i32, serde_json::Value)> =
+        sqlx::query_as("SELECT stream_version, position, schema_version, state FROM es_snapshots WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(stream_version, position, schema_version, state)| Snapshot {
+        stream_id: stream_id.to_owned(),
+        stream_version: stream_version as u64,
+        position: position as u64,
+        schema_version: schema_version as u32,
+        state,
+    }))
+}
+
+/// Keeps the snapshot unless a later one of the same schema is kept (see
+/// `snapshot::replaces`): one row per stream.
+pub(super) async fn write_snapshot(pool: &PgPool, snapshot: &Snapshot) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO es_snapshots (stream_id, stream_version, position, schema_version, state) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version, \
+             position = EXCLUDED.position, schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, \
+             taken_at = now() \
+         WHERE es_snapshots.stream_version < EXCLUDED.stream_version \
+            OR es_snapshots.schema_version <> EXCLUDED.schema_version",
+    )
+    .bind(&snapshot.stream_id)
+    .bind(snapshot.stream_version as i64)
+    .bind(snapshot.position as i64)
+    .bind(snapshot.schema_version as i32)
+    .bind(&snapshot.state)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 #[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
@@ -496,41 +533,4 @@ mod tests {
         })
         .await;
     }
-}
-
-pub(super) async fn read_snapshot(pool: &PgPool, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
-    let row: Option<(i64, i64, i32, serde_json::Value)> =
-        sqlx::query_as("SELECT stream_version, position, schema_version, state FROM es_snapshots WHERE stream_id = $1")
-            .bind(stream_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(stream_version, position, schema_version, state)| Snapshot {
-        stream_id: stream_id.to_owned(),
-        stream_version: stream_version as u64,
-        position: position as u64,
-        schema_version: schema_version as u32,
-        state,
-    }))
-}
-
-/// Keeps the snapshot unless a later one of the same schema is kept (see
-/// `snapshot::replaces`): one row per stream.
-pub(super) async fn write_snapshot(pool: &PgPool, snapshot: &Snapshot) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO es_snapshots (stream_id, stream_version, position, schema_version, state) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version, \
-             position = EXCLUDED.position, schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, \
-             taken_at = now() \
-         WHERE es_snapshots.stream_version < EXCLUDED.stream_version \
-            OR es_snapshots.schema_version <> EXCLUDED.schema_version",
-    )
-    .bind(&snapshot.stream_id)
-    .bind(snapshot.stream_version as i64)
-    .bind(snapshot.position as i64)
-    .bind(snapshot.schema_version as i32)
-    .bind(&snapshot.state)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
