@@ -20,6 +20,12 @@ pub struct RelayConfig {
     pub duplicate_window: Duration,
     /// How often a standby instance tries to become the live one.
     pub standby_poll: Duration,
+    /// How long the stream keeps an event, and how many bytes it keeps at
+    /// most (the oldest go first). The event store is the source of truth:
+    /// the stream only carries events to the participants, which keep up
+    /// within seconds.
+    pub max_age: Duration,
+    pub max_bytes: i64,
 }
 
 impl Default for RelayConfig {
@@ -30,12 +36,14 @@ impl Default for RelayConfig {
             batch_size: 256,
             duplicate_window: Duration::from_secs(120),
             standby_poll: Duration::from_secs(1),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
 
 impl RelayConfig {
-    /// `RELAY_STREAM` and `RELAY_SUBJECT_PREFIX`, checked.
+    /// `RELAY_STREAM`, `RELAY_SUBJECT_PREFIX`, `RELAY_STREAM_MAX_AGE` and `RELAY_STREAM_MAX_BYTES`, checked.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let stream: String = config::parsed(source, "RELAY_STREAM", defaults.stream.clone())?;
@@ -52,7 +60,9 @@ impl RelayConfig {
                 "dot-separated tokens of letters, digits, - and _",
             ));
         }
-        Ok(Self { stream, subject_prefix, ..defaults })
+        let max_age = config::nonzero_duration(source, "RELAY_STREAM_MAX_AGE", defaults.max_age)?;
+        let max_bytes = config::ranged(source, "RELAY_STREAM_MAX_BYTES", defaults.max_bytes, 1 << 20, i64::MAX)?;
+        Ok(Self { stream, subject_prefix, max_age, max_bytes, ..defaults })
     }
 }
 
@@ -93,6 +103,16 @@ mod tests {
         assert_eq!((config.stream.as_str(), config.subject_prefix.as_str()), ("EVENTS", "events"));
         let custom = RelayConfig::from_source(&Vars(&[("RELAY_SUBJECT_PREFIX", "shop.events")])).unwrap();
         assert_eq!(custom.subject_prefix, "shop.events");
+        let bounded =
+            RelayConfig::from_source(&Vars(&[("RELAY_STREAM_MAX_AGE", "2d"), ("RELAY_STREAM_MAX_BYTES", "2097152")]));
+        let bounded = bounded.unwrap();
+        assert_eq!((bounded.max_age, bounded.max_bytes), (Duration::from_secs(2 * 86400), 2 << 20));
+        for (name, value) in
+            [("RELAY_STREAM_MAX_AGE", "0s"), ("RELAY_STREAM_MAX_BYTES", "1000"), ("RELAY_STREAM_MAX_BYTES", "lots")]
+        {
+            let bad = RelayConfig::from_source(&Vars(&[(name, value)])).unwrap_err();
+            assert!(bad.to_string().contains(name), "{bad}");
+        }
         let bad = RelayConfig::from_source(&Vars(&[("RELAY_STREAM", "a.b")])).unwrap_err();
         assert!(bad.to_string().contains("RELAY_STREAM"), "{bad}");
         let bad = RelayConfig::from_source(&Vars(&[("RELAY_SUBJECT_PREFIX", "events.>")])).unwrap_err();

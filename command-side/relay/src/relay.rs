@@ -25,6 +25,8 @@ const RESTART_PAUSE: Duration = Duration::from_secs(2);
 pub enum RelayError {
     #[error("cannot create the JetStream stream: {0}")]
     CreateStream(#[from] jetstream::context::CreateStreamError),
+    #[error("cannot open the JetStream stream: {0}")]
+    GetStream(#[from] jetstream::context::GetStreamError),
     #[error("JetStream did not take event {event_id}: {reason}")]
     Publish { event_id: uuid::Uuid, reason: String },
     #[error("the relay lost its lock: another instance moved the checkpoint")]
@@ -35,18 +37,20 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
 }
 
-/// The stream the relay publishes to, created if missing.
+/// The stream the relay publishes to, created if missing, its limits
+/// (`RELAY_STREAM_MAX_AGE`, `RELAY_STREAM_MAX_BYTES`) brought up to date if not.
 pub async fn ensure_stream(js: &jetstream::Context, config: &RelayConfig) -> Result<stream::Stream, RelayError> {
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: config.duplicate_window,
-            ..Default::default()
-        })
-        .await?;
-    Ok(stream)
+    js.create_or_update_stream(stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{}.>", config.subject_prefix)],
+        storage: stream::StorageType::File,
+        duplicate_window: config.duplicate_window,
+        max_age: config.max_age,
+        max_bytes: config.max_bytes,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js.get_stream(&config.stream).await?)
 }
 
 /// Relays the log until `shutdown`, or until it fails.

@@ -266,3 +266,26 @@ async fn events_published_again_after_a_lost_checkpoint_are_stored_once() {
     })
     .await;
 }
+
+/// The events' stream is bounded (`RELAY_STREAM_MAX_AGE`, `RELAY_STREAM_MAX_BYTES`):
+/// created so, and a stream created earlier without bounds gets them.
+#[tokio::test]
+async fn the_stream_is_bounded_and_an_unbounded_one_gets_its_bounds() {
+    with_jetstream(|js, config| async move {
+        js.create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let config = RelayConfig { max_age: Duration::from_secs(3600), max_bytes: 64 << 20, ..config };
+        let mut stream = relay::ensure_stream(&js, &config).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!((info.config.max_age, info.config.max_bytes), (Duration::from_secs(3600), 64 << 20));
+        let defaults = RelayConfig::default();
+        assert_eq!((defaults.max_age, defaults.max_bytes), (Duration::from_secs(7 * 86400), 10 << 30));
+    })
+    .await;
+}
