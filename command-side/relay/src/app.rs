@@ -45,13 +45,15 @@ impl App {
 }
 
 /// Reports `relay_lag_events` (readable events after the checkpoint, up to
-/// [`LAG_COUNT_LIMIT`]) every few seconds, for as long as it is polled.
+/// [`LAG_COUNT_LIMIT`], plus those held back behind an open transaction)
+/// every few seconds, for as long as it is polled.
 async fn report_lag(store: Arc<dyn EventStore>, pool: PgPool, stream: String) {
     loop {
         match checkpoint::position(&pool, &stream).await {
-            Ok(after) => match store.count_after(after, LAG_COUNT_LIMIT).await {
-                Ok(lag) => metrics::gauge!("relay_lag_events").set(lag as f64),
-                Err(error) => tracing::debug!(%error, "cannot count the relay's lag"),
+            // Readable events after the checkpoint, and those held back behind an open transaction.
+            Ok(after) => match (store.count_after(after, LAG_COUNT_LIMIT).await, store.stats().await) {
+                (Ok(lag), Ok(stats)) => metrics::gauge!("relay_lag_events").set((lag + stats.held_back_events) as f64),
+                (Err(error), _) | (_, Err(error)) => tracing::debug!(%error, "cannot count the relay's lag"),
             },
             Err(error) => tracing::debug!(%error, "cannot read the relay's checkpoint"),
         }

@@ -29,8 +29,13 @@ pub(crate) struct ProjectionView {
     checkpoint: i64,
     /// Global position of the newest readable event.
     head: i64,
-    /// Readable events the projection has not processed yet (counted up to 1,000,000).
+    /// Events committed that the projection has not processed yet: the
+    /// readable ones after its checkpoint (counted up to 1,000,000) and those
+    /// held back behind a transaction still open (`held_back_events`).
     lag: i64,
+    /// Events committed but not readable yet: an open transaction holds the
+    /// log back (the relay's and the projections' `/metrics` name it).
+    held_back_events: i64,
     /// `running`, or `failed` (see `failure`).
     state: String,
     events_processed: i64,
@@ -94,8 +99,10 @@ async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
         .into_iter()
         .map(|r| (r.name.clone(), r))
         .collect();
-    // The head and the lag count only readable events, the ones the projections can see.
-    let head = state.store.stats().await.map_err(store_error)?.readable_head;
+    // The head is the newest readable event; the lag counts the held-back ones too,
+    // so a stalled log shows as lag, not as a projection that is up to date.
+    let stats = state.store.stats().await.map_err(store_error)?;
+    let (head, held_back) = (stats.readable_head, stats.held_back_events);
     let mut views = Vec::with_capacity(statuses.len());
     for ProjectionStatus { name, checkpoint, events_processed, state: running, failure, updated_at } in statuses {
         let lag = state.store.count_after(checkpoint, LAG_COUNT_LIMIT).await.map_err(store_error)?;
@@ -104,7 +111,8 @@ async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
             name,
             checkpoint: checkpoint.map_or(0, |at| at.position as i64),
             head: head.map_or(0, |head| head.position as i64),
-            lag: lag as i64,
+            lag: (lag + held_back) as i64,
+            held_back_events: held_back as i64,
             state: running,
             events_processed: events_processed as i64,
             failure,

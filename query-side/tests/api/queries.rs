@@ -192,9 +192,25 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
             assert_eq!(projection["checkpoint"], last, "{projection}");
             assert_eq!(projection["head"], newest, "{projection}");
             assert_eq!(projection["lag"], 1, "{projection}");
+            assert_eq!(projection["held_back_events"], 0, "{projection}");
             assert_eq!(projection["state"], "running");
             assert_eq!(projection["failure"], Value::Null);
         }
+
+        // A session that writes and sits idle in its transaction holds the
+        // log back: events committed after it count as lag, not as nothing.
+        use sqlx::Connection;
+        let mut idle = sqlx::PgConnection::connect_with(&app.pool.connect_options()).await.unwrap();
+        for statement in ["BEGIN", "CREATE TEMP TABLE scratch (n int)", "SELECT pg_current_xact_id()"] {
+            sqlx::query(statement).execute(&mut idle).await.unwrap();
+        }
+        app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 1 }]).await;
+        let admin = app.json("/v1/admin/projections").await;
+        for projection in admin["projections"].as_array().unwrap() {
+            assert_eq!(projection["head"], newest, "the held-back event is not readable: {projection}");
+            assert_eq!((&projection["lag"], &projection["held_back_events"]), (&json!(2), &json!(1)), "{projection}");
+        }
+        sqlx::query("ROLLBACK").execute(&mut idle).await.unwrap();
     })
     .await;
 }
