@@ -214,7 +214,7 @@ mod postgres {
     /// its transaction holds the log back: the stats name it (its pid, how
     /// long it is open) and how long the first event waits; the database's
     /// idle-in-transaction timeout (a minute, set by the migrations; this
-    /// session asks for one second) ends it, and the log moves on.
+    /// session asks for three seconds) ends it, and the log moves on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_writing_transaction_shows_as_the_blocker_until_its_timeout_ends_it() {
         use sqlx::Connection;
@@ -227,7 +227,7 @@ mod postgres {
                 sqlx::query_scalar("SHOW idle_in_transaction_session_timeout").fetch_one(&mut idle).await.unwrap();
             assert_eq!(setting, "1min", "the migrations set the database's default");
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut idle).await.unwrap();
-            sqlx::query("SET idle_in_transaction_session_timeout = '1s'").execute(&mut idle).await.unwrap();
+            sqlx::query("SET idle_in_transaction_session_timeout = '3s'").execute(&mut idle).await.unwrap();
             sqlx::query("BEGIN").execute(&mut idle).await.unwrap();
             sqlx::query("CREATE TEMP TABLE scratch (n int)").execute(&mut idle).await.unwrap();
             sqlx::query("SELECT pg_current_xact_id()").execute(&mut idle).await.unwrap();
