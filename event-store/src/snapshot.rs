@@ -18,8 +18,10 @@ pub(crate) fn offer<S: EventStore + Clone>(store: &S, snapshot: Snapshot) {
         metrics::counter!("event_store_snapshots_total", "outcome" => "dropped").increment(1);
         return;
     }
-    let store = store.clone();
+    let (store, slot) = (store.clone(), Slot);
     runtime.spawn(async move {
+        // Counted out however the task ends (its runtime may stop before it runs).
+        let _slot = slot;
         let (stream_id, version) = (snapshot.stream_id.clone(), snapshot.stream_version);
         let outcome = match store.write_snapshot(snapshot).await {
             Ok(()) => "written",
@@ -29,8 +31,16 @@ pub(crate) fn offer<S: EventStore + Clone>(store: &S, snapshot: Snapshot) {
             }
         };
         metrics::counter!("event_store_snapshots_total", "outcome" => outcome).increment(1);
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     });
+}
+
+/// One write in flight, given back when dropped.
+struct Slot;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Whether `new` is kept instead of `kept`: a later version, or another
