@@ -69,6 +69,7 @@ impl Backend {
     /// checkpoints come from (the first opener records it); opening another
     /// one there is refused, since positions of one mean nothing in the other.
     pub async fn open(&self, pool: PgPool, categories: &[&str]) -> Result<Arc<dyn EventStore>, StoreError> {
+        refuse_a_standby(&pool).await?;
         claim(&pool, self.name()).await?;
         match self {
             Self::Postgres => {
@@ -84,6 +85,21 @@ impl Backend {
             Self::EventStoreDb { .. } => Err(StoreError::Backend("this build has no EventStoreDB support".into())),
         }
     }
+}
+
+/// A hot standby's snapshots do not list the primary's transactions in
+/// progress the way the log's read horizon needs (ADR 0001): reading the log
+/// there could skip events that commit late. The system runs on the primary.
+async fn refuse_a_standby(pool: &PgPool) -> Result<(), StoreError> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(pool).await?;
+    if standby {
+        return Err(StoreError::Backend(
+            "DATABASE_URL names a hot standby (a read-only replica): the log cannot be read safely there, \
+             and nothing can be written; point DATABASE_URL at the primary"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Records `backend` as the database's event store unless one is recorded;

@@ -438,6 +438,27 @@ mod postgres {
         .await;
     }
 
+    /// The log is read on the primary only: a hot standby is refused at
+    /// start-up with a message that says what to do.
+    #[tokio::test]
+    async fn a_hot_standby_is_refused_with_a_clear_error() {
+        let primary = event_store::testing::PgServer::start();
+        {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&primary.url("postgres")).await.unwrap();
+            sqlx::query("CREATE DATABASE events").execute(&mut admin).await.unwrap();
+            let pool = PgPoolOptions::new().max_connections(1).connect(&primary.url("events")).await.unwrap();
+            PgEventStore::new(pool.clone()).migrate().await.unwrap();
+            Backend::Postgres.open(pool.clone(), &["order"]).await.expect("the primary is fine");
+            pool.close().await;
+        }
+        let standby = event_store::testing::PgServer::standby_of(&primary);
+        let pool = PgPoolOptions::new().max_connections(1).connect(&standby.url("events")).await.unwrap();
+        let error = Backend::Postgres.open(pool.clone(), &["order"]).await.err().expect("refused");
+        assert!(error.to_string().contains("hot standby") && error.to_string().contains("primary"), "{error}");
+        pool.close().await;
+    }
+
     /// Positions of rolled-back appends are gaps in the sequence; the log
     /// reads past them and a later reader sees only what committed.
     #[tokio::test]

@@ -75,6 +75,47 @@ impl PgServer {
         server
     }
 
+    /// A hot standby of `primary` (a base backup streaming from it), started.
+    pub fn standby_of(primary: &PgServer) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("pg-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(user) = &primary.run_as {
+            let chowned = Command::new("chown").arg(user).arg(&dir).status().unwrap();
+            assert!(chowned.success(), "cannot give {} to {user}", dir.display());
+        }
+        let mut standby = Self { port, dir, bin: primary.bin.clone(), run_as: primary.run_as.clone(), running: false };
+        let data = standby.data_dir();
+        let source = primary.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &source,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        let settings =
+            format!("\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", standby.dir.display());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| std::io::Write::write_all(&mut file, settings.as_bytes()))
+            .unwrap();
+        standby.restart();
+        standby
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/<database>`
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
