@@ -48,72 +48,53 @@ impl PgServer {
     /// Creates a cluster (trust authentication, user `postgres`) and starts it.
     pub fn start() -> Self {
         let bin = bin_dir().expect("PostgreSQL's server binaries (initdb, pg_ctl) are not installed; set PG_BIN_DIR");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("pg-test-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run_as = is_root().then(|| "postgres".to_owned());
-        if let Some(user) = &run_as {
-            let chowned = Command::new("chown").arg(user).arg(&dir).status().unwrap();
-            assert!(chowned.success(), "cannot give {} to {user}", dir.display());
-        }
-        let mut server = Self { port, dir, bin, run_as, running: false };
+        let mut server = Self::unstarted(bin, is_root().then(|| "postgres".to_owned()));
         let data = server.data_dir();
         server
             .run("initdb", &["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D", data.to_str().unwrap()]);
         // Fast and disposable: the operating system never crashes under a test.
-        let settings = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
-             full_page_writes = off\nmax_connections = 200\nlogging_collector = off\nmax_prepared_transactions = 10\n",
-            server.dir.display()
+        server.configure(
+            "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nmax_connections = 200\n\
+             logging_collector = off\nmax_prepared_transactions = 10\n",
         );
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .and_then(|mut file| std::io::Write::write_all(&mut file, settings.as_bytes()))
-            .unwrap();
         server.restart();
         server
     }
 
     /// A hot standby of `primary` (a base backup streaming from it), started.
     pub fn standby_of(primary: &PgServer) -> Self {
+        let mut standby = Self::unstarted(primary.bin.clone(), primary.run_as.clone());
+        let (data, source) = (standby.data_dir(), primary.port.to_string());
+        let data = data.to_str().unwrap();
+        let backup =
+            ["-h", "127.0.0.1", "-p", &source, "-U", "postgres", "-D", data, "-R", "-X", "stream", "-c", "fast"];
+        standby.run("pg_basebackup", &backup);
+        standby.configure("hot_standby = on\n");
+        standby.restart();
+        standby
+    }
+
+    /// A free port and an empty directory of its own (owned by `run_as`); nothing started.
+    fn unstarted(bin: PathBuf, run_as: Option<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("pg-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        if let Some(user) = &primary.run_as {
+        if let Some(user) = &run_as {
             let chowned = Command::new("chown").arg(user).arg(&dir).status().unwrap();
             assert!(chowned.success(), "cannot give {} to {user}", dir.display());
         }
-        let mut standby = Self { port, dir, bin: primary.bin.clone(), run_as: primary.run_as.clone(), running: false };
-        let data = standby.data_dir();
-        let source = primary.port.to_string();
-        standby.run(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &source,
-                "-U",
-                "postgres",
-                "-D",
-                data.to_str().unwrap(),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-        );
+        Self { port, dir, bin, run_as, running: false }
+    }
+
+    /// Appends this server's port and socket directory, and `settings`, to its `postgresql.conf`.
+    fn configure(&self, settings: &str) {
         let settings =
-            format!("\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", standby.dir.display());
+            format!("\nport = {}\nunix_socket_directories = '{}'\n{settings}", self.port, self.dir.display());
         std::fs::OpenOptions::new()
             .append(true)
-            .open(data.join("postgresql.conf"))
+            .open(self.data_dir().join("postgresql.conf"))
             .and_then(|mut file| std::io::Write::write_all(&mut file, settings.as_bytes()))
             .unwrap();
-        standby.restart();
-        standby
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`
