@@ -68,7 +68,7 @@ impl Config {
         // A rebuild on the command line draws a progress bar: only warnings are logged beside it.
         let default_level = if command == Command::Serve { "info,sqlx=warn" } else { "warn" };
         let batch_size = config::ranged(source, "PROJECTION_BATCH_SIZE", 500usize, 1, 10_000)?;
-        let page_size = config::ranged(source, "REBUILD_PAGE_SIZE", 5_000usize, 100, 100_000)?;
+        let page_size = config::ranged(source, "REBUILD_PAGE_SIZE", 1_000usize, 100, 100_000)?;
         Ok(Self {
             command,
             common: CommonConfig::from_source(source, 4, default_level)?,

@@ -4,10 +4,11 @@
 //! 1. One rebuild of a projection at a time: an advisory lock keyed by its name.
 //! 2. The shadow tables live in schema `rebuild_<name>`: copies of the tables
 //!    the projection writes, with the same names, columns, constraints and
-//!    (added once the replay is done, which is faster) indexes. The
+//!    indexes (made while the tables are empty: building them after the
+//!    replay would be faster, but one long transaction, ADR 0013). The
 //!    projection's own code writes them, with `search_path` pointed there.
 //! 3. The replay reads the log in pages, the next page while the last one is
-//!    applied; each page is one transaction that also moves the rebuild's
+//!    applied; each page is one short transaction that also moves the rebuild's
 //!    checkpoint in `projection_rebuilds`. Interrupted, a rebuild resumes
 //!    from there; a finished or failed one starts again from empty copies.
 //! 4. Once the replay has reached the readable head, one transaction swaps:
@@ -50,7 +51,7 @@ pub struct RebuildOptions {
 
 impl Default for RebuildOptions {
     fn default() -> Self {
-        Self { page_size: 5_000, swap_lock_timeout: Duration::from_secs(5), pause_before_swap: None }
+        Self { page_size: 1_000, swap_lock_timeout: Duration::from_secs(5), pause_before_swap: None }
     }
 }
 
@@ -144,7 +145,6 @@ impl Rebuild<'_> {
         loop {
             let before = done;
             (checkpoint, done) = self.replay(checkpoint, done).await?;
-            self.create_indexes().await?;
             // Swap once the replay is within a page of the head (where the
             // live projection is), so that the tables stay locked for a few
             // events at most. A replay that found nothing new swaps whatever
@@ -188,6 +188,10 @@ impl Rebuild<'_> {
                 .fetch_one(&mut *tx)
                 .await?;
         if found.state == "running" && shadow_tables == self.projection.tables().len() as i64 {
+            // A rebuild started by a version that built its indexes last has none yet.
+            for table in self.projection.tables() {
+                copy_indexes(&mut tx, table, &schema).await?;
+            }
             rebuilds::resume(&mut tx, name).await?;
             tx.commit().await?;
             tracing::info!(projection = name, events_done = found.events_done, "resuming the rebuild");
@@ -198,6 +202,7 @@ impl Rebuild<'_> {
         sqlx::query(&format!("CREATE SCHEMA {schema_ident}")).execute(&mut *tx).await?;
         for table in self.projection.tables() {
             copy_table(&mut tx, table, &schema).await?;
+            copy_indexes(&mut tx, table, &schema).await?;
         }
         rebuilds::start(&mut tx, name).await?;
         tx.commit().await?;
@@ -286,29 +291,6 @@ impl Rebuild<'_> {
         Ok(left)
     }
 
-    /// The live tables' indexes that do not back a constraint, on the shadow tables.
-    async fn create_indexes(&self) -> Result<(), RebuildError> {
-        let schema = shadow_schema(self.projection.name());
-        for table in self.projection.tables() {
-            let definitions: Vec<String> = sqlx::query_scalar(
-                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
-                 WHERE i.indrelid = format('public.%I', $1::text)::regclass \
-                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
-            )
-            .bind(table)
-            .fetch_all(&self.pool)
-            .await?;
-            for definition in definitions {
-                let on_shadow = definition
-                    .replacen(" ON public.", &format!(" ON {}.", quote_ident(&schema)), 1)
-                    .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
-                    .replacen("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1);
-                sqlx::query(&on_shadow).execute(&self.pool).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Swaps the shadow tables in. `None` if the live tables stayed locked
     /// longer than the lock timeout.
     async fn swap(&self, shadow: Option<LogPosition>, done: u64) -> Result<Option<Progress>, RebuildError> {
@@ -392,7 +374,7 @@ fn quote_ident(name: &str) -> String {
 
 /// Creates `schema.table` like `public.table`: columns, defaults, checks, and
 /// the primary key and unique constraints under their own names. Other
-/// indexes come later (see `create_indexes`).
+/// indexes: see [`copy_indexes`].
 async fn copy_table(tx: &mut PgConnection, table: &str, schema: &str) -> Result<(), sqlx::Error> {
     let (live, shadow) =
         (format!("public.{}", quote_ident(table)), format!("{}.{}", quote_ident(schema), quote_ident(table)));
@@ -410,6 +392,29 @@ async fn copy_table(tx: &mut PgConnection, table: &str, schema: &str) -> Result<
         sqlx::query(&format!("ALTER TABLE {shadow} ADD CONSTRAINT {} {definition}", quote_ident(&constraint)))
             .execute(&mut *tx)
             .await?;
+    }
+    Ok(())
+}
+
+/// The indexes of `public.table` that do not back a constraint, on
+/// `schema.table` while it is empty: built after the replay they would be
+/// one long transaction, and every transaction of this database holds the
+/// log back while it runs (ADR 0013). Each page keeps them up to date instead.
+async fn copy_indexes(tx: &mut PgConnection, table: &str, schema: &str) -> Result<(), sqlx::Error> {
+    let definitions: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
+         WHERE i.indrelid = format('public.%I', $1::text)::regclass \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+    )
+    .bind(table)
+    .fetch_all(&mut *tx)
+    .await?;
+    for definition in definitions {
+        let on_shadow = definition
+            .replacen(" ON public.", &format!(" ON {}.", quote_ident(schema)), 1)
+            .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+            .replacen("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1);
+        sqlx::query(&on_shadow).execute(&mut *tx).await?;
     }
     Ok(())
 }

@@ -236,14 +236,29 @@ pub async fn release(pool: &PgPool, principal: &str, key: &Key, lease: &Lease) -
     Ok(done.rows_affected() == 1)
 }
 
-/// Forgets keys older than `ttl`; returns how many.
+/// Keys forgotten per transaction: a transaction of this database holds the
+/// log's read horizon while it runs (ADR 0013), so the janitor deletes in
+/// short ones (a few milliseconds each) however many keys expired at once.
+pub const FORGET_BATCH: i64 = 1_000;
+
+/// Forgets keys older than `ttl`, [`FORGET_BATCH`] per transaction; returns how many.
 pub async fn forget_expired(pool: &PgPool, ttl: Duration) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM http_idempotency_keys WHERE requested_at < now() - $1 * interval '1 millisecond'")
-            .bind(ttl.as_millis() as f64)
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
+    let mut forgotten = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM http_idempotency_keys WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM http_idempotency_keys \
+                 WHERE requested_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+        )
+        .bind(ttl.as_millis() as f64)
+        .bind(FORGET_BATCH)
+        .execute(pool)
+        .await?;
+        forgotten += done.rows_affected();
+        if done.rows_affected() < FORGET_BATCH as u64 {
+            return Ok(forgotten);
+        }
+    }
 }
 
 /// A response saved before outcomes were (HTTP status and body), as the

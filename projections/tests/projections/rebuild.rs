@@ -242,3 +242,58 @@ async fn the_swap_brings_the_rebuilt_tables_up_to_the_live_ones() {
     })
     .await;
 }
+
+/// A transaction of the events' database holds the log back while it runs
+/// (ADR 0013): a rebuild builds the shadow tables' indexes while they are
+/// empty, never over the replayed rows in one long transaction, and the
+/// tables it swaps in have the live tables' indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_builds_its_indexes_on_empty_tables() {
+    with_database(12, |pool| async move {
+        let store = PgEventStore::new(pool.clone());
+        let history = shop_history(300, 5);
+        let events = event_count(&history) as u64;
+        write(Arc::new(store.clone()), history, 4).await;
+        project_live(&store, &pool, events).await;
+        let indexes = || async {
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'rm_orders' ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            names
+        };
+        let live_indexes = indexes().await;
+        assert!(live_indexes.len() > 1, "{live_indexes:?}");
+        // Every CREATE INDEX notes its table and how many rows the table had then.
+        sqlx::raw_sql(
+            "CREATE TABLE index_builds (table_name text, rows_then bigint); \
+             CREATE FUNCTION note_index_build() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+             DECLARE built record; indexed regclass; rows_then bigint; BEGIN \
+                 FOR built IN SELECT objid FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE INDEX' LOOP \
+                     SELECT indrelid::regclass INTO indexed FROM pg_index WHERE indexrelid = built.objid; \
+                     EXECUTE format('SELECT count(*) FROM %s', indexed) INTO rows_then; \
+                     INSERT INTO index_builds VALUES (indexed::text, rows_then); \
+                 END LOOP; END $$; \
+             CREATE EVENT TRIGGER note_index_build ON ddl_command_end WHEN TAG IN ('CREATE INDEX') \
+                 EXECUTE FUNCTION note_index_build();",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let (progress, _) = watch::channel(Default::default());
+        let options = RebuildOptions { page_size: 100, ..RebuildOptions::default() };
+        let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+        let done = rebuild(by_name("orders"), shared, pool.clone(), options, &progress).await.unwrap();
+        assert!(done.swapped && done.events_done == events);
+
+        let builds: Vec<(String, i64)> =
+            sqlx::query_as("SELECT table_name, rows_then FROM index_builds").fetch_all(&pool).await.unwrap();
+        assert!(builds.iter().any(|(table, _)| table.starts_with("rebuild_orders.")), "{builds:?}");
+        assert!(builds.iter().all(|(_, rows)| *rows == 0), "an index built over rows: {builds:?}");
+        assert_eq!(indexes().await, live_indexes, "the rebuilt table has the live table's indexes");
+    })
+    .await;
+}

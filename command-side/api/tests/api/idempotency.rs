@@ -209,3 +209,49 @@ async fn twenty_racing_identical_requests_place_one_order() {
     })
     .await;
 }
+
+/// A transaction of the events' database holds the log's read horizon back
+/// while it runs (ADR 0013): the janitor forgets any number of expired keys
+/// in transactions of at most `FORGET_BATCH` keys each, and keeps the rest.
+#[tokio::test]
+async fn the_janitor_forgets_many_keys_in_short_transactions() {
+    with_app(|app| async move {
+        let pool = &app.pool;
+        let expired = 2 * idempotency::FORGET_BATCH + 500;
+        sqlx::query(
+            "INSERT INTO http_idempotency_keys (principal, key, fingerprint, requested_at, lease_until) \
+             SELECT 'sub:c-1', 'k-' || n, '\\x00', now() - interval '2 days', now() - interval '2 days' \
+             FROM generate_series(1, $1) AS n",
+        )
+        .bind(expired)
+        .execute(pool)
+        .await
+        .unwrap();
+        assert_eq!(app.post_with("/v1/orders", order(), &[("idempotency-key", "fresh")]).await.status(), 202);
+        // Every DELETE statement notes its transaction and how many keys it removed.
+        sqlx::raw_sql(
+            "CREATE TABLE forgotten (xid xid8, keys bigint); \
+             CREATE FUNCTION note_forgotten() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 INSERT INTO forgotten SELECT pg_current_xact_id(), count(*) FROM gone; RETURN NULL; END $$; \
+             CREATE TRIGGER note_forgotten AFTER DELETE ON http_idempotency_keys \
+                 REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION note_forgotten();",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+
+        let forgotten = idempotency::forget_expired(pool, Duration::from_secs(24 * 3600)).await.unwrap();
+        assert_eq!(forgotten, expired as u64);
+        let per_transaction: Vec<i64> =
+            sqlx::query_scalar("SELECT sum(keys)::bigint FROM forgotten GROUP BY xid::text ORDER BY 1 DESC")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert!(per_transaction.len() >= 3, "{per_transaction:?}");
+        assert!(per_transaction.iter().all(|keys| *keys <= idempotency::FORGET_BATCH), "{per_transaction:?}");
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM http_idempotency_keys").fetch_all(pool).await.unwrap();
+        assert_eq!(left, ["fresh"], "the key in use is kept");
+    })
+    .await;
+}
