@@ -6,8 +6,10 @@
 # Services: the command API (http://127.0.0.1:8080), the relay (log -> NATS
 # JetStream stream EVENTS), the saga participants, the payment gateway
 # simulator (http://127.0.0.1:8090), the projections, the query API
-# (http://127.0.0.1:8081). The relay, the participants and the projections
-# serve /health/* and /metrics on 127.0.0.1:9101, 9102 and 9103.
+# (http://127.0.0.1:8081). Every service serves /health/* and /metrics to its
+# operators: the relay, the participants and the projections on
+# 127.0.0.1:9101, 9102 and 9103, the command and query APIs on 9104 and 9105
+# (their public addresses answer /health/* only, without reasons).
 # Configuration: the environment variables in the README's table
 # (EVENT_STORE_URL=esdb://... keeps the events in EventStoreDB).
 set -euo pipefail

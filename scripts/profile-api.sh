@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 export JWT_SECRET=$secret
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port \
+DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port COMMAND_OPS_ADDR=127.0.0.1:0 \
   RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
   target/profiling/command-api 2>/dev/null &
 api=$!

@@ -115,6 +115,7 @@ async fn main() {
 
         let env = [
             ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+            ("COMMAND_OPS_ADDR", "127.0.0.1:0"),
             ("AUTH_MODE", "off"),
             ("RATE_LIMIT_PER_SECOND", "1000000"),
             ("RATE_LIMIT_BURST", "1000000"),

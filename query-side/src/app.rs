@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use service_kit::ops::{Check, OpsServer};
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -15,8 +16,8 @@ use crate::Config;
 pub enum StartupError {
     #[error("cannot reach the database (DATABASE_URL): {0}")]
     Database(#[from] sqlx::Error),
-    #[error("cannot listen on {addr} (QUERY_HTTP_ADDR): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
     EventStore(#[from] event_store::StoreError),
 }
@@ -24,6 +25,9 @@ pub enum StartupError {
 pub struct App {
     listener: TcpListener,
     router: Router,
+    ops: OpsServer,
+    checks: Vec<Check>,
+    state: AppState,
 }
 
 impl App {
@@ -38,28 +42,47 @@ impl App {
         let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
         let state = AppState {
             store: store.clone(),
-            progress: Progress::start(pool.clone()),
+            progress: Progress::start(pool.clone(), config.waiters),
             pool: pool.clone(),
             min_position_wait: config.min_position_wait,
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
         let checks = config.common.checks(&pool, &store, migrations::expected());
-        let router = service_kit::http::layers(http::router(state, gate, checks), config.request_timeout);
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
-        Ok(Self { listener, router })
+        let router = http::router(state.clone(), gate, checks.clone());
+        let router = service_kit::http::layers(router, config.request_timeout);
+        let listener = TcpListener::bind(config.http_addr).await.map_err(|source| StartupError::Bind {
+            setting: "QUERY_HTTP_ADDR",
+            addr: config.http_addr,
+            source,
+        })?;
+        let ops = OpsServer::bind(config.ops_addr).await.map_err(|source| StartupError::Bind {
+            setting: "QUERY_OPS_ADDR",
+            addr: config.ops_addr,
+            source,
+        })?;
+        Ok(Self { listener, router, ops, checks, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` and `/health/*` (with reasons) answer.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
+    }
+
     pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "query API listening");
+        let gauges = http::record_metrics(self.state);
+        let ops = tokio::spawn(self.ops.run(self.checks, shutdown.clone()));
         // The peer address keys rate limits when auth is off.
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await
+        let served =
+            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
+        gauges.abort();
+        let _ = ops.await;
+        served
     }
 }

@@ -359,11 +359,28 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
             Err(detail) => return gate.limit(peer()).unwrap_or_else(|| unauthorized(detail)),
         },
     };
-    if let Some(limited) = gate.limit(key) {
+    if let Some(limited) = gate.limit(key.clone()) {
         return limited;
     }
     request.extensions_mut().insert(principal);
+    request.extensions_mut().insert(ClientKey(key));
     next.run(request).await
+}
+
+/// Who sent a request, as the rate limiter counts it: `sub:<subject>` of the
+/// token, or `peer:<ip>` when auth is off. For other per-client bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<ClientKey>().cloned().ok_or_else(|| {
+            tracing::error!("a route that needs the client's key is not behind the auth middleware");
+            Problem::internal()
+        })
+    }
 }
 
 /// The bearer token of a request, or what is wrong with it (the 401's detail).

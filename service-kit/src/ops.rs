@@ -1,7 +1,8 @@
 //! What every service answers to its operators, HTTP API or not:
 //! `GET /health/live` (the process runs), `GET /health/ready` (every
-//! dependency answers; 503 naming the ones that do not) and `GET /metrics`
-//! (Prometheus text). The relay, the saga participants and the projections
+//! dependency answers; 503 naming the ones that do not, or 200 `degraded`
+//! naming a condition that slows the service without stopping it) and
+//! `GET /metrics` (Prometheus text). The relay, the saga participants and the projections
 //! have no API of their own: they serve these routes on an ops address.
 
 use std::future::Future;
@@ -25,6 +26,8 @@ type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + S
 pub struct Check {
     name: &'static str,
     probe: Probe,
+    /// Failing makes the service degraded (still ready), not unready.
+    degrades_only: bool,
 }
 
 impl Check {
@@ -33,7 +36,14 @@ impl Check {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        Self { name, probe: Arc::new(move || Box::pin(probe())) }
+        Self { name, probe: Arc::new(move || Box::pin(probe())), degrades_only: false }
+    }
+
+    /// This check failing leaves the service ready but `degraded`: a
+    /// condition outside the process that restarting it or sending it no
+    /// traffic would not cure (a log held back by someone's transaction).
+    pub fn degrading(self) -> Self {
+        Self { degrades_only: true, ..self }
     }
 
     /// The database answers and every migration of `expected` is applied.
@@ -66,6 +76,7 @@ impl Check {
 
     /// The log is not stalled: no events wait behind an open transaction
     /// longer than `event_store::watch::STALL_AFTER` (the reason names it).
+    /// A stall degrades the service; it does not make it unready.
     #[cfg(feature = "event-store")]
     pub fn log_horizon(store: Arc<dyn event_store::EventStore>) -> Self {
         Self::new("log_horizon", move || {
@@ -75,6 +86,7 @@ impl Check {
                 event_store::watch::stall(&stats).map_or(Ok(()), Err)
             }
         })
+        .degrading()
     }
 
     /// [`Check::event_store`] unless the events live in PostgreSQL.
@@ -110,15 +122,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S>
     with_metrics(health(checks, Detail::Reasons))
 }
 
-/// [`router`] for an API's public address: readiness names the failing
-/// dependencies without their reasons (a database error's text is for the
-/// logs, not for whoever asks).
-pub fn public_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
-    with_metrics(health(checks, Detail::Names))
-}
-
-/// `/health/live` and `/health/ready` only (names, as [`public_router`]), for
-/// an API that renders its own `/metrics`.
+/// `/health/live` and `/health/ready` for an API's public address, where a
+/// load balancer asks: readiness names the failing dependencies without
+/// their reasons (a database error's text is for the logs and the ops
+/// address, not for whoever asks). `/metrics` is on the ops address only.
 pub fn public_health_router<S: Clone + Send + Sync + 'static>(checks: Vec<Check>) -> Router<S> {
     health(checks, Detail::Names)
 }
@@ -141,32 +148,48 @@ fn health<S: Clone + Send + Sync + 'static>(checks: Vec<Check>, detail: Detail) 
 }
 
 async fn ready(checks: Arc<Vec<Check>>, detail: Detail) -> Response {
-    let mut failing = Vec::new();
+    let (mut failing, mut degraded) = (Vec::new(), Vec::new());
     for check in checks.iter() {
         let outcome = tokio::time::timeout(PROBE_TIMEOUT, (check.probe)())
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
         if let Err(reason) = outcome {
-            tracing::warn!(dependency = check.name, %reason, "not ready");
-            failing.push(match detail {
+            tracing::warn!(dependency = check.name, %reason, degraded = check.degrades_only, "not ready");
+            let said = match detail {
                 Detail::Names => check.name.to_owned(),
                 Detail::Reasons => format!("{}: {reason}", check.name),
-            });
+            };
+            if check.degrades_only { &mut degraded } else { &mut failing }.push(said);
         }
     }
-    if failing.is_empty() {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        Problem::unavailable(format!("not ready: {}", failing.join("; ")), 5).into_response()
+    if !failing.is_empty() {
+        failing.extend(degraded);
+        return Problem::unavailable(format!("not ready: {}", failing.join("; ")), 5).into_response();
     }
+    if degraded.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let body = Degraded { status: "degraded", detail: degraded.join("; ") };
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// The operations routes in an API's OpenAPI document (merged into each
-/// API's own; the routes themselves are [`public_router`]'s and [`public_health_router`]'s).
+/// `/health/ready`'s 200: ready, but something slows the service down.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Degraded {
+    /// Always `degraded`.
+    #[schema(example = "degraded")]
+    status: &'static str,
+    /// What degrades the service (on an ops address, with the reason).
+    #[schema(example = "log_horizon")]
+    detail: String,
+}
+
+/// The operations routes of an API's public address in its OpenAPI document
+/// (merged into each API's own; the routes are [`public_health_router`]'s).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(live, ready_doc, metrics_doc),
-    tags((name = "operations", description = "Health and metrics, for orchestrators and monitoring; no token needed"))
+    paths(live, ready_doc),
+    tags((name = "operations", description = "Health, for orchestrators and load balancers; no token needed. Metrics and readiness with reasons are on the ops address"))
 )]
 pub struct OpsApi;
 
@@ -181,19 +204,15 @@ async fn live() -> StatusCode {
 #[utoipa::path(get, path = "/health/ready", tag = "operations", operation_id = "ready",
     responses(
         (status = 204, description = "Ready"),
+        (status = 200, description = "Ready, but degraded: `detail` names what slows the service down (a log held back by an open transaction)", body = Degraded),
         (status = 503, description = "Not ready: `detail` names each dependency that does not answer (`Retry-After`)",
          body = Problem, content_type = "application/problem+json"),
     ))]
 #[allow(dead_code)] // documents `ready`, which takes the checks
 fn ready_doc() {}
 
-/// Prometheus metrics of this process.
-#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
-#[allow(dead_code)] // documents the `/metrics` routes, which render the process's recorder
-fn metrics_doc() {}
-
-/// The ops routes on an address of their own, for a service without an API.
+/// The ops routes ([`router`]) on an address of their own: every service
+/// has one (the APIs' public address has health only).
 pub struct OpsServer {
     listener: tokio::net::TcpListener,
 }
@@ -246,14 +265,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_degrading_check_that_fails_leaves_the_service_ready_but_degraded() {
+        let stalled = || Check::new("log_horizon", || async { Err("held back by pid 42".to_owned()) }).degrading();
+        let (code, body) =
+            status(router(vec![Check::new("database", || async { Ok(()) }), stalled()]), "/health/ready").await;
+        assert_eq!(code, StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body, serde_json::json!({"status": "degraded", "detail": "log_horizon: held back by pid 42"}));
+        let (_, body) = status(public_health_router(vec![stalled()]), "/health/ready").await;
+        assert!(body.contains("log_horizon") && !body.contains("pid"), "{body}");
+        // With a required dependency failing too, the service is not ready, and says both.
+        let down = Check::new("database", || async { Err("does not answer".to_owned()) });
+        let (code, body) = status(router(vec![down, stalled()]), "/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("database: does not answer; log_horizon: held back"), "{body}");
+    }
+
+    #[tokio::test]
     async fn public_readiness_names_the_dependency_without_its_error_text() {
         let failing =
             || vec![Check::new("database", || async { Err("password authentication failed for user app".into()) })];
-        let (code, body) = status(public_router(failing()), "/health/ready").await;
+        let (code, body) = status(public_health_router(failing()), "/health/ready").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("not ready: database") && !body.contains("password"), "{body}");
-        let (_, body) = status(public_health_router(failing()), "/health/ready").await;
-        assert!(!body.contains("password"), "{body}");
+        assert_eq!(status(public_health_router(vec![]), "/metrics").await.0, StatusCode::NOT_FOUND);
         let (_, body) = status(router(failing()), "/health/ready").await;
         assert!(body.contains("password authentication failed"), "operators see why: {body}");
     }

@@ -104,6 +104,10 @@ impl System {
         let nats = NatsServer::start();
         let database_url = pg.url("orders");
         let addrs: BTreeMap<Kind, String> = Kind::ALL.iter().map(|kind| (*kind, free_addr())).collect();
+        // The APIs serve `/metrics` and readiness with reasons on an ops address of their own.
+        let mut ops = addrs.clone();
+        ops.insert(Kind::Api, free_addr());
+        ops.insert(Kind::Query, free_addr());
         let (stream, dead_letter_stream) = (format!("EVENTS_{id}"), format!("DEADLETTER_{id}"));
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
@@ -119,10 +123,12 @@ impl System {
             ("PAYMENT_GATEWAY_TIMEOUT", settings.gateway_timeout),
             ("GATEWAY_HTTP_ADDR", &addrs[&Kind::Gateway]),
             ("COMMAND_HTTP_ADDR", &addrs[&Kind::Api]),
+            ("COMMAND_OPS_ADDR", &ops[&Kind::Api]),
             ("RELAY_OPS_ADDR", &addrs[&Kind::Relay]),
             ("SAGA_OPS_ADDR", &addrs[&Kind::Saga]),
             ("PROJECTIONS_OPS_ADDR", &addrs[&Kind::Projections]),
             ("QUERY_HTTP_ADDR", &addrs[&Kind::Query]),
+            ("QUERY_OPS_ADDR", &ops[&Kind::Query]),
             ("JWT_SECRET", SECRET),
             // The workload sends from one principal, faster than a customer would.
             ("RATE_LIMIT_PER_SECOND", "100000"),
@@ -163,7 +169,7 @@ impl System {
             gateway: format!("http://{}", addrs[&Kind::Gateway]),
             token: auth::mint(Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap(),
         };
-        let ops = addrs.into_iter().map(|(kind, addr)| (kind, format!("http://{addr}"))).collect();
+        let ops = ops.into_iter().map(|(kind, addr)| (kind, format!("http://{addr}"))).collect();
         let mut system =
             Self { dir, pg, nats, database_url, stream, dead_letter_stream, client, ops, processes, env, pool: None };
         for kind in Kind::ALL {

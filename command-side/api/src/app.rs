@@ -7,6 +7,7 @@ use std::time::Duration;
 use application::idempotency::LEASE;
 use application::{Application, Settings};
 use axum::Router;
+use service_kit::ops::{Check, OpsServer};
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -17,8 +18,8 @@ use crate::{http, Config};
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] migrations::MigrateError),
-    #[error("cannot listen on {addr} (COMMAND_HTTP_ADDR): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
     EventStore(#[from] event_store::StoreError),
 }
@@ -26,6 +27,8 @@ pub enum StartupError {
 pub struct App {
     listener: TcpListener,
     router: Router,
+    ops: OpsServer,
+    checks: Vec<Check>,
     application: Application,
     idempotency_key_ttl: Duration,
 }
@@ -39,6 +42,7 @@ impl App {
 
     /// Binds with a migrated pool of the caller's (the tests' own database).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        service_kit::metrics::handle(); // the recorder, before anything is recorded
         let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
         let settings = Settings {
             max_attempts: config.command_max_attempts,
@@ -50,27 +54,41 @@ impl App {
         let application = Application::new(store.clone(), pool.clone(), settings);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
         let checks = config.common.checks(&pool, &store, migrations::expected());
-        let router = http::router(application.clone(), config.body_limit, &config.auth, checks);
+        let router = http::router(application.clone(), config.body_limit, &config.auth, checks.clone());
         let router = service_kit::http::layers(router, config.request_timeout);
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.http_addr, source })?;
-        Ok(Self { listener, router, application, idempotency_key_ttl: config.idempotency_key_ttl })
+        let listener = TcpListener::bind(config.http_addr).await.map_err(|source| StartupError::Bind {
+            setting: "COMMAND_HTTP_ADDR",
+            addr: config.http_addr,
+            source,
+        })?;
+        let ops = OpsServer::bind(config.ops_addr).await.map_err(|source| StartupError::Bind {
+            setting: "COMMAND_OPS_ADDR",
+            addr: config.ops_addr,
+            source,
+        })?;
+        Ok(Self { listener, router, ops, checks, application, idempotency_key_ttl: config.idempotency_key_ttl })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` and `/health/*` (with reasons) answer.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
+    }
+
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
         let janitor = tokio::spawn(forget_expired_keys(self.application, self.idempotency_key_ttl, shutdown.clone()));
+        let ops = tokio::spawn(self.ops.run(self.checks, shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
         // The peer address keys rate limits when auth is off.
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served =
             axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
         janitor.abort();
+        let _ = ops.await;
         tracing::info!("command API stopped");
         served
     }

@@ -15,6 +15,8 @@ pub struct Config {
     pub common: CommonConfig,
     /// `COMMAND_HTTP_ADDR`: where the API listens.
     pub http_addr: SocketAddr,
+    /// `COMMAND_OPS_ADDR`: `/metrics` and readiness with reasons, for operators.
+    pub ops_addr: SocketAddr,
     /// `HTTP_BODY_LIMIT`: largest request body in bytes (larger: 413).
     pub body_limit: usize,
     /// `HTTP_REQUEST_TIMEOUT`: longest a request may take (longer: 503).
@@ -38,6 +40,7 @@ impl Config {
         Ok(Self {
             common: CommonConfig::from_source(source, 1, "info,sqlx=warn")?,
             http_addr: config::parsed(source, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            ops_addr: config::parsed(source, "COMMAND_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9104)))?,
             body_limit: config::ranged(source, "HTTP_BODY_LIMIT", 64 * 1024, 1024, 16 * 1024 * 1024)?,
             request_timeout: config::nonzero_duration(source, "HTTP_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             command_max_attempts: config::ranged(source, "COMMAND_MAX_ATTEMPTS", 5, 1, 100)?,

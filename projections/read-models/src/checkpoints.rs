@@ -158,6 +158,13 @@ pub async fn position(pool: &PgPool, name: &str) -> Result<Option<LogPosition>, 
     Ok(row.and_then(|(commit, position)| position_of(commit, position)))
 }
 
+/// Where every projection stands (one query for all of them).
+pub async fn all_positions(pool: &PgPool) -> Result<Vec<(String, Option<LogPosition>)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT name, commit_id, position FROM projection_checkpoints").fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(name, commit, position)| (name, position_of(commit, position))).collect())
+}
+
 /// Where a projection stands, for the admin API and metrics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProjectionStatus {

@@ -2,8 +2,9 @@
 //! head of the log, and its latest rebuild.
 //! `POST /v1/admin/projections/{name}/rebuild`: asks the projections service
 //! to rebuild one (202); progress shows on the GET.
-//! `GET /metrics`: the same figures as Prometheus gauges.
-//! All need the `admin` scope but `/metrics`.
+//! The same figures as Prometheus gauges, computed in the background every
+//! few seconds (so a scrape of `/metrics`, on the ops address, costs nothing).
+//! Both routes need the `admin` scope.
 
 use std::collections::HashMap;
 
@@ -65,13 +66,20 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Projectio
     Ok(Json(Projections { projections }))
 }
 
-/// `GET /metrics`: each projection's checkpoint, the head, its lag, whether
-/// it stopped on an event, and its latest rebuild's progress, as gauges
-/// read at scrape time.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
-    service_kit::metrics::handle(); // the recorder, before anything is recorded
-    views(&state).await?.iter().for_each(record);
-    Ok(service_kit::metrics::render())
+/// Records each projection's checkpoint, the head, its lag, whether it
+/// stopped on an event, and its latest rebuild's progress as gauges, every
+/// `period`, and how many queries wait for a position. Runs with the runtime.
+pub(crate) async fn record_every(state: AppState, period: std::time::Duration) {
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        // A failure is logged by `views`; the gauges keep their last figures.
+        if let Ok(views) = views(&state).await {
+            views.iter().for_each(record);
+        }
+        metrics::gauge!("query_min_position_waiters").set(state.progress.waiting() as f64);
+    }
 }
 
 /// A projection's figures as gauges.

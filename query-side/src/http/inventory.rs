@@ -4,6 +4,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use read_models::inventory::{self, InventoryView};
+use service_kit::auth::ClientKey;
 use service_kit::http::Problem;
 
 use super::{database_error, AppState, Freshness};
@@ -17,18 +18,19 @@ use super::{database_error, AppState, Freshness};
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or this client already waits for too many `min_position`s at once (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time, or too many queries wait for one (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["inventory:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    client: ClientKey,
     sku: Result<Path<String>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
 ) -> Result<Json<InventoryView>, Problem> {
     let Path(sku) = sku?;
     let Query(freshness) = freshness?;
-    state.fresh_enough("inventory", &freshness).await?;
+    state.fresh_enough("inventory", &freshness, &client).await?;
     let item = inventory::get(&state.pool, &sku).await.map_err(database_error)?;
     item.map(Json).ok_or_else(|| Problem::not_found(format!("no inventory item {sku:?}")))
 }

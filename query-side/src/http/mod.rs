@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::get;
 use axum::Router;
 use event_store::{EventStore, StoreError};
 use serde::Deserialize;
-use service_kit::auth::{self, Gate};
+use service_kit::auth::{self, ClientKey, Gate};
 use service_kit::http::Problem;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi};
@@ -53,6 +52,14 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(admin)
 }
 
+/// How often the projections' gauges are computed for `/metrics`.
+const METRICS_PERIOD: Duration = Duration::from_secs(5);
+
+/// Computes the gauges `/metrics` (on the ops address) shows, in the background.
+pub(crate) fn record_metrics(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(admin::record_every(state, METRICS_PERIOD))
+}
+
 /// The OpenAPI document the API serves at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     documented().into_openapi()
@@ -63,7 +70,6 @@ pub(crate) fn router(state: AppState, gate: Gate, checks: Vec<service_kit::ops::
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
-        .route("/metrics", get(admin::metrics))
         .merge(service_kit::ops::public_health_router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
@@ -83,10 +89,16 @@ pub(crate) struct Freshness {
 
 impl AppState {
     /// Waits until `projection` has applied `min_position`; 503 with
-    /// `Retry-After` if it has not within the configured time.
-    pub async fn fresh_enough(&self, projection: &str, freshness: &Freshness) -> Result<(), Problem> {
+    /// `Retry-After` if it has not within the configured time, 429 or 503 at
+    /// once when `client` or everyone waits too often already.
+    pub async fn fresh_enough(
+        &self,
+        projection: &str,
+        freshness: &Freshness,
+        client: &ClientKey,
+    ) -> Result<(), Problem> {
         let Some(position) = freshness.min_position else { return Ok(()) };
-        match self.progress.wait_for(&self.store, projection, position, self.min_position_wait).await {
+        match self.progress.wait_for(&self.store, projection, position, self.min_position_wait, &client.0).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Problem::unavailable(
                 format!("the {projection} read model has not reached position {position} yet"),
@@ -101,6 +113,16 @@ pub(crate) fn progress_error(error: ProgressError) -> Problem {
     match error {
         ProgressError::Database(error) => database_error(error),
         ProgressError::Store(error) => store_error(error),
+        ProgressError::TooManyForClient { limit } => {
+            metrics::counter!("query_min_position_refused_total", "why" => "client").increment(1);
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+                .with_detail(format!("this client already waits for {limit} positions (min_position) at once"))
+                .with_retry_after(1)
+        }
+        ProgressError::TooMany { limit } => {
+            metrics::counter!("query_min_position_refused_total", "why" => "total").increment(1);
+            Problem::unavailable(format!("{limit} queries wait for a position (min_position) already"), 1)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use read_models::orders::{self, Filter, OrderRow};
 use serde::{Deserialize, Serialize};
-use service_kit::auth::Principal;
+use service_kit::auth::{ClientKey, Principal};
 use service_kit::http::Problem;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -22,13 +22,14 @@ use super::{database_error, AppState, Freshness};
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or this client already waits for too many `min_position`s at once (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time, or too many queries wait for one (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["orders:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
+    client: ClientKey,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
 ) -> Result<Json<OrderRow>, Problem> {
@@ -39,7 +40,7 @@ pub(crate) async fn get_one(
     if let Some(customer) = orders::customer_of(&state.pool, order_id).await.map_err(database_error)? {
         principal.require_customer(&customer)?;
     }
-    state.fresh_enough("orders", &freshness).await?;
+    state.fresh_enough("orders", &freshness, &client).await?;
     let order = orders::get(&state.pool, order_id).await.map_err(database_error)?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     principal.require_customer(&order.customer_id)?;

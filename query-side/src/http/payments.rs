@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use read_models::orders;
 use read_models::payments::{self, PaymentRow};
-use service_kit::auth::Principal;
+use service_kit::auth::{ClientKey, Principal};
 use service_kit::http::Problem;
 use uuid::Uuid;
 
@@ -20,13 +20,14 @@ use super::{database_error, progress_error, AppState, Freshness};
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`min_position` not reached in time (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or this client already waits for too many `min_position`s at once (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_position` not reached in time, or too many queries wait for one (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["orders:read"])))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
+    client: ClientKey,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
 ) -> Result<Json<PaymentRow>, Problem> {
@@ -36,11 +37,11 @@ pub(crate) async fn get_one(
     if let (Some(_), Some(customer)) = (principal.customer(), customer_of(&state, order_id).await?) {
         principal.require_customer(&customer)?;
     }
-    state.fresh_enough("payments", &freshness).await?;
+    state.fresh_enough("payments", &freshness, &client).await?;
     let payment = payments::get(&state.pool, order_id).await.map_err(database_error)?;
     let payment = payment.ok_or_else(|| Problem::not_found(format!("no payment for order {order_id}")))?;
     if principal.customer().is_some() {
-        principal.require_customer(&owner(&state, order_id).await?)?;
+        principal.require_customer(&owner(&state, order_id, &client).await?)?;
     }
     Ok(Json(payment))
 }
@@ -48,11 +49,15 @@ pub(crate) async fn get_one(
 /// Who placed the order a payment belongs to. The orders read model may lag
 /// the payments one: if it lacks the order yet, it is given the time to
 /// catch up before the answer is decided.
-async fn owner(state: &AppState, order_id: Uuid) -> Result<String, Problem> {
+async fn owner(state: &AppState, order_id: Uuid, client: &ClientKey) -> Result<String, Problem> {
     if let Some(customer) = customer_of(state, order_id).await? {
         return Ok(customer);
     }
-    state.progress.wait_caught_up("orders", "payments", state.min_position_wait).await.map_err(progress_error)?;
+    state
+        .progress
+        .wait_caught_up("orders", "payments", state.min_position_wait, &client.0)
+        .await
+        .map_err(progress_error)?;
     customer_of(state, order_id)
         .await?
         .ok_or_else(|| Problem::unavailable(format!("the order of payment {order_id} is not readable yet"), 1))

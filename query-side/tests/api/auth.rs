@@ -115,8 +115,13 @@ async fn a_customer_reads_only_its_own_orders_and_never_the_admin_routes() {
         let admin = Some(token("ops", "admin orders:read"));
         assert_eq!(get("/v1/admin/projections".into(), admin.clone()).await.status(), StatusCode::OK);
         assert_eq!(get(format!("/v1/orders/{theirs}"), admin).await.status(), StatusCode::OK);
-        for path in ["/health/live", "/health/ready", "/metrics"] {
+        for path in ["/health/live", "/health/ready"] {
             assert!(get(path.into(), None).await.status().is_success(), "{path}");
+        }
+        assert_eq!(get("/metrics".into(), None).await.status(), StatusCode::NOT_FOUND);
+        for path in ["/health/live", "/health/ready", "/metrics"] {
+            let response = app.client.get(format!("{}{path}", app.ops)).send().await.unwrap();
+            assert!(response.status().is_success(), "{path}");
         }
     })
     .await;
@@ -135,6 +140,51 @@ async fn another_customers_order_is_refused_before_any_wait_for_a_position() {
             assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
             assert!(started.elapsed() < std::time::Duration::from_secs(2), "{path}: {:?}", started.elapsed());
         }
+    })
+    .await;
+}
+
+/// Queries waiting for a position are bounded: per client (429) and in all
+/// (503), both with `Retry-After` and at once, never after a wait; a client
+/// whose waits ended may wait again.
+#[tokio::test]
+async fn waits_for_a_position_are_bounded_per_client_and_in_all() {
+    let limits = [("MIN_POSITION_WAITERS", "3"), ("MIN_POSITION_WAITERS_PER_CLIENT", "2"), ("MIN_POSITION_WAIT", "3s")];
+    with_app_env(&[JWT[0], JWT[1], limits[0], limits[1], limits[2]], |app| async move {
+        let app = std::sync::Arc::new(app);
+        let unreachable = "/v1/inventory/SKU-1?min_position=999999999";
+        let wait = |client: &str| {
+            let (app, token) = (app.clone(), token(client, "inventory:read"));
+            tokio::spawn(async move { app.get_as(Some(&token), unreachable).await.status() })
+        };
+        let waiting = [wait("a"), wait("a"), wait("b")];
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+
+        let refused_at_once = |client: &'static str, expected: StatusCode| {
+            let (app, token) = (app.clone(), token(client, "inventory:read"));
+            async move {
+                let started = std::time::Instant::now();
+                let response = app.get_as(Some(&token), unreachable).await;
+                assert_eq!(response.status(), expected, "{client}");
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+                response.json::<Value>().await.unwrap()["detail"].as_str().unwrap().to_owned()
+            }
+        };
+        let detail = refused_at_once("a", StatusCode::TOO_MANY_REQUESTS).await;
+        assert!(detail.contains("already waits for 2 positions"), "{detail}");
+        let detail = refused_at_once("c", StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(detail.contains("3 queries wait"), "{detail}");
+        // Without min_position nothing waits, and nothing is refused.
+        let plain = app.get_as(Some(&token("c", "inventory:read")), "/v1/inventory/SKU-1").await;
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+
+        for waited in waiting {
+            assert_eq!(waited.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE, "the position is never reached");
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(wait("a").await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() >= std::time::Duration::from_secs(2), "admitted again, it waited");
     })
     .await;
 }

@@ -22,6 +22,8 @@ pub const SECRET: &str = "query-api-test-secret-of-32-bytes-or-more";
 
 pub struct TestApp {
     pub base: String,
+    /// The ops address: `/metrics`, `/health/*` with reasons.
+    pub ops: String,
     pub client: Client,
     pub pool: PgPool,
     pub store: PgEventStore,
@@ -43,15 +45,20 @@ where
     Fut: Future<Output = ()>,
 {
     service_kit::telemetry::init_for_tests();
-    let defaults = [("QUERY_HTTP_ADDR", "127.0.0.1:0"), ("MIN_POSITION_WAIT", "2s"), ("AUTH_MODE", "off")];
+    let defaults = [
+        ("QUERY_HTTP_ADDR", "127.0.0.1:0"),
+        ("QUERY_OPS_ADDR", "127.0.0.1:0"),
+        ("MIN_POSITION_WAIT", "2s"),
+        ("AUTH_MODE", "off"),
+    ];
     let config = Config::from_source(&service_kit::config::Vars(&settings(&defaults, env))).unwrap();
     migrations::testing::with_database(12, |pool| async move {
         let app = App::build_with_pool(config, pool.clone()).await.unwrap();
-        let base = format!("http://{}", app.local_addr());
+        let (base, ops) = (format!("http://{}", app.local_addr()), format!("http://{}", app.ops_addr()));
         let (stop, shutdown) = Shutdown::new();
         let server = tokio::spawn(app.run_until(shutdown));
         let store = PgEventStore::new(pool.clone());
-        test(TestApp { base, client: Client::new(), pool, store }).await;
+        test(TestApp { base, ops, client: Client::new(), pool, store }).await;
         stop.fire();
         server.await.unwrap().unwrap();
     })

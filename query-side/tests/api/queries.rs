@@ -304,20 +304,32 @@ async fn the_metrics_report_each_projections_lag_and_a_failed_projection() {
         };
         admin_until(&app, "the inventory projection catches up", inventory_done).await;
 
-        let response = app.get("/metrics").await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-        let text = response.text().await.unwrap();
-        for line in [
+        // Computed in the background (every 5 s), rendered by the ops address.
+        let expected = [
             "projection_failed{projection=\"orders\"} 1".to_owned(),
             "projection_failed{projection=\"inventory\"} 0".to_owned(),
             "projection_lag_events{projection=\"orders\"} 2".to_owned(),
             "projection_lag_events{projection=\"inventory\"} 0".to_owned(),
             format!("projection_head_position{{projection=\"orders\"}} {head}"),
             format!("projection_checkpoint_position{{projection=\"inventory\"}} {head}"),
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} is not in\n{text}");
+        ];
+        let scrape = || async {
+            let response = app.client.get(format!("{}/metrics", app.ops)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+            response.text().await.unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = scrape().await;
+            let missing: Vec<&String> = expected.iter().filter(|line| !text.lines().any(|l| l == *line)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{missing:?} are not in\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND, "not on the public address");
         projecting.fire();
     })
     .await;

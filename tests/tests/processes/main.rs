@@ -98,10 +98,13 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let (relay_ops, saga_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let (projections_ops, query_addr) =
             (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let (api_ops, query_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "5"),
             ("COMMAND_HTTP_ADDR", api_addr.as_str()),
+            ("COMMAND_OPS_ADDR", api_ops.as_str()),
+            ("QUERY_OPS_ADDR", query_ops.as_str()),
             ("RELAY_OPS_ADDR", relay_ops.as_str()),
             ("SAGA_OPS_ADDR", saga_ops.as_str()),
             ("PROJECTIONS_OPS_ADDR", projections_ops.as_str()),
@@ -190,7 +193,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         }
         // Every process answers its operators: ready, and counting its work.
         for (ops, metric) in [
-            (&api, "http_requests_total"),
+            (&format!("http://{api_ops}"), "http_requests_total"),
+            (&format!("http://{query_ops}"), "http_requests_total"),
             (&format!("http://{relay_ops}"), "relay_events_published_total"),
             (&format!("http://{saga_ops}"), "saga_messages_total"),
         ] {

@@ -19,6 +19,7 @@ impl Service {
             .env("DATABASE_URL", database_url)
             .env("DATABASE_MAX_CONNECTIONS", "40")
             .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("COMMAND_OPS_ADDR", "127.0.0.1:0")
             .env("JWT_SECRET", SECRET)
             .env("RATE_LIMIT_PER_SECOND", "1000000")
             .env("RATE_LIMIT_BURST", "1000000")

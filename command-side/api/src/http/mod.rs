@@ -55,7 +55,7 @@ pub(crate) fn router(application: Application, body_limit: usize, auth: &AuthCon
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
-        .merge(service_kit::ops::public_router(checks))
+        .merge(service_kit::ops::public_health_router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")

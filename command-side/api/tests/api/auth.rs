@@ -64,9 +64,14 @@ async fn commands_need_a_token_with_the_scope_and_act_only_for_its_customer() {
             assert_eq!(post(&ship, Some(shipper), json!({})).await.status(), StatusCode::CONFLICT);
         }
 
-        // Health and metrics need no token.
-        for path in ["/health/live", "/health/ready", "/metrics"] {
+        // Health needs no token; metrics are on the ops address only, with no token either.
+        for path in ["/health/live", "/health/ready"] {
             assert!(app.get(path).await.status().is_success(), "{path}");
+        }
+        assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+        for path in ["/health/live", "/health/ready", "/metrics"] {
+            let response = app.client.get(format!("{}{path}", app.ops)).send().await.unwrap();
+            assert!(response.status().is_success(), "{path}");
         }
     })
     .await;

@@ -17,6 +17,8 @@ pub const SECRET: &str = "command-api-test-secret-of-32-bytes+";
 
 pub struct TestApp {
     pub base: String,
+    /// The ops address: `/metrics`, `/health/*` with reasons.
+    pub ops: String,
     pub client: Client,
     pub pool: PgPool,
 }
@@ -26,6 +28,7 @@ pub struct TestApp {
 fn config(env: &[(&str, &str)]) -> Config {
     let defaults = [
         ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+        ("COMMAND_OPS_ADDR", "127.0.0.1:0"),
         ("HTTP_BODY_LIMIT", "4096"),
         ("COMMAND_MAX_ATTEMPTS", "20"),
         ("AUTH_MODE", "off"),
@@ -52,10 +55,10 @@ where
     let config = config(env);
     migrations::testing::with_database(12, |pool| async move {
         let app = App::build_with_pool(config, pool.clone()).await.unwrap();
-        let base = format!("http://{}", app.local_addr());
+        let (base, ops) = (format!("http://{}", app.local_addr()), format!("http://{}", app.ops_addr()));
         let (stop, shutdown) = Shutdown::new();
         let server = tokio::spawn(app.run_until(shutdown));
-        test(TestApp { base, client: Client::new(), pool }).await;
+        test(TestApp { base, ops, client: Client::new(), pool }).await;
         stop.fire();
         server.await.unwrap().unwrap();
     })

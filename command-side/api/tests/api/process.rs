@@ -26,6 +26,7 @@ async fn spawn_binary(pool: &PgPool) -> (std::process::Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_command-api"))
         .env("DATABASE_URL", &database_url)
         .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("COMMAND_OPS_ADDR", "127.0.0.1:0")
         .env("AUTH_MODE", "off")
         .stderr(std::process::Stdio::null())
         .spawn()

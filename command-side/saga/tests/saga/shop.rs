@@ -138,6 +138,7 @@ impl Shop {
 
         let env = [
             ("COMMAND_HTTP_ADDR", "127.0.0.1:0"),
+            ("COMMAND_OPS_ADDR", "127.0.0.1:0"),
             ("ORDER_DEADLINE", setup.order_deadline),
             ("AUTH_MODE", "off"),
             // Load tests and benchmarks send hundreds of orders a second from one peer.
