@@ -79,6 +79,11 @@ impl Process {
         self.start();
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_started(&self) -> bool {
         self.child.is_some()
     }

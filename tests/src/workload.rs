@@ -86,6 +86,9 @@ pub struct Records {
     pub resent: u64,
     /// Answers no client should get (a request that broke no rule refused).
     pub unexpected: Vec<String>,
+    /// How long each answered request took, retries included, since the
+    /// last time someone took them (the soak run does, every minute).
+    pub answered_in: Vec<Duration>,
 }
 
 pub type Shared = Arc<Mutex<Records>>;
@@ -134,6 +137,7 @@ pub async fn post(
                     || (status == StatusCode::CONFLICT && response.headers().contains_key("retry-after"));
                 if !retry {
                     let body = response.json().await.unwrap_or(Value::Null);
+                    lock(records).answered_in.push(started.elapsed());
                     return Answer::Answered(status, body);
                 }
                 format!("answered {status}")

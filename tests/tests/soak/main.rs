@@ -1,0 +1,263 @@
+//! Soak: the whole shop, every service its own process on a PostgreSQL and a
+//! NATS server of the test's own, under a steady load, sampled at a fixed
+//! period: how fast requests are answered and orders confirmed, how much
+//! memory and how many file descriptors each process holds, the database's
+//! connections, and the sizes of the tables and of the stream. Memory and
+//! latency must stay flat: nothing may grow with time but the data.
+//!
+//! With the other tests it runs a short while (`SOAK_SECONDS`, default 40, a
+//! sample every 10 s) to keep the harness honest. The documented soak is
+//! `scripts/soak.sh`: release builds, 30 minutes, a sample a minute, at
+//! `SOAK_RATE` requests per second, written to BENCHMARKS.md (section `soak`).
+//! Either way the books must balance at the end.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use system_tests::books::{self, Report};
+use system_tests::system::{Kind, Settings, System};
+use system_tests::workload::{self, Records, WorkloadConfig};
+
+/// How long the system may take to settle once the load stops.
+const SETTLE_WITHIN: Duration = Duration::from_secs(180);
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+/// One sample: the figures of the period that just ended, and the state now.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    at: Duration,
+    requests: usize,
+    /// Answer times of the period's requests (ms): p50, p99, max.
+    answer_ms: [f64; 3],
+    /// Placed -> confirmed of the orders placed in the period before (ms,
+    /// event times): p50, p99, and how many.
+    confirm_ms: [f64; 2],
+    confirmed: i64,
+    /// Resident memory (MiB) and open file descriptors of each process, in `Kind::ALL` order.
+    rss_mib: Vec<f64>,
+    fds: Vec<usize>,
+    /// Sessions of the shop's database (the test's own pool included).
+    connections: i64,
+    events: i64,
+    events_mib: f64,
+    database_mib: f64,
+    stream_messages: u64,
+    stream_mib: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_steady_load_memory_and_latency_stay_flat() {
+    let seconds: u64 = setting("SOAK_SECONDS", 40);
+    let period = Duration::from_secs(setting("SOAK_SAMPLE_SECONDS", if seconds >= 600 { 60 } else { 10 }));
+    let rate: f64 = setting("SOAK_RATE", 20.0);
+    let mut system = System::start(Settings { order_deadline: "5m", gateway_timeout: "2s" }).await;
+    eprintln!("soak: {seconds} s at {rate} requests/s, a sample every {period:?}; logs in {}", system.dir.display());
+    let records: workload::Shared = Arc::new(Mutex::new(Records::default()));
+    // Many items with stock to spare: orders confirm (the saga's whole path),
+    // few cancels, some shipments; no faults.
+    let config = WorkloadConfig {
+        skus: (1..=40).map(|n| format!("SOAK-{n}")).collect(),
+        initial_stock: 1_000_000,
+        rate,
+        clients: ((rate / 10.0).ceil() as usize).clamp(4, 64),
+        receipt_share: 0.02,
+        cancel_share: 0.05,
+        ship_share: 0.1,
+        declined_share: 0.05,
+        resend_share: 0.02,
+        give_up_after: Duration::from_secs(120),
+    };
+    workload::stock_up(&system.client, &config, &records).await;
+    records.lock().unwrap().answered_in.clear();
+
+    let started = Instant::now();
+    let load =
+        tokio::spawn(workload::run(system.client.clone(), config, Duration::from_secs(seconds), records.clone()));
+    let pool = system.pool().await;
+    let nats = async_nats::connect(system.nats.url()).await.expect("the test's NATS server");
+    let js = async_nats::jetstream::new(nats);
+    let mut samples = Vec::new();
+    let mut next = started + period;
+    while next <= started + Duration::from_secs(seconds) {
+        tokio::time::sleep_until(next.into()).await;
+        next += period;
+        samples.push(sample(&mut system, &pool, &js, &records, started.elapsed(), period).await);
+        eprintln!("soak: {:?}", samples.last().unwrap());
+        for kind in Kind::ALL {
+            assert!(system.process(kind).exited().is_none(), "{} exited during the soak", kind.name());
+        }
+    }
+    load.await.expect("the workload does not panic");
+
+    let (report, settled_in) = settle(&mut system, &records).await;
+    report.print("books after the soak");
+    if seconds >= 1800 {
+        write_benchmarks(&samples, seconds, rate, settled_in);
+    }
+    assert!(samples.len() >= 2, "at least two samples: {samples:?}");
+    assert!(samples.iter().all(|s| s.requests > 0 && s.rss_mib.iter().all(|mib| *mib > 0.0)), "{samples:?}");
+    let failed = !report.violations.is_empty();
+    system.stop(failed);
+    assert!(!failed, "{} violations (see above)", report.violations.len());
+}
+
+async fn sample(
+    system: &mut System,
+    pool: &sqlx::PgPool,
+    js: &async_nats::jetstream::Context,
+    records: &workload::Shared,
+    at: Duration,
+    period: Duration,
+) -> Sample {
+    let mut answered: Vec<f64> = std::mem::take(&mut records.lock().unwrap().answered_in)
+        .into_iter()
+        .map(|took| took.as_secs_f64() * 1000.0)
+        .collect();
+    answered.sort_by(f64::total_cmp);
+    let (mut rss_mib, mut fds) = (Vec::new(), Vec::new());
+    for kind in Kind::ALL {
+        let pid = system.process(kind).pid().expect("every process runs");
+        rss_mib.push(rss_kib(pid) as f64 / 1024.0);
+        fds.push(std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count));
+    }
+    // Orders placed one to two periods ago have had a period to be confirmed.
+    let (p50, p99, confirmed): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
+         FROM (SELECT extract(epoch FROM updated_at - created_at) * 1000 AS ms FROM rm_orders \
+               WHERE status = 'confirmed' AND created_at >= now() - 2 * $1 * interval '1 second' \
+                 AND created_at < now() - $1 * interval '1 second') confirmed",
+    )
+    .bind(period.as_secs_f64())
+    .fetch_one(pool)
+    .await
+    .expect("the read model answers");
+    let (connections, events, events_bytes, database_bytes): (i64, Option<i64>, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()), \
+                (SELECT max(position) FROM es_events), pg_total_relation_size('es_events'), \
+                pg_database_size(current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the database answers");
+    let stream = js.get_stream(&system.stream).await.expect("the events stream exists");
+    let state = stream.cached_info().state.clone();
+    Sample {
+        at,
+        requests: answered.len(),
+        answer_ms: [percentile(&answered, 0.5), percentile(&answered, 0.99), answered.last().copied().unwrap_or(0.0)],
+        confirm_ms: [p50.unwrap_or(0.0), p99.unwrap_or(0.0)],
+        confirmed,
+        rss_mib,
+        fds,
+        connections,
+        events: events.unwrap_or(0),
+        events_mib: events_bytes as f64 / 1048576.0,
+        database_mib: database_bytes as f64 / 1048576.0,
+        stream_messages: state.messages,
+        stream_mib: state.bytes as f64 / 1048576.0,
+    }
+}
+
+/// `VmRSS` of a process, in KiB (0 if it cannot be read).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `q` quantile of sorted `values` (nearest rank); 0 for none.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Checks the books until they balance, or until `SETTLE_WITHIN` has passed.
+async fn settle(system: &mut System, records: &workload::Shared) -> (Report, Duration) {
+    let started = Instant::now();
+    let pool = system.pool().await;
+    let records = records.lock().unwrap().clone();
+    loop {
+        let charges = system.client.charges().await;
+        let report = books::check(&pool, &records, &charges).await;
+        if report.violations.is_empty() || started.elapsed() > SETTLE_WITHIN {
+            return (report, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Mean of a figure over a slice of samples.
+fn mean(samples: &[Sample], figure: impl Fn(&Sample) -> f64) -> f64 {
+    samples.iter().map(figure).sum::<f64>() / samples.len().max(1) as f64
+}
+
+fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Duration) {
+    let names: Vec<&str> = Kind::ALL.iter().map(|kind| kind.name()).collect();
+    let mut section = format!(
+        "## Soak\n\n`scripts/soak.sh` (`SOAK_SECONDS={seconds}`, `SOAK_RATE={rate}`) — {}.\n\n\
+         Release builds, every service its own process, on a PostgreSQL (fsync off) and a NATS server of the run's own; \
+         the load generator in the test's process: {rate} requests/s, 83% of them orders on 40 items with stock to \
+         spare (a few declined cards, cancels, shipments, receipts). One row per minute. Answer: a request's time to \
+         its answer at the client (p50 / p99 / max, ms). Confirm: placed -> confirmed in event time of the orders \
+         placed the minute before (p50 / p99, ms). Memory: resident MiB of {}. Fds: open file descriptors, same order. \
+         Connections: sessions of the shop's database. The books balanced {:.0} s after the load stopped.\n\n\
+         | min | requests | answer p50 / p99 / max | confirmed | confirm p50 / p99 | memory MiB | fds | connections | events | es_events MiB | database MiB | stream msgs | stream MiB |\n\
+         |---:|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+        event_store::bench::commit_and_date(),
+        names.join(" / "),
+        settled_in.as_secs_f64(),
+    );
+    for s in samples {
+        let rss: Vec<String> = s.rss_mib.iter().map(|mib| format!("{mib:.0}")).collect();
+        let fds: Vec<String> = s.fds.iter().map(ToString::to_string).collect();
+        section.push_str(&format!(
+            "| {:.0} | {} | {:.1} / {:.1} / {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.0} |\n",
+            s.at.as_secs_f64() / 60.0,
+            s.requests,
+            s.answer_ms[0],
+            s.answer_ms[1],
+            s.answer_ms[2],
+            s.confirmed,
+            s.confirm_ms[0],
+            s.confirm_ms[1],
+            rss.join(" / "),
+            fds.join(" / "),
+            s.connections,
+            s.events,
+            s.events_mib,
+            s.database_mib,
+            s.stream_messages,
+            s.stream_mib,
+        ));
+    }
+    // Flat or not: the first third (after a minute of warm-up) against the last third.
+    let third = (samples.len() / 3).max(1);
+    let (early, late) = (&samples[1.min(samples.len() - 1)..third + 1], &samples[samples.len() - third..]);
+    section.push_str(&format!(
+        "\nFirst third against last third (means): answer p99 {:.1} -> {:.1} ms, confirm p99 {:.0} -> {:.0} ms, \
+         memory {} MiB.\n",
+        mean(early, |s| s.answer_ms[1]),
+        mean(late, |s| s.answer_ms[1]),
+        mean(early, |s| s.confirm_ms[1]),
+        mean(late, |s| s.confirm_ms[1]),
+        (0..names.len())
+            .map(|i| format!(
+                "{} {:.0} -> {:.0}",
+                names[i],
+                mean(early, |s| s.rss_mib[i]),
+                mean(late, |s| s.rss_mib[i])
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    event_store::bench::write_section("soak", &section);
+}
