@@ -7,9 +7,9 @@
 //! one LISTEN connection per process keeps where each projection stands, and
 //! every waiter compares against that, without a query of its own. While
 //! anyone waits, one poll of all checkpoints (every 250 ms) covers a lost
-//! notification. A waiter queries only to find its position in the log (at
-//! most every 250 ms until the log has it) and once to start from the
-//! checkpoint as the database has it.
+//! notification. A waiter queries only to find its position in the log
+//! (after 250 ms, then less and less often, at least every second, until
+//! the log has it) and once to start from the checkpoint as the database has it.
 //!
 //! The waiters are bounded, per client and in all ([`WaiterLimits`]): beyond
 //! them a query is refused at once (429 or 503, `Retry-After`) instead of
@@ -26,9 +26,11 @@ use sqlx::PgPool;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// How often the checkpoints are read while anyone waits, and how often a
-/// waiter looks for a position the log does not have yet.
+/// How often the checkpoints are read while anyone waits, and how soon a
+/// waiter looks again for a position the log does not have yet.
 const POLL: Duration = Duration::from_millis(250);
+/// The longest a waiter goes between two looks for its position.
+const LOOKUP_GAP_MAX: Duration = Duration::from_secs(1);
 
 /// Why a wait for a position could not tell.
 #[derive(Debug)]
@@ -94,12 +96,14 @@ impl Progress {
         let deadline = Instant::now() + limit;
         let mut heard = self.standing.subscribe();
         let mut located = None;
-        let mut next_lookup = Instant::now();
+        let (mut next_lookup, mut lookup_gap) = (Instant::now(), POLL);
         let mut asked_database = false;
         loop {
             if located.is_none() && Instant::now() >= next_lookup {
                 located = store.locate(position).await.map_err(ProgressError::Store)?;
-                next_lookup = Instant::now() + POLL;
+                // A position the log lacks is looked for less and less often.
+                next_lookup = Instant::now() + lookup_gap;
+                lookup_gap = (lookup_gap * 2).min(LOOKUP_GAP_MAX);
             }
             if let Some(at) = located {
                 let applied = heard.borrow_and_update().get(projection).copied().flatten();
