@@ -10,6 +10,7 @@ mod error;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod personal;
 pub mod rules;
 
 pub use codec::{DecodeError, EventPayload};

@@ -75,9 +75,53 @@ pub fn check_text(problems: &mut Problems, field: &str, text: &str, max: usize) 
     }
 }
 
+/// Longest e-mail address (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// An e-mail address: `local@domain`, 3 to 254 characters, one `@`, a local
+/// part of at most 64, a domain of dot-separated labels of letters, digits
+/// and `-`, no spaces or control characters. Deliverability is the mail
+/// server's to tell.
+pub fn check_email(problems: &mut Problems, field: &str, email: &str) {
+    let well_formed = email.len() <= MAX_EMAIL_CHARS
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            let label_ok = |label: &str| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            };
+            !local.is_empty()
+                && local.len() <= 64
+                && !local.contains('@')
+                && domain.contains('.')
+                && domain.split('.').all(label_ok)
+        });
+    if !well_formed {
+        problems.add(field, "must be an e-mail address (local@example.com), at most 254 characters");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e_mail_addresses_are_checked_for_their_form() {
+        for good in ["a@b.co", "ada.lovelace+orders@example.com", "x@sub.domain-1.example", "ü@bücher.de"] {
+            let mut problems = Problems::default();
+            check_email(&mut problems, "contact_email", good);
+            assert!(problems.0.is_empty(), "{good}");
+        }
+        let long = format!("{}@example.com", "a".repeat(65));
+        for bad in ["", "a", "@b.co", "a@", "a@b", "a@@b.co", "a@b..co", "a b@c.de", "a@-b.co", "a@b.co\n", &long] {
+            let mut problems = Problems::default();
+            check_email(&mut problems, "contact_email", bad);
+            assert_eq!(problems.0.len(), 1, "{bad:?}");
+        }
+    }
 
     fn broken(check: impl FnOnce(&mut Problems)) -> bool {
         let mut p = Problems::default();

@@ -63,6 +63,7 @@ pub fn shop_history(orders: usize, seed: u64) -> Vec<Append> {
             total_cents,
             placed_at,
             deadline: placed_at + Duration::minutes(15),
+            contact_email: None,
         }];
         let mut stock: Vec<(String, InventoryEvent)> = Vec::new();
         let mut payment = Vec::new();
@@ -263,5 +264,6 @@ pub fn placed(order_id: Uuid, customer: &str, minute: u32) -> OrderEvent {
         total_cents: 3998,
         placed_at: at,
         deadline: at + Duration::minutes(15),
+        contact_email: None,
     }
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use service_kit::ops::{Check, OpsServer};
+use service_kit::personal_data::Vault;
 use service_kit::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -45,6 +46,7 @@ impl App {
             progress: Progress::start(pool.clone(), config.waiters),
             pool: pool.clone(),
             min_position_wait: config.min_position_wait,
+            vault: Vault::new(pool.clone(), config.master_keys.clone()),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).

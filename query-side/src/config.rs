@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Source};
+use service_kit::personal_data::MasterKeys;
 use service_kit::process::CommonConfig;
 
 use crate::progress::WaiterLimits;
@@ -27,6 +28,8 @@ pub struct Config {
     pub waiters: WaiterLimits,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
+    /// `PERSONAL_DATA_KEY` (or `_FILE`), `PERSONAL_DATA_PREVIOUS_KEYS`: open the customers' data keys.
+    pub master_keys: MasterKeys,
 }
 
 impl Config {
@@ -43,6 +46,7 @@ impl Config {
             min_position_wait: config::nonzero_duration(source, "MIN_POSITION_WAIT", Duration::from_secs(2))?,
             waiters: waiter_limits(source)?,
             auth: AuthConfig::from_source(source)?,
+            master_keys: MasterKeys::from_source(source)?,
         })
     }
 }

@@ -27,6 +27,8 @@ pub mod nats;
 pub mod openapi;
 pub mod ops;
 #[cfg(feature = "postgres")]
+pub mod personal_data;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(all(feature = "postgres", feature = "event-store"))]
 pub mod process;

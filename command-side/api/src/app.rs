@@ -49,6 +49,7 @@ impl App {
             order_deadline: chrono::Duration::from_std(config.order_deadline)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
             key_wait: key_wait(config.request_timeout),
+            master_keys: config.master_keys.clone(),
             ..Settings::default()
         };
         let application = Application::new(store.clone(), pool.clone(), settings);
@@ -80,6 +81,7 @@ impl App {
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn run_until(self, shutdown: Shutdown) -> std::io::Result<()> {
+        let resealing = tokio::spawn(reseal_personal_data_keys(self.application.clone()));
         let janitor = tokio::spawn(forget_expired_keys(self.application, self.idempotency_key_ttl, shutdown.clone()));
         let ops = tokio::spawn(self.ops.run(self.checks, shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
@@ -88,6 +90,7 @@ impl App {
         let served =
             axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
         janitor.abort();
+        resealing.abort();
         let _ = ops.await;
         tracing::info!("command API stopped");
         served
@@ -101,6 +104,16 @@ impl App {
 fn key_wait(request_timeout: Duration) -> Duration {
     let margin = Duration::from_secs(1).min(request_timeout / 2);
     (request_timeout - margin).min(LEASE + Duration::from_secs(1))
+}
+
+/// After a master key rotation, seals the data keys the previous master
+/// keys sealed with the current one (ADR 0014); nothing to do otherwise.
+async fn reseal_personal_data_keys(application: Application) {
+    match application.vault().reseal_all(100).await {
+        Ok(0) => {}
+        Ok(resealed) => tracing::info!(resealed, "personal data keys sealed again with the current master key"),
+        Err(error) => tracing::error!(%error, "cannot seal the personal data keys with the current master key"),
+    }
 }
 
 async fn forget_expired_keys(application: Application, ttl: Duration, shutdown: Shutdown) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Environment, Source};
+use service_kit::personal_data::MasterKeys;
 use service_kit::process::CommonConfig;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     /// Bearer tokens and rate limits (see `service_kit::auth`).
     pub auth: AuthConfig,
+    /// `PERSONAL_DATA_KEY` (or `_FILE`), `PERSONAL_DATA_PREVIOUS_KEYS`: seal the customers' data keys.
+    pub master_keys: MasterKeys,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
                 Duration::from_secs(24 * 3600),
             )?,
             auth: AuthConfig::from_source(source)?,
+            master_keys: MasterKeys::from_source(source)?,
         })
     }
 }

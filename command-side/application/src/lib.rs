@@ -29,6 +29,7 @@ use domain::Aggregate;
 use event_store::{EventStore, Metadata};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use service_kit::personal_data::{MasterKeys, Vault};
 use sqlx::PgPool;
 
 pub use cached::StateCache;
@@ -74,6 +75,8 @@ pub struct Settings {
     pub key_wait: Duration,
     /// Aggregate states kept for the reactions (see `cached`).
     pub kept_states: usize,
+    /// Seal the customers' data keys (`PERSONAL_DATA_KEY`, `PERSONAL_DATA_PREVIOUS_KEYS`).
+    pub master_keys: MasterKeys,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             order_deadline: chrono::Duration::minutes(15),
             key_wait: Duration::from_secs(9),
             kept_states: 10_000,
+            master_keys: MasterKeys::development(),
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Application {
     pool: PgPool,
     settings: Arc<Settings>,
     states: Arc<StateCache>,
+    vault: Vault,
 }
 
 /// A request under way: how its events are made, and as of when.
@@ -113,7 +118,8 @@ enum Start<T> {
 impl Application {
     pub fn new(store: Arc<dyn EventStore>, pool: PgPool, settings: Settings) -> Self {
         let states = Arc::new(StateCache::new(settings.kept_states));
-        Self { store, pool, settings: Arc::new(settings), states }
+        let vault = Vault::new(pool.clone(), settings.master_keys.clone());
+        Self { store, pool, settings: Arc::new(settings), states, vault }
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -122,6 +128,11 @@ impl Application {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The customers' personal data: sealed, opened, erased.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// Runs a command caused by an event (a saga participant's reaction) from

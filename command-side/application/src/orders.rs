@@ -2,7 +2,10 @@
 //! places and cancels only its own orders; fulfilment ships any confirmed one.
 
 use domain::order::{CancelledBy, LineInput, Order, OrderCommand, OrderState};
-use domain::Aggregate;
+use domain::personal::Sealed;
+use domain::rules::{self, Problems};
+use domain::{Aggregate, DomainError};
+use service_kit::personal_data::VaultError;
 use uuid::Uuid;
 
 use crate::commands;
@@ -16,6 +19,9 @@ pub struct PlaceOrder {
     pub currency: String,
     pub payment_token: String,
     pub lines: Vec<LineInput>,
+    /// In clear here only: sealed under the customer's key before anything
+    /// is decided or written (ADR 0014).
+    pub contact_email: Option<String>,
 }
 
 /// Cancel the order `order_id`, for `reason`.
@@ -45,7 +51,7 @@ impl Application {
             Start::Saved(saved) => return Done::from_saved(saved),
         };
         let order_id = run.invocation.ids.derive("order_id");
-        let command = OrderCommand::Place(domain::order::PlaceOrder {
+        let mut place = domain::order::PlaceOrder {
             order_id,
             customer_id: order.customer_id,
             currency: order.currency,
@@ -53,12 +59,52 @@ impl Application {
             lines: order.lines,
             placed_at: run.now,
             deadline: run.now + self.settings().order_deadline,
-        });
-        let outcome = commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
-            .await
-            .map(|appended| OrderAccepted { order_id, version: appended.stream_version, position: appended.position })
-            .map_err(CommandError::from);
+            contact_email: None,
+        };
+        let outcome = match order.contact_email {
+            None => Ok(place),
+            Some(email) => self.seal_contact(place.clone(), &email).await.map(|sealed| {
+                place.contact_email = Some(sealed);
+                place
+            }),
+        };
+        let outcome = match outcome {
+            Ok(place) => {
+                let command = OrderCommand::Place(place);
+                commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
+                    .await
+                    .map(|appended| OrderAccepted {
+                        order_id,
+                        version: appended.stream_version,
+                        position: appended.position,
+                    })
+                    .map_err(CommandError::from)
+            }
+            Err(error) => Err(error),
+        };
         self.finish(request, run.lease, outcome).await
+    }
+
+    /// Seals the order's contact address under its customer's key, once
+    /// every rule of the order holds (the address's too): a refused order
+    /// leaves no key behind.
+    async fn seal_contact(&self, place: domain::order::PlaceOrder, email: &str) -> Result<Sealed, CommandError> {
+        let customer_id = place.customer_id.clone();
+        let mut problems = Problems::default();
+        rules::check_email(&mut problems, "contact_email", email);
+        if let Err(DomainError::Invalid(mut others)) = Order::decide(&OrderState::default(), OrderCommand::Place(place))
+        {
+            problems.0.append(&mut others);
+        }
+        problems.into_result().map_err(|invalid| CommandError::Refused(invalid.into()))?;
+        let (key_id, sealed) = self.vault().seal(&customer_id, email).await.map_err(|error| match error {
+            VaultError::Database(error) if event_store::is_transient(&error) => {
+                CommandError::Unavailable(error.to_string())
+            }
+            VaultError::Busy => CommandError::Unavailable(error.to_string()),
+            other => CommandError::Failed(other.to_string()),
+        })?;
+        Ok(Sealed { key_id, sealed })
     }
 
     /// Cancels an order (a confirmed one too: its payment is refunded).

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::events::CancelledBy;
+use crate::personal::Sealed;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderCommand {
@@ -46,6 +47,9 @@ pub struct PlaceOrder {
     pub lines: Vec<LineInput>,
     pub placed_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
+    /// Where the customer wants to hear about the order: sealed by the
+    /// application (after `rules::check_email`) before the decision.
+    pub contact_email: Option<Sealed>,
 }
 
 /// An order line as the client sent it; numbers are wide so that out-of-range

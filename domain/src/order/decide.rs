@@ -72,6 +72,7 @@ fn place_order(cmd: PlaceOrder) -> Result<Vec<OrderEvent>, DomainError> {
         total_cents,
         placed_at: cmd.placed_at,
         deadline: cmd.deadline,
+        contact_email: cmd.contact_email,
     }])
 }
 

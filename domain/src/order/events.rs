@@ -6,6 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::codec::{event_payload, DecodeError};
+use crate::personal::Sealed;
 
 /// One line of an order, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +29,8 @@ pub enum CancelledBy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum OrderEvent {
-    /// Schema v2: v1 had no `deadline` (see [`upcast`]).
+    /// Schema v2: v1 had no `deadline` (see [`upcast`]). `contact_email`,
+    /// sealed, is optional and absent from orders placed before it existed.
     OrderPlaced {
         order_id: Uuid,
         customer_id: String,
@@ -38,6 +40,8 @@ pub enum OrderEvent {
         total_cents: u64,
         placed_at: DateTime<Utc>,
         deadline: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact_email: Option<Sealed>,
     },
     /// Inventory holds the stock of one line for this order.
     OrderLineReserved { sku: String },

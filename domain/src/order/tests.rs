@@ -29,6 +29,7 @@ fn place_with(lines: Vec<LineInput>) -> PlaceOrder {
         lines,
         placed_at: t0(),
         deadline: t0() + Duration::minutes(15),
+        contact_email: None,
     }
 }
 
@@ -83,6 +84,7 @@ fn placing_an_order_records_its_lines_and_total() {
             total_cents: 4498,
             placed_at: t0(),
             deadline: t0() + Duration::minutes(15),
+            contact_email: None,
         }])
     );
 }
@@ -346,6 +348,27 @@ fn order_placed_v1_loads_with_the_legacy_deadline() {
     };
     assert_eq!(deadline, t0() + LEGACY_DEADLINE);
     assert_eq!(placed().schema_version(), 2);
+}
+
+#[test]
+fn a_sealed_contact_goes_into_the_event_as_it_came_and_an_order_without_one_has_none() {
+    use crate::personal::Sealed;
+    let sealed = Sealed { key_id: Uuid::from_u128(7), sealed: "bm9uY2UuLi4".into() };
+    let cmd = PlaceOrder { contact_email: Some(sealed.clone()), ..place() };
+    let events = Order::decide(&OrderState::NotPlaced, OrderCommand::Place(cmd)).unwrap();
+    let OrderEvent::OrderPlaced { contact_email, .. } = &events[0] else { panic!("not an OrderPlaced") };
+    assert_eq!(contact_email.as_ref(), Some(&sealed));
+    // Stored with it, and loaded back; an event without one (all before it existed) has none.
+    let payload = events[0].to_payload();
+    assert_eq!(payload["contact_email"], json!({"key_id": Uuid::from_u128(7), "sealed": "bm9uY2UuLi4"}));
+    assert_eq!(OrderEvent::from_stored("OrderPlaced", 2, payload).unwrap(), events[0]);
+    let without = placed().to_payload();
+    assert!(without.get("contact_email").is_none(), "{without}");
+    let OrderEvent::OrderPlaced { contact_email, .. } = OrderEvent::from_stored("OrderPlaced", 2, without).unwrap()
+    else {
+        panic!("not an OrderPlaced")
+    };
+    assert_eq!(contact_email, None);
 }
 
 #[test]

@@ -41,6 +41,20 @@ pub struct OrderRow {
     pub payment_version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The contact address as the event has it: sealed under this key
+    /// (ADR 0014). Never shown; the query API opens it into `contact_email`.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub contact_key_id: Option<Uuid>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub contact_email_sealed: Option<String>,
+    /// The address the customer gave with the order, if any and not erased.
+    #[sqlx(skip)]
+    pub contact_email: Option<String>,
+    /// The customer's personal data was erased: `contact_email` is gone for good.
+    #[sqlx(skip)]
+    pub contact_email_erased: bool,
 }
 
 /// One line of an order, as the order shows it (`lines` is stored as JSON).
@@ -53,7 +67,7 @@ pub struct LineView {
 }
 
 const COLUMNS: &str = "order_id, customer_id, status, payment_status, reason, currency, total_cents, lines, \
-                       version, payment_version, created_at, updated_at";
+                       version, payment_version, created_at, updated_at, contact_key_id, contact_email_sealed";
 
 /// The order `order_id`.
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
@@ -137,7 +151,7 @@ pub async fn page(
 
 #[derive(Debug)]
 pub enum OrderChange {
-    Placed(OrderRow),
+    Placed(Box<OrderRow>),
     Order { version: i64, status: Option<&'static str>, reason: Option<String>, at: DateTime<Utc> },
     Payment { version: i64, payment_status: &'static str, at: DateTime<Utc> },
 }
@@ -156,7 +170,16 @@ impl RowModel for Orders {
         let at = event.recorded_at;
         let change = match event.category() {
             "order" => match OrderEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())? {
-                OrderEvent::OrderPlaced { order_id, customer_id, currency, lines, total_cents, placed_at, .. } => {
+                OrderEvent::OrderPlaced {
+                    order_id,
+                    customer_id,
+                    currency,
+                    lines,
+                    total_cents,
+                    placed_at,
+                    contact_email,
+                    ..
+                } => {
                     let lines = serde_json::to_value(&lines).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
                     let row = OrderRow {
                         order_id,
@@ -171,8 +194,12 @@ impl RowModel for Orders {
                         payment_version: 0,
                         created_at: placed_at,
                         updated_at: at,
+                        contact_key_id: contact_email.as_ref().map(|sealed| sealed.key_id),
+                        contact_email_sealed: contact_email.map(|sealed| sealed.sealed),
+                        contact_email: None,
+                        contact_email_erased: false,
                     };
-                    return Ok(Some((order_id, OrderChange::Placed(row))));
+                    return Ok(Some((order_id, OrderChange::Placed(Box::new(row)))));
                 }
                 OrderEvent::OrderConfirmed { .. } => {
                     OrderChange::Order { version, status: Some("confirmed"), reason: None, at }
@@ -209,7 +236,7 @@ impl RowModel for Orders {
 
     fn apply(_: &Uuid, row: Option<OrderRow>, change: OrderChange) -> Option<OrderRow> {
         match (row, change) {
-            (None, OrderChange::Placed(placed)) => Some(placed),
+            (None, OrderChange::Placed(placed)) => Some(*placed),
             (Some(mut row), OrderChange::Order { version, status, reason, at }) if version > row.version => {
                 if let Some(status) = status {
                     status.clone_into(&mut row.status);
@@ -260,19 +287,23 @@ impl RowModel for Orders {
             payment_version,
             created_at,
             updated_at,
+            contact_key_id,
+            contact_email_sealed,
         } = columns;
         sqlx::query(
             "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, reason, currency, total_cents, \
-                                    lines, version, payment_version, created_at, updated_at) \
+                                    lines, version, payment_version, created_at, updated_at, contact_key_id, \
+                                    contact_email_sealed) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                                   $7::int8[], $8::jsonb[], $9::int8[], $10::int8[], $11::timestamptz[], \
-                                  $12::timestamptz[]) \
+                                  $12::timestamptz[], $13::uuid[], $14::text[]) \
              ON CONFLICT (order_id) DO UPDATE SET \
                  customer_id = excluded.customer_id, status = excluded.status, \
                  payment_status = excluded.payment_status, reason = excluded.reason, \
                  currency = excluded.currency, total_cents = excluded.total_cents, lines = excluded.lines, \
                  version = excluded.version, payment_version = excluded.payment_version, \
-                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
+                 contact_key_id = excluded.contact_key_id, contact_email_sealed = excluded.contact_email_sealed",
         )
         .bind(order_id)
         .bind(customer_id)
@@ -286,6 +317,8 @@ impl RowModel for Orders {
         .bind(payment_version)
         .bind(created_at)
         .bind(updated_at)
+        .bind(contact_key_id)
+        .bind(contact_email_sealed)
         .execute(tx)
         .await?;
         Ok(())
@@ -307,6 +340,8 @@ struct OrderColumns {
     payment_version: Vec<i64>,
     created_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
+    contact_key_id: Vec<Option<Uuid>>,
+    contact_email_sealed: Vec<Option<String>>,
 }
 
 impl OrderColumns {
@@ -323,5 +358,7 @@ impl OrderColumns {
         self.payment_version.push(row.payment_version);
         self.created_at.push(row.created_at);
         self.updated_at.push(row.updated_at);
+        self.contact_key_id.push(row.contact_key_id);
+        self.contact_email_sealed.push(row.contact_email_sealed);
     }
 }

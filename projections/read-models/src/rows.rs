@@ -160,6 +160,7 @@ mod tests {
             total_cents: 1000,
             placed_at: at,
             deadline: at + chrono::Duration::minutes(15),
+            contact_email: None,
         }
     }
 

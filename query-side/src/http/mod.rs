@@ -17,6 +17,7 @@ use event_store::{EventStore, StoreError};
 use serde::Deserialize;
 use service_kit::auth::{self, ClientKey, Gate};
 use service_kit::http::Problem;
+use service_kit::personal_data::Vault;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +32,8 @@ pub(crate) struct AppState {
     pub store: Arc<dyn EventStore>,
     pub progress: Progress,
     pub min_position_wait: Duration,
+    /// Opens the customers' sealed personal data (ADR 0014).
+    pub vault: Vault,
 }
 
 /// The API's routes with their documentation, registered together.

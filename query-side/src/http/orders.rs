@@ -8,6 +8,7 @@ use read_models::orders::{self, Filter, OrderRow};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{ClientKey, Principal};
 use service_kit::http::Problem;
+use service_kit::personal_data::{Opened, VaultError};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -42,8 +43,9 @@ pub(crate) async fn get_one(
     }
     state.fresh_enough("orders", &freshness, &client).await?;
     let order = orders::get(&state.pool, order_id).await.map_err(database_error)?;
-    let order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+    let mut order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     principal.require_customer(&order.customer_id)?;
+    reveal_contact(&state, std::slice::from_mut(&mut order)).await?;
     Ok(Json(order))
 }
 
@@ -89,9 +91,33 @@ pub(crate) async fn list(
 ) -> Result<Json<Page>, Problem> {
     let Query(query) = query?;
     let (filter, limit) = query.checked(&principal)?;
-    let (items, next) = orders::page(&state.pool, &filter, limit).await.map_err(database_error)?;
+    let (mut items, next) = orders::page(&state.pool, &filter, limit).await.map_err(database_error)?;
+    reveal_contact(&state, &mut items).await?;
     let next_cursor = next.map(|(created_at, order_id)| encode_cursor(created_at, order_id));
     Ok(Json(Page { items, next_cursor }))
+}
+
+/// Opens each order's sealed contact address with its customer's key, now:
+/// an erased customer's reads as erased (ADR 0014).
+async fn reveal_contact(state: &AppState, orders: &mut [OrderRow]) -> Result<(), Problem> {
+    for order in orders {
+        let (Some(key_id), Some(sealed)) = (order.contact_key_id, order.contact_email_sealed.as_deref()) else {
+            continue;
+        };
+        let opened = state.vault.open(key_id, sealed).await.map_err(|error| {
+            tracing::error!(%error, "cannot open a contact address");
+            match error {
+                VaultError::Database(db) => database_error(db),
+                _ => Problem::internal(),
+            }
+        })?;
+        match opened {
+            Opened::Clear(email) => order.contact_email = Some(email),
+            Opened::Erased => order.contact_email_erased = true,
+            Opened::Unreadable => {}
+        }
+    }
+    Ok(())
 }
 
 impl ListQuery {

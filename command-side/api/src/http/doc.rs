@@ -12,7 +12,8 @@ use utoipa::{IntoParams, OpenApi};
          description = "Commands on orders and inventory. Errors are RFC 9457 problem+json. See shared/API.md."),
     modifiers(&BearerSecurity),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldProblem)),
-    tags((name = "orders", description = "Place, cancel and ship orders"), (name = "inventory", description = "Receive stock"))
+    tags((name = "orders", description = "Place, cancel and ship orders"), (name = "inventory", description = "Receive stock"),
+         (name = "customers", description = "A customer's personal data: erasure"))
 )]
 pub(crate) struct ApiDoc;
 

@@ -3,6 +3,7 @@
 //! `Idempotency-Key`, `If-Match`, the JSON body), the [`Accepted`] answer,
 //! and the mapping of the application's errors to problem+json ([`ApiError`]).
 
+mod customers;
 mod doc;
 mod inventory;
 mod orders;
@@ -38,10 +39,12 @@ fn documented() -> OpenApiRouter<Application> {
         auth::require_one_of_scopes(&[auth::ORDERS_FULFIL, auth::ADMIN], request, next)
     }));
     let inventory = OpenApiRouter::new().routes(routes!(inventory::receive)).route_layer(scope(auth::INVENTORY_WRITE));
+    let customers = OpenApiRouter::new().routes(routes!(customers::erase)).route_layer(scope(auth::ADMIN));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)
         .merge(fulfilment)
         .merge(inventory)
+        .merge(customers)
 }
 
 /// The OpenAPI document the API serves at `/openapi.json`.

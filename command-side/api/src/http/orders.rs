@@ -14,12 +14,17 @@ use super::{Accepted, ApiError, BodilessCommand, CommandRequest, Resource};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"customer_id": "c-42", "currency": "EUR", "payment_token": "tok_visa",
-    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}]}))]
+    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}], "contact_email": "ada@example.com"}))]
 pub(crate) struct PlaceOrderRequest {
     customer_id: String,
     currency: String,
     payment_token: String,
     lines: Vec<LineRequest>,
+    /// Optional: where the customer hears about the order. Personal data:
+    /// stored only sealed under the customer's key, which
+    /// `DELETE /v1/customers/{customer_id}/personal-data` destroys.
+    #[serde(default)]
+    contact_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,6 +61,7 @@ impl From<PlaceOrderRequest> for PlaceOrder {
             lines: lines
                 .map(|l| LineInput { sku: l.sku, quantity: l.quantity, unit_price_cents: l.unit_price_cents })
                 .collect(),
+            contact_email: request.contact_email,
         }
     }
 }

@@ -99,6 +99,10 @@ impl TestApp {
         self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM es_events").fetch_one(&self.pool).await.unwrap()
     }

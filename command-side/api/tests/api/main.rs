@@ -5,4 +5,5 @@ mod commands;
 mod helpers;
 mod idempotency;
 mod openapi;
+mod personal_data;
 mod process;

@@ -571,6 +571,7 @@ async fn place_directly(store: &event_store::PgEventStore, deadline: chrono::Dur
         lines: vec![LineInput { sku: "SKU-A".into(), quantity: 1, unit_price_cents: 100 }],
         placed_at: now,
         deadline: now + deadline,
+        contact_email: None,
     });
     let invocation =
         Invocation { metadata: Metadata::default(), ids: EventIds::Random, expected_version: None, max_attempts: 5 };
