@@ -7,13 +7,15 @@
 //! one LISTEN connection per process keeps where each projection stands, and
 //! every waiter compares against that, without a query of its own. While
 //! anyone waits, one poll of all checkpoints (every 250 ms) covers a lost
-//! notification. A waiter queries only to find its position in the log
-//! (after 250 ms, then less and less often, at least every second, until
-//! the log has it) and once to start from the checkpoint as the database has it.
+//! notification. A query first asks the database once (its position in the
+//! log, and whether the read model has applied it): most need no wait. A
+//! waiter then queries only to find a position the log lacks yet (after
+//! 250 ms, then less and less often, at least every second).
 //!
 //! The waiters are bounded, per client and in all ([`WaiterLimits`]): beyond
 //! them a query is refused at once (429 or 503, `Retry-After`) instead of
-//! holding a connection and a task for the whole wait.
+//! holding a connection and a task for the whole wait. A query that needs no
+//! wait never counts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -92,12 +94,20 @@ impl Progress {
         limit: Duration,
         client: &str,
     ) -> Result<bool, ProgressError> {
-        let _admitted = self.waiters.admit(client)?;
         let deadline = Instant::now() + limit;
+        // Subscribed first, so that no progress between the check below and
+        // the wait goes unheard.
         let mut heard = self.standing.subscribe();
-        let mut located = None;
-        let (mut next_lookup, mut lookup_gap) = (Instant::now(), POLL);
-        let mut asked_database = false;
+        // Most queries need no wait: their event is applied already. They are
+        // answered without taking a waiter's place.
+        let mut located = store.locate(position).await.map_err(ProgressError::Store)?;
+        if let Some(at) = located {
+            if checkpoints::reached(&self.pool, projection, at).await.map_err(ProgressError::Database)? {
+                return Ok(true);
+            }
+        }
+        let _admitted = self.waiters.admit(client)?;
+        let (mut next_lookup, mut lookup_gap) = (Instant::now() + POLL, POLL * 2);
         loop {
             if located.is_none() && Instant::now() >= next_lookup {
                 located = store.locate(position).await.map_err(ProgressError::Store)?;
@@ -106,20 +116,11 @@ impl Progress {
                 lookup_gap = (lookup_gap * 2).min(LOOKUP_GAP_MAX);
             }
             if let Some(at) = located {
-                let applied = heard.borrow_and_update().get(projection).copied().flatten();
-                if applied >= Some(at) {
+                if heard.borrow_and_update().get(projection).copied().flatten() >= Some(at) {
                     return Ok(true);
                 }
-                // What was heard may predate this process: the database says once.
-                if !asked_database {
-                    asked_database = true;
-                    if checkpoints::reached(&self.pool, projection, at).await.map_err(ProgressError::Database)? {
-                        return Ok(true);
-                    }
-                }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Ok(false);
             }
             let nap = if located.is_none() { next_lookup.min(deadline) } else { deadline };
@@ -142,12 +143,12 @@ impl Progress {
     ) -> Result<bool, ProgressError> {
         let leader_at = checkpoints::position(&self.pool, leader).await.map_err(ProgressError::Database)?;
         let Some(at) = leader_at else { return Ok(true) };
+        let deadline = Instant::now() + limit;
+        let mut heard = self.standing.subscribe();
         if checkpoints::reached(&self.pool, follower, at).await.map_err(ProgressError::Database)? {
             return Ok(true);
         }
         let _admitted = self.waiters.admit(client)?;
-        let mut heard = self.standing.subscribe();
-        let deadline = Instant::now() + limit;
         loop {
             if heard.borrow_and_update().get(follower).copied().flatten() >= Some(at) {
                 return Ok(true);

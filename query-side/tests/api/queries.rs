@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use projections::testing::placed;
 
-use crate::helpers::{problem, with_app, TestApp};
+use crate::helpers::{problem, with_app, with_app_env, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_inventory_item_and_payment_read_as_the_api_says() {
@@ -155,6 +155,35 @@ async fn min_position_waits_for_the_read_model_then_answers_503_with_retry_after
             let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
             assert_eq!(item["version"], quantity + 1);
         }
+    })
+    .await;
+}
+
+/// A query whose position is applied already needs no wait, so it never
+/// counts against the waiters' bounds: with a client's one place taken by a
+/// wait that cannot end, its reads of applied positions are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_applied_already_is_answered_without_taking_a_waiters_place() {
+    let limits = [("MIN_POSITION_WAITERS_PER_CLIENT", "1"), ("MIN_POSITION_WAITERS", "1"), ("MIN_POSITION_WAIT", "3s")];
+    with_app_env(&limits, |app| async move {
+        let position =
+            app.append("inventory-SKU-5", &[InventoryEvent::StockReceived { sku: "SKU-5".into(), quantity: 5 }]).await;
+        let _projecting = app.project();
+        app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+
+        let app = std::sync::Arc::new(app);
+        let stuck = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/inventory/SKU-5?min_position=999999999999").await.status() })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..5 {
+            let item = app.json(&format!("/v1/inventory/SKU-5?min_position={position}")).await;
+            assert_eq!(item["on_hand"], 5);
+        }
+        let refused = app.get("/v1/inventory/SKU-5?min_position=999999999998").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "a second wait of the same client");
+        assert_eq!(stuck.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
     })
     .await;
 }
