@@ -180,20 +180,39 @@ impl Vault {
 
     /// What `sealed` (under key `key_id`) reads as now.
     pub async fn open(&self, key_id: Uuid, sealed: &str) -> Result<Opened, VaultError> {
-        let row: Option<(Option<Vec<u8>>, Option<String>)> =
-            sqlx::query_as("SELECT wrapped_key, master_key_id FROM personal_data_keys WHERE key_id = $1")
-                .bind(key_id)
-                .fetch_optional(&self.pool)
+        let mut opened = self.open_all(&[(key_id, sealed)]).await?;
+        Ok(opened.pop().expect("one answer per value"))
+    }
+
+    /// What each `(key_id, sealed)` reads as now, in order: one query for all.
+    pub async fn open_all(&self, values: &[(Uuid, &str)]) -> Result<Vec<Opened>, VaultError> {
+        let mut key_ids: Vec<Uuid> = values.iter().map(|(key_id, _)| *key_id).collect();
+        key_ids.sort_unstable();
+        key_ids.dedup();
+        let rows: Vec<(Uuid, Option<Vec<u8>>, Option<String>)> =
+            sqlx::query_as("SELECT key_id, wrapped_key, master_key_id FROM personal_data_keys WHERE key_id = ANY($1)")
+                .bind(&key_ids)
+                .fetch_all(&self.pool)
                 .await?;
-        let Some((Some(wrapped), master_key_id)) = row else { return Ok(Opened::Erased) };
-        let key = self.unwrap(key_id, &wrapped, master_key_id.as_deref())?;
-        Ok(match self.decrypt(&key, key_id, sealed).and_then(|clear| String::from_utf8(clear).ok()) {
-            Some(clear) => Opened::Clear(clear),
-            None => {
-                tracing::error!(%key_id, "a sealed value does not open with its key");
-                Opened::Unreadable
+        let mut keys = std::collections::HashMap::new();
+        for (key_id, wrapped, master_key_id) in rows {
+            if let Some(wrapped) = wrapped {
+                keys.insert(key_id, self.unwrap(key_id, &wrapped, master_key_id.as_deref())?);
             }
-        })
+        }
+        Ok(values
+            .iter()
+            .map(|(key_id, sealed)| {
+                let Some(key) = keys.get(key_id) else { return Opened::Erased };
+                match self.decrypt(key, *key_id, sealed).and_then(|clear| String::from_utf8(clear).ok()) {
+                    Some(clear) => Opened::Clear(clear),
+                    None => {
+                        tracing::error!(%key_id, "a sealed value does not open with its key");
+                        Opened::Unreadable
+                    }
+                }
+            })
+            .collect())
     }
 
     /// Destroys every key of `customer_id`: all their data sealed so far

@@ -97,23 +97,30 @@ pub(crate) async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
-/// Opens each order's sealed contact address with its customer's key, now:
-/// an erased customer's reads as erased (ADR 0014).
+/// Opens each order's sealed contact address with its customer's key, now
+/// (one query for all): an erased customer's reads as erased (ADR 0014).
 async fn reveal_contact(state: &AppState, orders: &mut [OrderRow]) -> Result<(), Problem> {
-    for order in orders {
-        let (Some(key_id), Some(sealed)) = (order.contact_key_id, order.contact_email_sealed.as_deref()) else {
-            continue;
-        };
-        let opened = state.vault.open(key_id, sealed).await.map_err(|error| {
-            tracing::error!(%error, "cannot open a contact address");
-            match error {
-                VaultError::Database(db) => database_error(db),
-                _ => Problem::internal(),
-            }
-        })?;
+    let sealed: Vec<(usize, (Uuid, &str))> = orders
+        .iter()
+        .enumerate()
+        .filter_map(|(i, order)| Some((i, (order.contact_key_id?, order.contact_email_sealed.as_deref()?))))
+        .collect();
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<(Uuid, &str)> = sealed.iter().map(|(_, value)| *value).collect();
+    let opened = state.vault.open_all(&values).await.map_err(|error| {
+        tracing::error!(%error, "cannot open contact addresses");
+        match error {
+            VaultError::Database(db) => database_error(db),
+            _ => Problem::internal(),
+        }
+    })?;
+    let at: Vec<usize> = sealed.iter().map(|(i, _)| *i).collect();
+    for (i, opened) in at.into_iter().zip(opened) {
         match opened {
-            Opened::Clear(email) => order.contact_email = Some(email),
-            Opened::Erased => order.contact_email_erased = true,
+            Opened::Clear(email) => orders[i].contact_email = Some(email),
+            Opened::Erased => orders[i].contact_email_erased = true,
             Opened::Unreadable => {}
         }
     }

@@ -417,3 +417,57 @@ async fn every_order_list_filter_reads_through_an_index_under_a_generic_plan() {
     })
     .await;
 }
+
+/// Contact addresses are opened when the API answers, a page's all at once:
+/// an erased customer's read as erased, the others' in clear (ADR 0014).
+#[tokio::test]
+async fn contact_addresses_are_opened_when_shown_and_an_erased_customers_read_as_erased() {
+    use service_kit::personal_data::{MasterKeys, Vault};
+    with_app(|app| async move {
+        let vault = Vault::new(app.pool.clone(), MasterKeys::development());
+        let mut expected = Vec::new();
+        for (n, (customer, email)) in
+            [("c-1", Some("one@example.com")), ("c-2", Some("two@example.com")), ("c-1", Some("uno@example.com")), ("c-3", None)]
+                .into_iter()
+                .enumerate()
+        {
+            let order_id = Uuid::new_v4();
+            let sealed = match email {
+                Some(email) => Some(vault.seal(customer, email).await.unwrap()),
+                None => None,
+            };
+            sqlx::query(
+                "INSERT INTO rm_orders (order_id, customer_id, status, payment_status, currency, total_cents, lines, \
+                                        version, created_at, updated_at, contact_key_id, contact_email_sealed) \
+                 VALUES ($1, $2, 'pending', 'none', 'EUR', 100, '[]', 1, now() - $3 * interval '1 second', now(), $4, $5)",
+            )
+            .bind(order_id)
+            .bind(customer)
+            .bind(n as f64)
+            .bind(sealed.as_ref().map(|(key_id, _)| *key_id))
+            .bind(sealed.as_ref().map(|(_, sealed)| sealed.clone()))
+            .execute(&app.pool)
+            .await
+            .unwrap();
+            expected.push((order_id, customer, email));
+        }
+        assert_eq!(vault.erase("c-1").await.unwrap(), 1);
+
+        let page = app.json("/v1/orders?limit=10").await;
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 4);
+        for (order_id, customer, email) in expected {
+            let item = items.iter().find(|item| item["order_id"] == order_id.to_string()).unwrap();
+            let (shown, erased) = match (customer, email) {
+                ("c-1", _) => (Value::Null, true),
+                (_, Some(email)) => (json!(email), false),
+                (_, None) => (Value::Null, false),
+            };
+            assert_eq!((&item["contact_email"], &item["contact_email_erased"]), (&shown, &json!(erased)), "{item}");
+            assert!(item.get("contact_email_sealed").is_none() && item.get("contact_key_id").is_none(), "{item}");
+            let one = app.json(&format!("/v1/orders/{order_id}")).await;
+            assert_eq!(&one["contact_email"], &shown);
+        }
+    })
+    .await;
+}
