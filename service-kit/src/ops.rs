@@ -2,8 +2,9 @@
 //! `GET /health/live` (the process runs), `GET /health/ready` (every
 //! dependency answers; 503 naming the ones that do not, or 200 `degraded`
 //! naming a condition that slows the service without stopping it) and
-//! `GET /metrics` (Prometheus text). The relay, the saga participants and the projections
-//! have no API of their own: they serve these routes on an ops address.
+//! `GET /metrics` (Prometheus text), on an ops address of each service's own
+//! ([`OpsServer`]). The APIs' public addresses answer the two health routes
+//! too, for load balancers, without reasons ([`public_health_router`]).
 
 use std::future::Future;
 use std::net::SocketAddr;

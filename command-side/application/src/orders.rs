@@ -51,7 +51,7 @@ impl Application {
             Start::Saved(saved) => return Done::from_saved(saved),
         };
         let order_id = run.invocation.ids.derive("order_id");
-        let mut place = domain::order::PlaceOrder {
+        let place = domain::order::PlaceOrder {
             order_id,
             customer_id: order.customer_id,
             currency: order.currency,
@@ -61,16 +61,9 @@ impl Application {
             deadline: run.now + self.settings().order_deadline,
             contact_email: None,
         };
-        let outcome = match order.contact_email {
-            None => Ok(place),
-            Some(email) => self.seal_contact(place.clone(), &email).await.map(|sealed| {
-                place.contact_email = Some(sealed);
-                place
-            }),
-        };
-        let outcome = match outcome {
-            Ok(place) => {
-                let command = OrderCommand::Place(place);
+        let outcome = match self.seal_contact(&place, order.contact_email.as_deref()).await {
+            Ok(contact_email) => {
+                let command = OrderCommand::Place(domain::order::PlaceOrder { contact_email, ..place });
                 commands::create::<Order>(&**self.store(), &Order::stream_id(order_id), &run.invocation, command)
                     .await
                     .map(|appended| OrderAccepted {
@@ -85,26 +78,30 @@ impl Application {
         self.finish(request, run.lease, outcome).await
     }
 
-    /// Seals the order's contact address under its customer's key, once
-    /// every rule of the order holds (the address's too): a refused order
-    /// leaves no key behind.
-    async fn seal_contact(&self, place: domain::order::PlaceOrder, email: &str) -> Result<Sealed, CommandError> {
-        let customer_id = place.customer_id.clone();
+    /// Seals the order's contact address, if it has one, under its
+    /// customer's key, once every rule of the order holds (the address's
+    /// too): a refused order leaves no key behind.
+    async fn seal_contact(
+        &self,
+        place: &domain::order::PlaceOrder,
+        email: Option<&str>,
+    ) -> Result<Option<Sealed>, CommandError> {
+        let Some(email) = email else { return Ok(None) };
         let mut problems = Problems::default();
         rules::check_email(&mut problems, "contact_email", email);
-        if let Err(DomainError::Invalid(mut others)) = Order::decide(&OrderState::default(), OrderCommand::Place(place))
-        {
+        let check = OrderCommand::Place(place.clone());
+        if let Err(DomainError::Invalid(mut others)) = Order::decide(&OrderState::default(), check) {
             problems.0.append(&mut others);
         }
         problems.into_result().map_err(|invalid| CommandError::Refused(invalid.into()))?;
-        let (key_id, sealed) = self.vault().seal(&customer_id, email).await.map_err(|error| match error {
+        let (key_id, sealed) = self.vault().seal(&place.customer_id, email).await.map_err(|error| match error {
             VaultError::Database(error) if event_store::is_transient(&error) => {
                 CommandError::Unavailable(error.to_string())
             }
             VaultError::Busy => CommandError::Unavailable(error.to_string()),
             other => CommandError::Failed(other.to_string()),
         })?;
-        Ok(Sealed { key_id, sealed })
+        Ok(Some(Sealed { key_id, sealed }))
     }
 
     /// Cancels an order (a confirmed one too: its payment is refunded).
