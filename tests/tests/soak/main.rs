@@ -39,6 +39,11 @@ struct Sample {
     /// Resident memory (MiB) and open file descriptors of each process, in `Kind::ALL` order.
     rss_mib: Vec<f64>,
     fds: Vec<usize>,
+    /// CPU each process used over the period, in % of one core, same order.
+    cpu_percent: Vec<f64>,
+    /// The whole machine's CPU in use over the period, in % of all its cores
+    /// (the services, PostgreSQL, NATS and the load generator).
+    machine_percent: f64,
     /// Sessions of the shop's database (the test's own pool included).
     connections: i64,
     events: i64,
@@ -80,11 +85,12 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
     let nats = async_nats::connect(system.nats.url()).await.expect("the test's NATS server");
     let js = async_nats::jetstream::new(nats);
     let mut samples = Vec::new();
+    let mut clock = CpuClock::start(&mut system);
     let mut next = started + period;
     while next <= started + Duration::from_secs(seconds) {
         tokio::time::sleep_until(next.into()).await;
         next += period;
-        samples.push(sample(&mut system, &pool, &js, &records, started.elapsed(), period).await);
+        samples.push(sample(&mut system, &pool, &js, &records, (started.elapsed(), period), &mut clock).await);
         eprintln!("soak: {:?}", samples.last().unwrap());
         for kind in Kind::ALL {
             assert!(system.process(kind).exited().is_none(), "{} exited during the soak", kind.name());
@@ -109,8 +115,8 @@ async fn sample(
     pool: &sqlx::PgPool,
     js: &async_nats::jetstream::Context,
     records: &workload::Shared,
-    at: Duration,
-    period: Duration,
+    (at, period): (Duration, Duration),
+    clock: &mut CpuClock,
 ) -> Sample {
     let mut answered: Vec<f64> = std::mem::take(&mut records.lock().unwrap().answered_in)
         .into_iter()
@@ -123,6 +129,7 @@ async fn sample(
         rss_mib.push(rss_kib(pid) as f64 / 1024.0);
         fds.push(std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count));
     }
+    let (cpu_percent, machine_percent) = clock.read(system);
     // Orders placed one to two periods ago have had a period to be confirmed.
     let (p50, p99, confirmed): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
@@ -152,6 +159,8 @@ async fn sample(
         confirmed,
         rss_mib,
         fds,
+        cpu_percent,
+        machine_percent,
         connections,
         events: events.unwrap_or(0),
         events_mib: events_bytes as f64 / 1048576.0,
@@ -159,6 +168,68 @@ async fn sample(
         stream_messages: state.messages,
         stream_mib: state.bytes as f64 / 1048576.0,
     }
+}
+
+/// CPU time of the shop's processes and of the machine, read at each sample.
+struct CpuClock {
+    at: Instant,
+    /// Clock ticks used by each process (`Kind::ALL` order), and by the machine (busy, all).
+    process_ticks: Vec<u64>,
+    machine_ticks: (u64, u64),
+    ticks_per_second: f64,
+}
+
+impl CpuClock {
+    fn start(system: &mut System) -> Self {
+        let ticks_per_second = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0);
+        let process_ticks = Kind::ALL.iter().map(|kind| process_ticks(system.process(*kind).pid())).collect();
+        Self { at: Instant::now(), process_ticks, machine_ticks: machine_ticks(), ticks_per_second }
+    }
+
+    /// Each process's CPU in % of one core, and the machine's in % of all cores, since the last reading.
+    fn read(&mut self, system: &mut System) -> (Vec<f64>, f64) {
+        let seconds = self.at.elapsed().as_secs_f64().max(f64::EPSILON);
+        self.at = Instant::now();
+        let now: Vec<u64> = Kind::ALL.iter().map(|kind| process_ticks(system.process(*kind).pid())).collect();
+        let percent = now
+            .iter()
+            .zip(&self.process_ticks)
+            .map(|(now, before)| now.saturating_sub(*before) as f64 / self.ticks_per_second / seconds * 100.0)
+            .collect();
+        self.process_ticks = now;
+        let (busy, all) = machine_ticks();
+        let machine = busy.saturating_sub(self.machine_ticks.0) as f64
+            / (all.saturating_sub(self.machine_ticks.1).max(1)) as f64
+            * 100.0;
+        self.machine_ticks = (busy, all);
+        (percent, machine)
+    }
+}
+
+/// utime + stime of a process, in clock ticks (0 if it cannot be read).
+fn process_ticks(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// The machine's busy and total clock ticks since boot (`/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let all: u64 = ticks.iter().sum();
+    // idle and iowait are not busy.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
 }
 
 /// `VmRSS` of a process, in KiB (0 if it cannot be read).
@@ -210,8 +281,9 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
          its answer at the client (p50 / p99 / max, ms). Confirm: placed -> confirmed in event time of the orders \
          placed the minute before (p50 / p99, ms). Memory: resident MiB of {}. Fds: open file descriptors, same order. \
          Connections: sessions of the shop's database. The books balanced {:.0} s after the load stopped.\n\n\
-         | min | requests | answer p50 / p99 / max | confirmed | confirm p50 / p99 | memory MiB | fds | connections | events | es_events MiB | database MiB | stream msgs | stream MiB |\n\
-         |---:|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+         CPU: % of one core each process used, same order; machine: % of all cores busy (services, PostgreSQL, NATS, load).\n\n\
+         | min | requests | answer p50 / p99 / max | confirmed | confirm p50 / p99 | memory MiB | fds | CPU % | machine % | connections | events | es_events MiB | database MiB | stream msgs | stream MiB |\n\
+         |---:|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         event_store::bench::commit_and_date(),
         names.join(" / "),
         settled_in.as_secs_f64(),
@@ -219,8 +291,9 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
     for s in samples {
         let rss: Vec<String> = s.rss_mib.iter().map(|mib| format!("{mib:.0}")).collect();
         let fds: Vec<String> = s.fds.iter().map(ToString::to_string).collect();
+        let cpu: Vec<String> = s.cpu_percent.iter().map(|percent| format!("{percent:.0}")).collect();
         section.push_str(&format!(
-            "| {:.0} | {} | {:.1} / {:.1} / {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.0} |\n",
+            "| {:.0} | {} | {:.1} / {:.1} / {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} |\n",
             s.at.as_secs_f64() / 60.0,
             s.requests,
             s.answer_ms[0],
@@ -231,6 +304,8 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
             s.confirm_ms[1],
             rss.join(" / "),
             fds.join(" / "),
+            cpu.join(" / "),
+            s.machine_percent,
             s.connections,
             s.events,
             s.events_mib,
