@@ -102,6 +102,12 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The postmaster's process id while the server runs (its backends are its children).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -41,6 +41,9 @@ struct Sample {
     fds: Vec<usize>,
     /// CPU each process used over the period, in % of one core, same order.
     cpu_percent: Vec<f64>,
+    /// CPU of PostgreSQL (the postmaster and its backends alive at both
+    /// readings), NATS and this process (the load generator), % of one core.
+    servers_percent: [f64; 3],
     /// The whole machine's CPU in use over the period, in % of all its cores
     /// (the services, PostgreSQL, NATS and the load generator).
     machine_percent: f64,
@@ -129,7 +132,7 @@ async fn sample(
         rss_mib.push(rss_kib(pid) as f64 / 1024.0);
         fds.push(std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count));
     }
-    let (cpu_percent, machine_percent) = clock.read(system);
+    let (cpu_percent, servers_percent, machine_percent) = clock.read(system);
     // Orders placed one to two periods ago have had a period to be confirmed.
     let (p50, p99, confirmed): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), count(*) \
@@ -160,6 +163,7 @@ async fn sample(
         rss_mib,
         fds,
         cpu_percent,
+        servers_percent,
         machine_percent,
         connections,
         events: events.unwrap_or(0),
@@ -175,6 +179,10 @@ struct CpuClock {
     at: Instant,
     /// Clock ticks used by each process (`Kind::ALL` order), and by the machine (busy, all).
     process_ticks: Vec<u64>,
+    /// Ticks of each PostgreSQL process by pid, of NATS and of this process.
+    postgres_ticks: std::collections::HashMap<u32, u64>,
+    nats_ticks: u64,
+    own_ticks: u64,
     machine_ticks: (u64, u64),
     ticks_per_second: f64,
 }
@@ -187,28 +195,63 @@ impl CpuClock {
             .ok()
             .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
             .unwrap_or(100.0);
-        let process_ticks = Kind::ALL.iter().map(|kind| process_ticks(system.process(*kind).pid())).collect();
-        Self { at: Instant::now(), process_ticks, machine_ticks: machine_ticks(), ticks_per_second }
+        let services = Kind::ALL.iter().map(|kind| process_ticks(system.process(*kind).pid())).collect();
+        Self {
+            at: Instant::now(),
+            process_ticks: services,
+            postgres_ticks: postgres_ticks(system),
+            nats_ticks: process_ticks(system.nats.pid()),
+            own_ticks: process_ticks(Some(std::process::id())),
+            machine_ticks: machine_ticks(),
+            ticks_per_second,
+        }
     }
 
-    /// Each process's CPU in % of one core, and the machine's in % of all cores, since the last reading.
-    fn read(&mut self, system: &mut System) -> (Vec<f64>, f64) {
+    /// Each process's CPU in % of one core, PostgreSQL's, NATS's and the load
+    /// generator's, and the machine's in % of all cores, since the last reading.
+    fn read(&mut self, system: &mut System) -> (Vec<f64>, [f64; 3], f64) {
         let seconds = self.at.elapsed().as_secs_f64().max(f64::EPSILON);
         self.at = Instant::now();
+        let per_core = |ticks: u64| ticks as f64 / self.ticks_per_second / seconds * 100.0;
         let now: Vec<u64> = Kind::ALL.iter().map(|kind| process_ticks(system.process(*kind).pid())).collect();
-        let percent = now
-            .iter()
-            .zip(&self.process_ticks)
-            .map(|(now, before)| now.saturating_sub(*before) as f64 / self.ticks_per_second / seconds * 100.0)
-            .collect();
+        let percent =
+            now.iter().zip(&self.process_ticks).map(|(now, before)| per_core(now.saturating_sub(*before))).collect();
         self.process_ticks = now;
+        let postgres = postgres_ticks(system);
+        let postgres_used: u64 = postgres
+            .iter()
+            .filter_map(|(pid, now)| self.postgres_ticks.get(pid).map(|before| now.saturating_sub(*before)))
+            .sum();
+        self.postgres_ticks = postgres;
+        let (nats, own) = (process_ticks(system.nats.pid()), process_ticks(Some(std::process::id())));
+        let servers = [
+            per_core(postgres_used),
+            per_core(nats.saturating_sub(self.nats_ticks)),
+            per_core(own.saturating_sub(self.own_ticks)),
+        ];
+        (self.nats_ticks, self.own_ticks) = (nats, own);
         let (busy, all) = machine_ticks();
         let machine = busy.saturating_sub(self.machine_ticks.0) as f64
             / (all.saturating_sub(self.machine_ticks.1).max(1)) as f64
             * 100.0;
         self.machine_ticks = (busy, all);
-        (percent, machine)
+        (percent, servers, machine)
     }
+}
+
+/// Ticks of the test's PostgreSQL server: the postmaster and its children, by pid.
+fn postgres_ticks(system: &System) -> std::collections::HashMap<u32, u64> {
+    let Some(postmaster) = system.pg.postmaster_pid() else { return Default::default() };
+    let mut ticks = std::collections::HashMap::from([(postmaster, process_ticks(Some(postmaster)))]);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(postmaster) {
+            ticks.insert(pid, process_ticks(Some(pid)));
+        }
+    }
+    ticks
 }
 
 /// utime + stime of a process, in clock ticks (0 if it cannot be read).
@@ -281,9 +324,10 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
          its answer at the client (p50 / p99 / max, ms). Confirm: placed -> confirmed in event time of the orders \
          placed the minute before (p50 / p99, ms). Memory: resident MiB of {}. Fds: open file descriptors, same order. \
          Connections: sessions of the shop's database. The books balanced {:.0} s after the load stopped.\n\n\
-         CPU: % of one core each process used, same order; machine: % of all cores busy (services, PostgreSQL, NATS, load).\n\n\
-         | min | requests | answer p50 / p99 / max | confirmed | confirm p50 / p99 | memory MiB | fds | CPU % | machine % | connections | events | es_events MiB | database MiB | stream msgs | stream MiB |\n\
-         |---:|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         CPU: % of one core each process used, same order; PostgreSQL / NATS / load generator likewise; machine: % of \
+         all cores busy.\n\n\
+         | min | requests | answer p50 / p99 / max | confirmed | confirm p50 / p99 | memory MiB | fds | CPU % | PG / NATS / load % | machine % | connections | events | es_events MiB | database MiB | stream msgs | stream MiB |\n\
+         |---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         event_store::bench::commit_and_date(),
         names.join(" / "),
         settled_in.as_secs_f64(),
@@ -293,7 +337,7 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
         let fds: Vec<String> = s.fds.iter().map(ToString::to_string).collect();
         let cpu: Vec<String> = s.cpu_percent.iter().map(|percent| format!("{percent:.0}")).collect();
         section.push_str(&format!(
-            "| {:.0} | {} | {:.1} / {:.1} / {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} |\n",
+            "| {:.0} | {} | {:.1} / {:.1} / {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.0} / {:.0} / {:.0} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {:.0} |\n",
             s.at.as_secs_f64() / 60.0,
             s.requests,
             s.answer_ms[0],
@@ -305,6 +349,9 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
             rss.join(" / "),
             fds.join(" / "),
             cpu.join(" / "),
+            s.servers_percent[0],
+            s.servers_percent[1],
+            s.servers_percent[2],
             s.machine_percent,
             s.connections,
             s.events,
