@@ -19,5 +19,5 @@ cd "$(dirname "$0")/.."
 env -u DATABASE_URL bash scripts/services.sh
 cargo build --release --bins
 SYSTEM_TESTS_BIN_DIR="$PWD/target/release" \
-  SOAK_SECONDS="${SOAK_SECONDS:-1800}" SOAK_RATE="${SOAK_RATE:-70}" \
+  SOAK_SECONDS="${SOAK_SECONDS:-1800}" SOAK_RATE="${SOAK_RATE:-70}" SOAK_PG_STATEMENTS="${SOAK_PG_STATEMENTS:-1}" \
   cargo nextest run --workspace --all-features -E 'binary(soak)' --no-capture

@@ -63,6 +63,10 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
     let rate: f64 = setting("SOAK_RATE", 20.0);
     let mut system = System::start(Settings { order_deadline: "5m", gateway_timeout: "2s" }).await;
     eprintln!("soak: {seconds} s at {rate} requests/s, a sample every {period:?}; logs in {}", system.dir.display());
+    let statements = setting("SOAK_PG_STATEMENTS", 0u8) == 1;
+    if statements {
+        load_pg_stat_statements(&mut system).await;
+    }
     let records: workload::Shared = Arc::new(Mutex::new(Records::default()));
     // Many items with stock to spare: orders confirm (the saga's whole path),
     // few cancels, some shipments; no faults.
@@ -80,6 +84,10 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
     };
     workload::stock_up(&system.client, &config, &records).await;
     records.lock().unwrap().answered_in.clear();
+    if statements {
+        let pool = system.pool().await;
+        sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await.expect("reset the statements' figures");
+    }
 
     let started = Instant::now();
     let load =
@@ -100,11 +108,13 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
         }
     }
     load.await.expect("the workload does not panic");
+    let top = if statements { top_statements(&pool).await } else { String::new() };
+    eprint!("{top}");
 
     let (report, settled_in) = settle(&mut system, &records).await;
     report.print("books after the soak");
     if seconds >= 1800 {
-        write_benchmarks(&samples, seconds, rate, settled_in);
+        write_benchmarks(&samples, seconds, rate, settled_in, &top);
     }
     assert!(samples.len() >= 2, "at least two samples: {samples:?}");
     assert!(samples.iter().all(|s| s.requests > 0 && s.rss_mib.iter().all(|mib| *mib > 0.0)), "{samples:?}");
@@ -314,7 +324,7 @@ fn mean(samples: &[Sample], figure: impl Fn(&Sample) -> f64) -> f64 {
     samples.iter().map(figure).sum::<f64>() / samples.len().max(1) as f64
 }
 
-fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Duration) {
+fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Duration, top: &str) {
     let names: Vec<&str> = Kind::ALL.iter().map(|kind| kind.name()).collect();
     let mut section = format!(
         "## Soak\n\n`scripts/soak.sh` (`SOAK_SECONDS={seconds}`, `SOAK_RATE={rate}`) — {}.\n\n\
@@ -381,5 +391,41 @@ fn write_benchmarks(samples: &[Sample], seconds: u64, rate: f64, settled_in: Dur
             .collect::<Vec<_>>()
             .join(", "),
     ));
+    section.push_str(top);
     event_store::bench::write_section("soak", &section);
+}
+
+/// Restarts the shop's PostgreSQL with `pg_stat_statements` loaded, and
+/// waits until every service is ready again.
+async fn load_pg_stat_statements(system: &mut System) {
+    let pool = system.pool().await;
+    sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'").execute(&pool).await.unwrap();
+    system.restart_postgres(event_store::testing::Stop::Fast, Duration::from_millis(100)).await;
+    for kind in Kind::ALL {
+        system.wait_ready(kind, Duration::from_secs(60)).await;
+    }
+    let pool = system.pool().await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&pool).await.unwrap();
+}
+
+/// Where PostgreSQL's time went during the load: its statements by total
+/// execution time (all databases of the server: the shop has one), as a table.
+async fn top_statements(pool: &sqlx::PgPool) -> String {
+    let rows: Vec<(String, i64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 110), calls, total_exec_time, mean_exec_time, \
+                100 * total_exec_time / nullif(sum(total_exec_time) OVER (), 0) \
+         FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_statements answers");
+    let mut table = String::from(
+        "\nPostgreSQL's statements during the load (pg_stat_statements, top 10 by total time):\n\n\
+         | statement | calls | total ms | mean ms | share |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (query, calls, total, mean, share) in rows {
+        let query = query.replace('|', "\\|");
+        table.push_str(&format!("| `{query}` | {calls} | {total:.0} | {mean:.3} | {share:.1}% |\n"));
+    }
+    table
 }
