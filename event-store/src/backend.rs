@@ -69,12 +69,24 @@ impl Backend {
     /// checkpoints come from (the first opener records it); opening another
     /// one there is refused, since positions of one mean nothing in the other.
     pub async fn open(&self, pool: PgPool, categories: &[&str]) -> Result<Arc<dyn EventStore>, StoreError> {
+        self.open_with(pool, categories, crate::SubscriptionConfig::default()).await
+    }
+
+    /// [`Backend::open`] with subscriptions tuned (PostgreSQL; EventStoreDB
+    /// pushes its subscriptions itself).
+    pub async fn open_with(
+        &self,
+        pool: PgPool,
+        categories: &[&str],
+        subscription: crate::SubscriptionConfig,
+    ) -> Result<Arc<dyn EventStore>, StoreError> {
         refuse_a_standby(&pool).await?;
         claim(&pool, self.name()).await?;
         match self {
             Self::Postgres => {
                 let _ = categories; // every stream of the database is the system's
-                Ok(Arc::new(PgEventStore::new(pool)))
+                let config = crate::PgStoreConfig { subscription, ..Default::default() };
+                Ok(Arc::new(PgEventStore::with_config(pool, config)))
             }
             #[cfg(feature = "eventstoredb")]
             Self::EventStoreDb { url } => {

@@ -22,6 +22,12 @@ pub struct SubscriptionConfig {
     pub held_back_poll: Duration,
     /// Longest wait between retries after a failed read.
     pub max_error_backoff: Duration,
+    /// How long a subscriber lets events gather after a wake-up before it
+    /// reads (and the least it waits between polls while events are held
+    /// back): a read, and whatever the subscriber does per read, then covers
+    /// every commit of that time instead of one. Zero: read at once (the
+    /// relay, on the sagas' path); the projections gather (see their config).
+    pub gather: Duration,
 }
 
 impl Default for SubscriptionConfig {
@@ -31,6 +37,7 @@ impl Default for SubscriptionConfig {
             idle_poll: Duration::from_millis(500),
             held_back_poll: Duration::from_millis(2),
             max_error_backoff: Duration::from_secs(5),
+            gather: Duration::ZERO,
         }
     }
 }
@@ -104,10 +111,14 @@ impl<T: Tail> Follower<T> {
                     Ok(held_back) => held_back,
                     Err(error) => return Err(self.failed(error)),
                 };
-                let poll = if held_back { self.config.held_back_poll } else { self.config.idle_poll };
+                let poll =
+                    if held_back { self.config.held_back_poll.max(self.config.gather) } else { self.config.idle_poll };
                 tokio::select! {
                     // An error means the sender is gone: fall back to polling.
-                    changed = wake.changed() => if changed.is_err() { tokio::time::sleep(poll).await },
+                    changed = wake.changed() => match changed {
+                        Ok(()) => tokio::time::sleep(self.config.gather).await,
+                        Err(_) => tokio::time::sleep(poll).await,
+                    },
                     () = tokio::time::sleep(poll) => {}
                 }
                 self.at_horizon = false;
@@ -131,5 +142,91 @@ impl<T: Tail> Follower<T> {
         let next = self.backoff.map_or(Duration::from_millis(100), |b| b * 2);
         self.backoff = Some(next.min(self.config.max_error_backoff));
         error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::Metadata;
+
+    /// A log in memory that counts its reads.
+    #[derive(Clone)]
+    struct CountingTail {
+        events: Arc<Mutex<Vec<RecordedEvent>>>,
+        reads: Arc<AtomicUsize>,
+        wake: Arc<watch::Sender<u64>>,
+    }
+
+    impl CountingTail {
+        fn new() -> Self {
+            Self { events: Arc::default(), reads: Arc::default(), wake: Arc::new(watch::Sender::new(0)) }
+        }
+
+        fn append(&self) {
+            let mut events = self.events.lock().unwrap();
+            let n = events.len() as u64 + 1;
+            events.push(RecordedEvent {
+                event_id: uuid::Uuid::new_v4(),
+                stream_id: "inventory-SKU-1".into(),
+                stream_version: n,
+                log_position: LogPosition { commit: n, position: n },
+                event_type: "StockReceived".into(),
+                schema_version: 1,
+                payload: serde_json::json!({}),
+                metadata: Metadata::default(),
+                recorded_at: chrono::Utc::now(),
+            });
+            drop(events);
+            self.wake.send_modify(|n| *n += 1);
+        }
+    }
+
+    impl Tail for CountingTail {
+        async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let events = self.events.lock().unwrap();
+            Ok(events.iter().filter(|e| Some(e.log_position) > after).take(limit).cloned().collect())
+        }
+
+        async fn held_back(&self, _after: Option<LogPosition>) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+
+        fn wakeups(&self) -> watch::Receiver<u64> {
+            self.wake.subscribe()
+        }
+    }
+
+    /// Ten commits 5 ms apart, read by a subscriber that reads at once and by
+    /// one that gathers for 100 ms after a wake-up: the first reads about
+    /// once per commit, the second a few times for all of them.
+    #[tokio::test]
+    async fn a_gathering_subscriber_reads_many_commits_at_once() {
+        let mut reads = Vec::new();
+        for gather in [Duration::ZERO, Duration::from_millis(100)] {
+            let tail = CountingTail::new();
+            let config = SubscriptionConfig { gather, idle_poll: Duration::from_secs(5), ..Default::default() };
+            let mut events = follow(tail.clone(), None, config);
+            let reading = tokio::spawn(async move {
+                for _ in 0..10 {
+                    events.next().await.unwrap().unwrap();
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for _ in 0..10 {
+                tail.append();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            reading.await.unwrap();
+            reads.push(tail.reads.load(Ordering::SeqCst));
+        }
+        assert!(reads[0] >= 6, "reading at once: {reads:?}");
+        assert!(reads[1] <= 3, "gathering: {reads:?}");
     }
 }

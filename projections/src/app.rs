@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_store::{EventStore, StoreError};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
@@ -57,6 +57,9 @@ pub struct Config {
     pub rebuild: RebuildOptions,
     /// `PROJECTIONS_OPS_ADDR`
     pub ops_addr: SocketAddr,
+    /// `PROJECTION_GATHER`: how long the projections let commits gather
+    /// after a wake-up before they read the log (see `SubscriptionConfig::gather`).
+    pub gather: Duration,
 }
 
 impl Config {
@@ -75,8 +78,18 @@ impl Config {
             projector: ProjectorConfig { batch_size, ..ProjectorConfig::default() },
             rebuild: RebuildOptions { page_size, ..RebuildOptions::default() },
             ops_addr: config::parsed(source, "PROJECTIONS_OPS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9103)))?,
+            gather: gather(source)?,
         })
     }
+}
+
+/// `PROJECTION_GATHER`: 0 to 1 s, default 20 ms.
+fn gather(source: &dyn Source) -> Result<Duration, ConfigError> {
+    let gather = config::duration(source, "PROJECTION_GATHER", Duration::from_millis(20))?;
+    if gather > Duration::from_secs(1) {
+        return Err(ConfigError::new("PROJECTION_GATHER", format!("{gather:?}"), "at most 1s"));
+    }
+    Ok(gather)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +116,8 @@ impl App {
     /// Connects, migrates, opens the event store.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let pool = migrations::connect_and_migrate(&config.common.database).await?;
-        let store = config.common.open_store(&pool, &domain::CATEGORIES).await?;
+        let subscription = event_store::SubscriptionConfig { gather: config.gather, ..Default::default() };
+        let store = config.common.open_store_with(&pool, &domain::CATEGORIES, subscription).await?;
         Ok(Self { config, pool, store })
     }
 

@@ -40,6 +40,16 @@ impl CommonConfig {
         self.event_store.open(pool.clone(), categories).await
     }
 
+    /// [`CommonConfig::open_store`] with the store's subscriptions tuned.
+    pub async fn open_store_with(
+        &self,
+        pool: &PgPool,
+        categories: &[&str],
+        subscription: event_store::SubscriptionConfig,
+    ) -> Result<Arc<dyn EventStore>, StoreError> {
+        self.event_store.open_with(pool.clone(), categories, subscription).await
+    }
+
     /// Ready when the database answers with `migrations` applied, and
     /// EventStoreDB, where it holds the events, answers too.
     pub fn checks(&self, pool: &PgPool, store: &Arc<dyn EventStore>, migrations: usize) -> Vec<Check> {
