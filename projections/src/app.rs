@@ -215,9 +215,14 @@ mod tests {
             ("DATABASE_MAX_CONNECTIONS", "3"),
             ("PROJECTIONS_OPS_ADDR", "here"),
             ("EVENT_STORE_URL", "mysql://x"),
+            ("PROJECTION_GATHER", "2s"),
+            ("PROJECTION_GATHER", "soon"),
         ] {
             let error = Config::from_source(&Vars(&[(name, value)]), Command::Serve).unwrap_err();
             assert_eq!(error.name, name, "{error}");
         }
+        let gather = |vars: &[(&str, &str)]| Config::from_source(&Vars(vars), Command::Serve).unwrap().gather;
+        assert_eq!(gather(&[]), Duration::from_millis(20));
+        assert_eq!(gather(&[("PROJECTION_GATHER", "0s")]), Duration::ZERO);
     }
 }
