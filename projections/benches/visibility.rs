@@ -126,8 +126,12 @@ async fn main() {
         let (stop, shutdown) = Shutdown::new();
         let api = tokio::spawn(app.run_until(shutdown.clone()));
         let projection_pool = pool_like(&pool, 10).await;
+        // The store as the projections service opens it: gathering commits after a wake-up.
+        let subscription =
+            event_store::SubscriptionConfig { gather: projections::app::DEFAULT_GATHER, ..Default::default() };
+        let store_config = event_store::PgStoreConfig { subscription, ..Default::default() };
         let projecting = tokio::spawn(projections::service::run_all(
-            Arc::new(event_store::PgEventStore::new(projection_pool.clone())),
+            Arc::new(event_store::PgEventStore::with_config(projection_pool.clone(), store_config)),
             projection_pool,
             ProjectorConfig::default(),
             Default::default(),

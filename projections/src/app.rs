@@ -83,9 +83,12 @@ impl Config {
     }
 }
 
-/// `PROJECTION_GATHER`: 0 to 1 s, default 20 ms.
+/// `PROJECTION_GATHER` when unset.
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(20);
+
+/// `PROJECTION_GATHER`: 0 to 1 s, default [`DEFAULT_GATHER`].
 fn gather(source: &dyn Source) -> Result<Duration, ConfigError> {
-    let gather = config::duration(source, "PROJECTION_GATHER", Duration::from_millis(20))?;
+    let gather = config::duration(source, "PROJECTION_GATHER", DEFAULT_GATHER)?;
     if gather > Duration::from_secs(1) {
         return Err(ConfigError::new("PROJECTION_GATHER", format!("{gather:?}"), "at most 1s"));
     }
@@ -222,7 +225,7 @@ mod tests {
             assert_eq!(error.name, name, "{error}");
         }
         let gather = |vars: &[(&str, &str)]| Config::from_source(&Vars(vars), Command::Serve).unwrap().gather;
-        assert_eq!(gather(&[]), Duration::from_millis(20));
+        assert_eq!(gather(&[]), DEFAULT_GATHER);
         assert_eq!(gather(&[("PROJECTION_GATHER", "0s")]), Duration::ZERO);
     }
 }
