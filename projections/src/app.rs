@@ -84,7 +84,7 @@ impl Config {
 }
 
 /// `PROJECTION_GATHER` when unset.
-pub const DEFAULT_GATHER: Duration = Duration::from_millis(20);
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(5);
 
 /// `PROJECTION_GATHER`: 0 to 1 s, default [`DEFAULT_GATHER`].
 fn gather(source: &dyn Source) -> Result<Duration, ConfigError> {
