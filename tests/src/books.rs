@@ -15,6 +15,7 @@
 //!   from scratch gives the same rows as the live ones: see `rebuilds_match`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use domain::inventory::{Inventory, InventoryState};
 use domain::order::{Order, OrderState, OrderStatus};
@@ -25,7 +26,8 @@ use payment_gateway::{ChargeStatus, KeyedCharge};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::workload::{Placed, Records};
+use crate::system::System;
+use crate::workload::{Placed, Records, Shared};
 
 /// Figures and broken invariants.
 #[derive(Debug, Default)]
@@ -317,6 +319,23 @@ async fn log_books(pool: &PgPool, report: &mut Report) {
     report.figure("streams with a version gap", gaps.len());
     for stream in gaps {
         report.violations.push(format!("stream {stream} has a gap in its versions"));
+    }
+}
+
+/// Checks the books until they balance, or until `within` has passed:
+/// the last report, and how long it took. The workload has ended, so what
+/// it recorded is final.
+pub async fn settle(system: &mut System, records: &Shared, within: Duration) -> (Report, Duration) {
+    let started = Instant::now();
+    let pool = system.pool().await;
+    let records = records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    loop {
+        let charges = system.client.charges().await;
+        let report = check(&pool, &records, &charges).await;
+        if report.violations.is_empty() || started.elapsed() > within {
+            return (report, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -55,7 +55,7 @@ async fn under_faults_nothing_acknowledged_is_lost_and_nothing_is_applied_twice(
     for kind in Kind::ALL {
         system.wait_ready(kind, Duration::from_secs(60)).await;
     }
-    let (report, settled_in) = settle(&mut system, &records).await;
+    let (report, settled_in) = books::settle(&mut system, &records, SETTLE_WITHIN).await;
     let mut report = report;
     if report.violations.is_empty() {
         rebuild_and_compare(&mut system, &mut report).await;
@@ -68,22 +68,6 @@ async fn under_faults_nothing_acknowledged_is_lost_and_nothing_is_applied_twice(
     let failed = !report.violations.is_empty();
     system.stop(failed);
     assert!(!failed, "{} violations (see above)", report.violations.len());
-}
-
-/// Checks the books until they balance, or until `SETTLE_WITHIN` has passed.
-async fn settle(system: &mut System, records: &workload::Shared) -> (Report, Duration) {
-    let started = Instant::now();
-    let pool = system.pool().await;
-    // The workload has ended: what it recorded is final.
-    let records = records.lock().unwrap().clone();
-    loop {
-        let charges = system.client.charges().await;
-        let report = books::check(&pool, &records, &charges).await;
-        if report.violations.is_empty() || started.elapsed() > SETTLE_WITHIN {
-            return (report, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// Rebuilds every read model from scratch on the command line; the rows

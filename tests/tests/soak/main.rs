@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use system_tests::books::{self, Report};
+use system_tests::books;
 use system_tests::system::{Kind, Settings, System};
 use system_tests::workload::{self, Records, WorkloadConfig};
 
@@ -111,7 +111,7 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
     let top = if statements { top_statements(&pool).await } else { String::new() };
     eprint!("{top}");
 
-    let (report, settled_in) = settle(&mut system, &records).await;
+    let (report, settled_in) = books::settle(&mut system, &records, SETTLE_WITHIN).await;
     report.print("books after the soak");
     if seconds >= 1800 {
         write_benchmarks(&samples, seconds, rate, settled_in, &top);
@@ -302,21 +302,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-/// Checks the books until they balance, or until `SETTLE_WITHIN` has passed.
-async fn settle(system: &mut System, records: &workload::Shared) -> (Report, Duration) {
-    let started = Instant::now();
-    let pool = system.pool().await;
-    let records = records.lock().unwrap().clone();
-    loop {
-        let charges = system.client.charges().await;
-        let report = books::check(&pool, &records, &charges).await;
-        if report.violations.is_empty() || started.elapsed() > SETTLE_WITHIN {
-            return (report, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// Mean of a figure over a slice of samples.
