@@ -356,10 +356,10 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
                 let key = format!("sub:{}", principal.subject);
                 (principal, key)
             }
-            Err(detail) => return gate.limit(peer()).unwrap_or_else(|| unauthorized(detail)),
+            Err(detail) => return gate.limit(&peer()).unwrap_or_else(|| unauthorized(detail)),
         },
     };
-    if let Some(limited) = gate.limit(key.clone()) {
+    if let Some(limited) = gate.limit(&key) {
         return limited;
     }
     request.extensions_mut().insert(principal);
@@ -394,14 +394,15 @@ fn bearer(request: &Request) -> Result<&str, String> {
 
 impl Gate {
     /// Counts a request against `key`'s allowance; the 429 once it is spent.
-    fn limit(&self, key: String) -> Option<Response> {
+    #[allow(clippy::ptr_arg)] // governor's keyed limiter takes `&String`: no copy per request
+    fn limit(&self, key: &String) -> Option<Response> {
         // One entry per key seen: every so often those back at a full
         // allowance are dropped, so the map does not grow with every customer ever.
         if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        let Err(not_until) = self.limiter.check_key(&key) else { return None };
+        let Err(not_until) = self.limiter.check_key(key) else { return None };
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         metrics::counter!("http_rate_limited_total").increment(1);
