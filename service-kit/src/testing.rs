@@ -115,3 +115,169 @@ pub fn settings<'a>(defaults: &[(&'a str, &'a str)], overrides: &[(&'a str, &'a 
     settings.extend_from_slice(overrides);
     settings
 }
+
+/// A small SMTP server for tests: it takes every message (or refuses the
+/// recipients it is told to) and keeps them for the test to read.
+pub mod smtp {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A message as the sink received it.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub mail_from: String,
+        pub rcpt_to: Vec<String>,
+        /// The message: headers, a blank line, the body (dot-stuffing undone).
+        pub data: String,
+    }
+
+    impl Received {
+        /// The value of header `name` (case-insensitive; folded lines joined).
+        pub fn header(&self, name: &str) -> Option<String> {
+            let head = self.data.split("\r\n\r\n").next().unwrap_or_default().replace("\r\n ", " ");
+            head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+            })
+        }
+
+        /// The body after the headers, with quoted-printable soft breaks undone.
+        pub fn body(&self) -> String {
+            let body = self.data.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            body.replace("=\r\n", "").replace("=3D", "=").replace("\r\n", "\n")
+        }
+    }
+
+    #[derive(Default)]
+    struct State {
+        received: Vec<Received>,
+        /// Recipients answered `550` (refused for good).
+        refused: Vec<String>,
+        /// How many `RCPT TO` to answer `451` (try again later) first.
+        busy: usize,
+    }
+
+    #[derive(Clone)]
+    pub struct SmtpSink {
+        pub port: u16,
+        state: Arc<Mutex<State>>,
+    }
+
+    impl SmtpSink {
+        /// Listens on a free port of 127.0.0.1 until the runtime ends.
+        pub async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+            let port = listener.local_addr().expect("bound").port();
+            let sink = Self { port, state: Arc::default() };
+            let serving = sink.clone();
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let sink = serving.clone();
+                    tokio::spawn(async move {
+                        let _ = sink.session(socket).await;
+                    });
+                }
+            });
+            sink
+        }
+
+        /// `smtp://127.0.0.1:<port>` (no TLS).
+        pub fn url(&self) -> String {
+            format!("smtp://127.0.0.1:{}", self.port)
+        }
+
+        pub fn received(&self) -> Vec<Received> {
+            self.state.lock().unwrap().received.clone()
+        }
+
+        /// Refuses `address` with 550 from now on.
+        pub fn refuse(&self, address: &str) {
+            self.state.lock().unwrap().refused.push(address.to_owned());
+        }
+
+        /// Answers the next `times` recipients with 451 (a transient failure).
+        pub fn busy(&self, times: usize) {
+            self.state.lock().unwrap().busy = times;
+        }
+
+        async fn session(&self, socket: TcpStream) -> std::io::Result<()> {
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read);
+            write.write_all(b"220 sink ESMTP test\r\n").await?;
+            let mut current: Option<Received> = None;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                let command = line.trim_end().to_owned();
+                let verb = command.split([' ', ':']).next().unwrap_or_default().to_ascii_uppercase();
+                let answer: String = match verb.as_str() {
+                    "EHLO" => "250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".into(),
+                    "HELO" | "NOOP" => "250 OK\r\n".into(),
+                    "RSET" => {
+                        current = None;
+                        "250 OK\r\n".into()
+                    }
+                    "MAIL" => {
+                        let from = address(&command);
+                        current = Some(Received { mail_from: from, rcpt_to: Vec::new(), data: String::new() });
+                        "250 OK\r\n".into()
+                    }
+                    "RCPT" => {
+                        let to = address(&command);
+                        let mut state = self.state.lock().unwrap();
+                        if state.refused.contains(&to) {
+                            "550 no such mailbox\r\n".into()
+                        } else if state.busy > 0 {
+                            state.busy -= 1;
+                            "451 try again later\r\n".into()
+                        } else {
+                            if let Some(message) = current.as_mut() {
+                                message.rcpt_to.push(to);
+                            }
+                            "250 OK\r\n".into()
+                        }
+                    }
+                    "DATA" => {
+                        write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                        let mut data = String::new();
+                        loop {
+                            line.clear();
+                            if lines.read_line(&mut line).await? == 0 {
+                                return Ok(());
+                            }
+                            if line == ".\r\n" || line == ".\n" {
+                                break;
+                            }
+                            data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                        }
+                        if let Some(mut message) = current.take() {
+                            message.data = data;
+                            self.state.lock().unwrap().received.push(message);
+                        }
+                        "250 queued\r\n".into()
+                    }
+                    "QUIT" => {
+                        write.write_all(b"221 bye\r\n").await?;
+                        return Ok(());
+                    }
+                    _ => "502 not implemented\r\n".into(),
+                };
+                write.write_all(answer.as_bytes()).await?;
+            }
+        }
+    }
+
+    /// `MAIL FROM:<a@b> SIZE=1` -> `a@b`.
+    fn address(command: &str) -> String {
+        command
+            .split_once('<')
+            .and_then(|(_, rest)| rest.split_once('>'))
+            .map(|(a, _)| a.to_owned())
+            .unwrap_or_default()
+    }
+}

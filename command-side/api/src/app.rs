@@ -50,6 +50,7 @@ impl App {
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
             key_wait: key_wait(config.request_timeout),
             master_keys: config.master_keys.clone(),
+            webhook_policy: config.webhook_policy.clone(),
             ..Settings::default()
         };
         let application = Application::new(store.clone(), pool.clone(), settings);

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use application::webhooks::UrlPolicy;
 use service_kit::auth::AuthConfig;
 use service_kit::config::{self, ConfigError, Environment, Source};
 use service_kit::personal_data::MasterKeys;
@@ -32,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `PERSONAL_DATA_KEY` (or `_FILE`), `PERSONAL_DATA_PREVIOUS_KEYS`: seal the customers' data keys.
     pub master_keys: MasterKeys,
+    /// `WEBHOOK_ALLOWED_HOSTS`, `WEBHOOK_ALLOW_PRIVATE`: which URLs webhook endpoints may have.
+    pub webhook_policy: UrlPolicy,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             )?,
             auth: AuthConfig::from_source(source)?,
             master_keys: MasterKeys::from_source(source)?,
+            webhook_policy: UrlPolicy::from_source(source)?,
         })
     }
 }
@@ -86,6 +90,8 @@ mod tests {
             ("LOG_LEVEL", "info,[[["),
             ("LOG_FORMAT", "xml"),
             ("EVENT_STORE_URL", "mysql://events"),
+            ("WEBHOOK_ALLOWED_HOSTS", "https://x"),
+            ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
         ] {
             let error = Config::from_source(&Vars(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name, "{error}");

@@ -12,6 +12,7 @@
 //!   `cached`: the same from a kept state, for the saga participants' reactions.
 //! - `idempotency`: `Idempotency-Key` claims and saved outcomes.
 //! - `outcome`: what a command answers ([`Done`], [`CommandError`], [`Refusal`]).
+//! - `webhooks`: merchants' webhook endpoints and which URLs they may have.
 
 pub mod cached;
 pub mod commands;
@@ -20,6 +21,7 @@ mod inventory;
 mod orders;
 pub mod outcome;
 mod snapshots;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,8 @@ pub struct Settings {
     pub kept_states: usize,
     /// Seal the customers' data keys (`PERSONAL_DATA_KEY`, `PERSONAL_DATA_PREVIOUS_KEYS`).
     pub master_keys: MasterKeys,
+    /// Which webhook URLs may be registered (`WEBHOOK_ALLOWED_HOSTS`, `WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_policy: webhooks::UrlPolicy,
 }
 
 impl Default for Settings {
@@ -87,6 +91,7 @@ impl Default for Settings {
             key_wait: Duration::from_secs(9),
             kept_states: 10_000,
             master_keys: MasterKeys::development(),
+            webhook_policy: webhooks::UrlPolicy::default(),
         }
     }
 }
@@ -133,6 +138,11 @@ impl Application {
     /// The customers' personal data: sealed, opened, erased.
     pub fn vault(&self) -> &Vault {
         &self.vault
+    }
+
+    /// The merchants' webhook endpoints.
+    pub fn webhooks(&self) -> webhooks::Registry {
+        webhooks::Registry::new(self.pool.clone(), self.settings.webhook_policy.clone())
     }
 
     /// Runs a command caused by an event (a saga participant's reaction) from

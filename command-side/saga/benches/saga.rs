@@ -237,14 +237,14 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
 /// Latency of one trip: each `OrderPlaced`, from its commit to a JetStream consumer.
 async fn watch_hops(shop: Arc<Shop>, hops: Arc<Mutex<Vec<f64>>>) {
     let stream = loop {
-        match shop.js.get_stream(&shop.config.events.stream).await {
+        match shop.js.get_stream(&shop.config.deliveries.events.stream).await {
             Ok(stream) => break stream,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
     let consumer: consumer::PullConsumer = stream
         .create_consumer(pull::Config {
-            filter_subject: format!("{}.order.OrderPlaced", shop.config.events.subject_prefix),
+            filter_subject: format!("{}.order.OrderPlaced", shop.config.deliveries.events.subject_prefix),
             ack_policy: consumer::AckPolicy::None,
             deliver_policy: consumer::DeliverPolicy::New,
             ..Default::default()

@@ -27,7 +27,7 @@ impl App {
     pub async fn run_until(self, shutdown: Shutdown) -> Result<(), SagaError> {
         let (Connections { pool, store, nats }, ops) = self.worker.serve_ops(shutdown.clone());
         let saga = self.config.saga;
-        tracing::info!(stream = %saga.events.stream, gateway = %saga.gateway.url, "saga participants starting");
+        tracing::info!(stream = %saga.deliveries.events.stream, gateway = %saga.gateway.url, "saga participants starting");
         let settings =
             Settings { max_attempts: saga.command_max_attempts, kept_states: saga.state_cache, ..Settings::default() };
         let app = Application::new(store, pool.clone(), settings);

@@ -1,12 +1,13 @@
-//! One durable JetStream pull consumer feeding one participant.
+//! One durable JetStream pull consumer feeding one reaction (a saga
+//! participant, or the notifier).
 //!
-//! A message is acknowledged only after the participant's append committed.
-//! Otherwise it is delivered again after a pause: a participant waiting for
-//! the gateway or the store is retried however long that takes; one that
-//! failed is retried up to `max_deliveries` times and then moved to the
-//! dead-letter stream with its error, like a message that cannot be read at
-//! all. Messages are handled concurrently, so one slow or failing message
-//! holds up nothing behind it.
+//! A message is acknowledged only after the reaction is done (for a
+//! participant: its append committed). Otherwise it is delivered again after
+//! a pause: a reaction waiting for the gateway or the store is retried however
+//! long that takes; one that failed is retried up to `max_deliveries` times
+//! and then moved to the dead-letter stream with its error, like a message
+//! that cannot be read at all. Messages are handled concurrently, so one slow
+//! or failing message holds up nothing behind it.
 
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ use futures_util::StreamExt;
 use service_kit::Shutdown;
 use tracing::Instrument;
 
-use super::participants::{Participant, ReactionError, Reactor};
+use super::config::Deliveries;
+use super::participants::ReactionError;
 use super::trigger::Trigger;
-use super::{SagaConfig, SagaError};
+use super::SagaError;
 
 /// Headers of a dead-lettered message, beside the original ones.
 pub const DEAD_LETTER_ERROR: &str = "Dead-Letter-Error";
@@ -26,32 +28,53 @@ pub const DEAD_LETTER_CONSUMER: &str = "Dead-Letter-Consumer";
 pub const DEAD_LETTER_SUBJECT: &str = "Dead-Letter-Subject";
 pub const DEAD_LETTER_DELIVERIES: &str = "Dead-Letter-Deliveries";
 
-/// `<participant>-<EventType>`, e.g. `inventory-OrderPlaced`.
-pub fn consumer_name(participant: Participant, event_type: &str) -> String {
-    format!("{}-{event_type}", participant.name())
+/// What a consumer feeds its messages to.
+#[async_trait::async_trait]
+pub trait Reaction: Send + Sync {
+    /// Who reacts, in logs and metrics (`inventory`, `notifications`).
+    fn participant(&self) -> &'static str;
+
+    async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError>;
 }
 
-/// Consumes until `stop` turns true, or until the subscription fails.
+/// One durable consumer: its name, the one subject it hears, how many
+/// messages it handles at once, and where a new one starts.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub name: String,
+    /// `(category, event type)`: the subject `<prefix>.<category>.<type>`.
+    pub event: (&'static str, &'static str),
+    pub concurrency: usize,
+    pub start: DeliverPolicy,
+}
+
+impl Subscription {
+    /// `<participant>-<EventType>`, e.g. `inventory-OrderPlaced`, from the start of the stream.
+    pub fn new(participant: &str, event: (&'static str, &'static str), concurrency: usize) -> Self {
+        Self { name: format!("{participant}-{}", event.1), event, concurrency, start: DeliverPolicy::All }
+    }
+}
+
+/// Consumes until `shutdown`, or until the subscription fails.
 pub async fn consume(
     js: &jetstream::Context,
-    reactor: &Reactor,
-    config: &SagaConfig,
-    participant: Participant,
-    (category, event_type): (&str, &str),
+    deliveries: &Deliveries,
+    subscription: &Subscription,
+    reaction: &dyn Reaction,
     shutdown: &Shutdown,
 ) -> Result<(), SagaError> {
-    let name = consumer_name(participant, event_type);
-    let concurrency = if participant == Participant::Payment { config.gateway_concurrency } else { config.concurrency };
-    let stream = js.get_stream(&config.events.stream).await.map_err(|e| SagaError::Nats(e.to_string()))?;
+    let Subscription { name, event: (category, event_type), concurrency, start } = subscription;
+    let concurrency = *concurrency;
+    let stream = js.get_stream(&deliveries.events.stream).await.map_err(|e| SagaError::Nats(e.to_string()))?;
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
-            &name,
+            name,
             pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("{}.{category}.{event_type}", config.events.subject_prefix),
+                filter_subject: format!("{}.{category}.{event_type}", deliveries.events.subject_prefix),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                deliver_policy: DeliverPolicy::All,
+                ack_wait: deliveries.ack_wait,
+                deliver_policy: *start,
                 max_ack_pending: (concurrency * 4) as i64,
                 ..Default::default()
             },
@@ -66,10 +89,10 @@ pub async fn consume(
         .messages()
         .await
         .map_err(|e| SagaError::Nats(e.to_string()))?;
-    tracing::info!(consumer = %name, "saga participant consuming");
+    tracing::info!(consumer = %name, "consuming");
     let handled = messages.take_until(shutdown.requested()).for_each_concurrent(concurrency, |message| async {
         match message {
-            Ok(message) => handle(js, reactor, config, participant, &name, message).await,
+            Ok(message) => handle(js, reaction, deliveries, name, message).await,
             Err(error) => tracing::warn!(consumer = %name, %error, "pulling messages failed"),
         }
     });
@@ -79,21 +102,21 @@ pub async fn consume(
 
 async fn handle(
     js: &jetstream::Context,
-    reactor: &Reactor,
-    config: &SagaConfig,
-    participant: Participant,
+    reaction: &dyn Reaction,
+    config: &Deliveries,
     consumer: &str,
     message: jetstream::Message,
 ) {
+    let participant = reaction.participant();
     let started = Instant::now();
     let delivered = message.info().map_or(1, |info| info.delivered);
     let correlation_id = header(&message, "Correlation-Id");
-    let span = tracing::info_span!("saga", participant = participant.name(), subject = %message.subject, correlation_id, delivered);
+    let span = tracing::info_span!("saga", participant, subject = %message.subject, correlation_id, delivered);
     // The trace of the request that caused the event goes on here.
     service_kit::telemetry::continue_trace(&span, &header(&message, "traceparent"));
     async {
         let outcome = match Trigger::parse(&message.subject, &message.payload) {
-            Ok(trigger) => participant.react(reactor, &trigger).await,
+            Ok(trigger) => reaction.react(&trigger).await,
             Err(malformed) => Err(ReactionError::from(malformed)),
         };
         let verdict = match outcome {
@@ -120,8 +143,8 @@ async fn handle(
             }
         };
         tracing::debug!(verdict, "message settled");
-        metrics::counter!("saga_messages_total", "participant" => participant.name(), "outcome" => verdict).increment(1);
-        metrics::histogram!("saga_message_seconds", "participant" => participant.name())
+        metrics::counter!("saga_messages_total", "participant" => participant, "outcome" => verdict).increment(1);
+        metrics::histogram!("saga_message_seconds", "participant" => participant)
             .record(started.elapsed().as_secs_f64());
     }
     .instrument(span)
@@ -150,7 +173,7 @@ fn header(message: &jetstream::Message, name: &str) -> String {
 /// Publishes the message to `<dead-letter prefix>.<consumer>` with why it failed.
 async fn dead_letter(
     js: &jetstream::Context,
-    config: &SagaConfig,
+    config: &Deliveries,
     consumer: &str,
     message: &jetstream::Message,
     delivered: i64,

@@ -10,7 +10,7 @@
 //! `run` runs them all; `config`, `app`: the process.
 
 mod app;
-mod config;
+pub mod config;
 pub mod consumer;
 pub mod deadline;
 pub mod gateway;
@@ -19,6 +19,6 @@ mod run;
 pub mod trigger;
 
 pub use app::App;
-pub use config::{Config, SagaConfig};
+pub use config::{Config, Deliveries, SagaConfig};
 pub use relay::StartupError;
 pub use run::{ensure_dead_letter_stream, run, SagaError};

@@ -24,6 +24,7 @@ use futures_util::future::try_join_all;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::consumer::Reaction;
 use super::deadline;
 use super::gateway::{ChargeOutcome, Gateway, GatewayError};
 use super::trigger::{Fact, Malformed, Trigger};
@@ -83,6 +84,23 @@ impl Participant {
             Self::Payment => ctx.payment(trigger).await,
             Self::Deadline => deadline::track(&ctx.pool, trigger).await.map_err(ReactionError::from_database),
         }
+    }
+}
+
+/// A participant with what it acts with: what its consumers feed.
+pub struct Acting<'a> {
+    pub participant: Participant,
+    pub reactor: &'a Reactor,
+}
+
+#[async_trait::async_trait]
+impl Reaction for Acting<'_> {
+    fn participant(&self) -> &'static str {
+        self.participant.name()
+    }
+
+    async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError> {
+        self.participant.react(self.reactor, trigger).await
     }
 }
 

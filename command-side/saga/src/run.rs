@@ -6,10 +6,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use service_kit::{supervise, Shutdown};
 
-use crate::config::SagaConfig;
-use crate::consumer;
+use crate::config::{Deliveries, SagaConfig};
+use crate::consumer::{self, Subscription};
 use crate::deadline;
-use crate::participants::{Participant, Reactor};
+use crate::participants::{Acting, Participant, Reactor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
@@ -22,7 +22,7 @@ pub enum SagaError {
 /// The dead-letter stream, created if missing (file storage, kept until drained).
 pub async fn ensure_dead_letter_stream(
     js: &jetstream::Context,
-    config: &SagaConfig,
+    config: &Deliveries,
 ) -> Result<stream::Stream, SagaError> {
     js.get_or_create_stream(stream::Config {
         name: config.dead_letter_stream.clone(),
@@ -43,16 +43,20 @@ pub async fn run(
     config: SagaConfig,
     shutdown: Shutdown,
 ) -> Result<(), SagaError> {
-    relay::ensure_stream(&js, &config.events).await?;
-    ensure_dead_letter_stream(&js, &config).await?;
+    relay::ensure_stream(&js, &config.deliveries.events).await?;
+    ensure_dead_letter_stream(&js, &config.deliveries).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for participant in Participant::ALL {
-        for subscription in participant.subscriptions() {
-            let (js, reactor, config, shutdown) = (js.clone(), reactor.clone(), config.clone(), shutdown.clone());
+        let concurrency =
+            if participant == Participant::Payment { config.gateway_concurrency } else { config.concurrency };
+        for event in participant.subscriptions() {
+            let subscription = Subscription::new(participant.name(), *event, concurrency);
+            let (js, reactor, deliveries, shutdown) =
+                (js.clone(), reactor.clone(), config.deliveries.clone(), shutdown.clone());
             tasks.spawn(async move {
-                let what = consumer::consumer_name(participant, subscription.1);
-                supervise(&what, &shutdown, RESTART_PAUSE, || {
-                    consumer::consume(&js, &reactor, &config, participant, *subscription, &shutdown)
+                let acting = Acting { participant, reactor: &reactor };
+                supervise(&subscription.name, &shutdown, RESTART_PAUSE, || {
+                    consumer::consume(&js, &deliveries, &subscription, &acting, &shutdown)
                 })
                 .await;
             });

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::events::{OrderEvent, OrderLine};
+use crate::personal::Sealed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,6 +56,8 @@ pub struct PlacedOrder {
     /// Skus whose reservation the order has recorded.
     pub reserved: BTreeSet<String>,
     pub ready_for_payment: bool,
+    /// The address the customer gave for notifications, sealed (ADR 0014).
+    pub contact_email: Option<Sealed>,
 }
 
 impl PlacedOrder {
@@ -75,6 +78,7 @@ pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
                 lines,
                 total_cents,
                 deadline,
+                contact_email,
                 ..
             },
         ) => OrderState::Placed(PlacedOrder {
@@ -88,6 +92,7 @@ pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
             status: OrderStatus::Pending,
             reserved: BTreeSet::new(),
             ready_for_payment: false,
+            contact_email: contact_email.clone(),
         }),
         (OrderState::Placed(mut order), event) => {
             match event {

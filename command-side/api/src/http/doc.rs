@@ -9,11 +9,12 @@ use utoipa::{IntoParams, OpenApi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Order system: command API", version = "1",
-         description = "Commands on orders and inventory. Errors are RFC 9457 problem+json. See shared/API.md."),
+         description = "Commands on orders and inventory; webhook endpoints. Errors are RFC 9457 problem+json. See shared/API.md."),
     modifiers(&BearerSecurity),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldProblem)),
     tags((name = "orders", description = "Place, cancel and ship orders"), (name = "inventory", description = "Receive stock"),
-         (name = "customers", description = "A customer's personal data: erasure"))
+         (name = "customers", description = "A customer's personal data: erasure"),
+         (name = "webhooks", description = "Merchants' webhook endpoints and their deliveries"))
 )]
 pub(crate) struct ApiDoc;
 

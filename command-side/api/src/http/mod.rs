@@ -7,6 +7,7 @@ mod customers;
 mod doc;
 mod inventory;
 mod orders;
+mod webhooks;
 
 use application::idempotency::{self, Key};
 use application::{Application, Caller, CommandError, Done, Refusal, Request as AppRequest};
@@ -40,11 +41,17 @@ fn documented() -> OpenApiRouter<Application> {
     }));
     let inventory = OpenApiRouter::new().routes(routes!(inventory::receive)).route_layer(scope(auth::INVENTORY_WRITE));
     let customers = OpenApiRouter::new().routes(routes!(customers::erase)).route_layer(scope(auth::ADMIN));
+    let webhooks = OpenApiRouter::new()
+        .routes(routes!(webhooks::register, webhooks::list))
+        .routes(routes!(webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .route_layer(scope(auth::ADMIN));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)
         .merge(fulfilment)
         .merge(inventory)
         .merge(customers)
+        .merge(webhooks)
 }
 
 /// The OpenAPI document the API serves at `/openapi.json`.
@@ -136,8 +143,8 @@ impl Asked {
 }
 
 /// A JSON request body, kept as bytes too (the idempotency fingerprint).
-struct JsonBody<T> {
-    value: T,
+pub(crate) struct JsonBody<T> {
+    pub value: T,
     bytes: Bytes,
 }
 

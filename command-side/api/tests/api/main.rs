@@ -7,3 +7,4 @@ mod idempotency;
 mod openapi;
 mod personal_data;
 mod process;
+mod webhooks;

@@ -25,12 +25,13 @@ async fn every_documented_operation_is_served_and_the_document_and_swagger_ui_ar
         assert_eq!(served, serde_json::to_value(command_api::openapi()).unwrap());
         assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
         let paths = served["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 7, "{:?}", paths.keys()); // 2 of them the health routes (metrics: the ops address)
+        assert_eq!(paths.len(), 10, "{:?}", paths.keys()); // 2 of them the health routes (metrics: the ops address)
         for (path, operations) in paths {
             let concrete = path
                 .replace("{order_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{sku}", "SKU-1")
-                .replace("{customer_id}", "c-1");
+                .replace("{customer_id}", "c-1")
+                .replace("{id}", &uuid::Uuid::new_v4().to_string());
             for method in operations.as_object().unwrap().keys() {
                 let response = app
                     .client

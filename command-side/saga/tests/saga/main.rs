@@ -322,7 +322,8 @@ async fn an_unreadable_answer_is_asked_again_and_never_dead_lettered() {
         settled(&shop, order_id, OrderStatus::Confirmed).await;
         let ledger = shop.ledger().await;
         assert_eq!((ledger.charges_captured, ledger.captured_cents, ledger.refunds), (1, 700, 0));
-        let dead_letters = shop.js.get_stream(&shop.config.dead_letter_stream).await.unwrap().get_info().await.unwrap();
+        let dead_letters =
+            shop.js.get_stream(&shop.config.deliveries.dead_letter_stream).await.unwrap().get_info().await.unwrap();
         assert_eq!(dead_letters.state.messages, 0);
         shop.stop().await;
     })
@@ -442,14 +443,14 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_blocks_nothing_behind
         };
         shop.store.append("inventory-SKU-G", ExpectedVersion::Any, vec![reserved]).await.unwrap();
         // And a message that is not an event at all.
-        let subject = format!("{}.payment.PaymentCaptured", shop.config.events.subject_prefix);
+        let subject = format!("{}.payment.PaymentCaptured", shop.config.deliveries.events.subject_prefix);
         shop.js.publish(subject, "{not json".into()).await.unwrap().await.unwrap();
 
         shop.receive("SKU-A", 10).await;
         let order_id = shop.place(&[("SKU-A", 1, 100)], "tok_visa").await;
         settled(&shop, order_id, OrderStatus::Confirmed).await;
 
-        let stream = shop.js.get_stream(&shop.config.dead_letter_stream).await.unwrap();
+        let stream = shop.js.get_stream(&shop.config.deliveries.dead_letter_stream).await.unwrap();
         let consumer = stream
             .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
             .await

@@ -94,13 +94,13 @@ where
         timeout: Duration::from_secs(2),
         ..GatewayConfig::default()
     };
-    let mut config = SagaConfig::new(events, gateway_config);
-    config.dead_letter_stream = format!("SAGADLQ_{id}");
-    config.max_deliveries = setup.max_deliveries;
-    config.retry_delay = Duration::from_millis(100);
+    let mut config = SagaConfig::new(saga::Deliveries::new(events), gateway_config);
+    config.deliveries.dead_letter_stream = format!("SAGADLQ_{id}");
+    config.deliveries.max_deliveries = setup.max_deliveries;
+    config.deliveries.retry_delay = Duration::from_millis(100);
     config.deadline_poll = Duration::from_millis(100);
-    config.redeliver_once = setup.redeliver_once;
-    let streams = [config.events.stream.clone(), config.dead_letter_stream.clone()];
+    config.deliveries.redeliver_once = setup.redeliver_once;
+    let streams = [config.deliveries.events.stream.clone(), config.deliveries.dead_letter_stream.clone()];
     let outcome =
         futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(with_database(40, |pool| async move {
             let (shop, gateway_server) = Shop::start(pool, js, config, &setup).await;
@@ -150,8 +150,8 @@ impl Shop {
             .unwrap();
         let api = format!("http://{}", app.local_addr());
         // The streams exist before any test step publishes (the services would create them too).
-        relay::ensure_stream(&js, &config.events).await.unwrap();
-        saga::ensure_dead_letter_stream(&js, &config).await.unwrap();
+        relay::ensure_stream(&js, &config.deliveries.events).await.unwrap();
+        saga::ensure_dead_letter_stream(&js, &config.deliveries).await.unwrap();
         let (stop, shutdown) = Shutdown::new();
         let store = PgEventStore::new(pool.clone());
         let gateway = Gateway::new(config.gateway.clone());
@@ -171,7 +171,7 @@ impl Shop {
                 std::sync::Arc::new(store.clone()),
                 pool.clone(),
                 js.clone(),
-                config.events.clone(),
+                config.deliveries.events.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn({
