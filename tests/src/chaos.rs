@@ -52,7 +52,7 @@ impl Fault {
     /// One round: every kind of fault, each process killed twice, shuffled.
     pub fn round() -> Vec<Fault> {
         let mut faults = Vec::new();
-        for kind in [Kind::Api, Kind::Relay, Kind::Saga, Kind::Projections, Kind::Query] {
+        for kind in [Kind::Api, Kind::Relay, Kind::Saga, Kind::Notifier, Kind::Projections, Kind::Query] {
             faults.extend([Fault::Kill(kind), Fault::Kill(kind)]);
         }
         let rebuilt = ["orders", "inventory", "payments"][fastrand::usize(..3)];

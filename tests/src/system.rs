@@ -1,6 +1,7 @@
 //! The whole shop as processes: the payment gateway simulator, the command
-//! API, the relay, the saga participants, the projections and the query
-//! API, each from its binary, on a PostgreSQL server and a NATS server of the
+//! API, the relay, the saga participants, the notifier, the projections and
+//! the query API, each from its binary (the notifier mails an SMTP sink of
+//! the system's own), on a PostgreSQL server and a NATS server of the
 //! system's own (so a test may restart either without touching anything
 //! else), with free ports and its own stream names. Logs go to files in a
 //! directory of its own, kept when a test fails.
@@ -13,6 +14,7 @@ use event_store::testing::{PgServer, Stop};
 use payment_gateway::{Faults, KeyedCharge, Totals};
 use serde_json::Value;
 use service_kit::auth::{self, Algorithm, Claims};
+use service_kit::testing::smtp::SmtpSink;
 use service_kit::testing::NatsServer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -29,13 +31,15 @@ pub enum Kind {
     Api,
     Relay,
     Saga,
+    Notifier,
     Projections,
     Query,
 }
 
 impl Kind {
     /// In the order they start: the command API applies the migrations.
-    pub const ALL: [Kind; 6] = [Kind::Gateway, Kind::Api, Kind::Relay, Kind::Saga, Kind::Projections, Kind::Query];
+    pub const ALL: [Kind; 7] =
+        [Kind::Gateway, Kind::Api, Kind::Relay, Kind::Saga, Kind::Notifier, Kind::Projections, Kind::Query];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +47,7 @@ impl Kind {
             Kind::Api => "api",
             Kind::Relay => "relay",
             Kind::Saga => "saga",
+            Kind::Notifier => "notifier",
             Kind::Projections => "projections",
             Kind::Query => "query",
         }
@@ -83,6 +88,8 @@ pub struct System {
     pub stream: String,
     pub dead_letter_stream: String,
     pub client: Client,
+    /// Where the notifier sends its e-mail.
+    pub smtp: SmtpSink,
     ops: BTreeMap<Kind, String>,
     processes: BTreeMap<Kind, Process>,
     env: Vec<(String, String)>,
@@ -109,6 +116,7 @@ impl System {
         ops.insert(Kind::Api, free_addr());
         ops.insert(Kind::Query, free_addr());
         let (stream, dead_letter_stream) = (format!("EVENTS_{id}"), format!("DEADLETTER_{id}"));
+        let smtp = SmtpSink::start().await;
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "8"),
@@ -126,6 +134,11 @@ impl System {
             ("COMMAND_OPS_ADDR", &ops[&Kind::Api]),
             ("RELAY_OPS_ADDR", &addrs[&Kind::Relay]),
             ("SAGA_OPS_ADDR", &addrs[&Kind::Saga]),
+            ("NOTIFIER_OPS_ADDR", &addrs[&Kind::Notifier]),
+            ("SMTP_URL", &smtp.url()),
+            ("EMAIL_FROM", "Shop <orders@shop.test>"),
+            ("NOTIFY_RETRY_MIN", "200ms"),
+            ("NOTIFY_RETRY_MAX", "2s"),
             ("PROJECTIONS_OPS_ADDR", &addrs[&Kind::Projections]),
             ("QUERY_HTTP_ADDR", &addrs[&Kind::Query]),
             ("QUERY_OPS_ADDR", &ops[&Kind::Query]),
@@ -147,6 +160,7 @@ impl System {
                     Kind::Api => ("command-api", &[]),
                     Kind::Relay => ("relay", &[]),
                     Kind::Saga => ("saga", &[]),
+                    Kind::Notifier => ("notifier", &[]),
                     Kind::Projections => ("projections", &["serve"]),
                     Kind::Query => ("query-api", &[]),
                 };
@@ -170,8 +184,20 @@ impl System {
             token: auth::mint(Algorithm::HS256, SECRET.as_bytes(), &claims).unwrap(),
         };
         let ops = ops.into_iter().map(|(kind, addr)| (kind, format!("http://{addr}"))).collect();
-        let mut system =
-            Self { dir, pg, nats, database_url, stream, dead_letter_stream, client, ops, processes, env, pool: None };
+        let mut system = Self {
+            dir,
+            pg,
+            nats,
+            database_url,
+            stream,
+            dead_letter_stream,
+            client,
+            smtp,
+            ops,
+            processes,
+            env,
+            pool: None,
+        };
         for kind in Kind::ALL {
             system.process(kind).start();
             system.wait_ready(kind, Duration::from_secs(60)).await;

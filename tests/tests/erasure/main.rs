@@ -3,7 +3,8 @@
 //! midway, orders go on; then every projection is rebuilt from the log. Her
 //! addresses read as erased everywhere, his are intact, and no address is in
 //! clear anywhere: not in any table of PostgreSQL, not in any message of the
-//! JetStream streams (their raw bytes searched).
+//! JetStream streams (their raw bytes searched). New notifications to her
+//! are not sent; his are.
 
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,12 @@ async fn place(system: &System, customer_id: &str, email: Option<&str>) -> Strin
     response.json::<Value>().await.unwrap()["order_id"].as_str().unwrap().to_owned()
 }
 
-/// The order as the query API shows it, once it is confirmed.
+/// The order as the query API shows it, once it is confirmed (or shipped since).
 async fn confirmed(system: &System, order_id: &str) -> Value {
     let started = Instant::now();
     loop {
         if let Some(order) = system.client.query(&format!("/v1/orders/{order_id}")).await {
-            if order["status"] == "confirmed" {
+            if order["status"] == "confirmed" || order["status"] == "shipped" {
                 return order;
             }
         }
@@ -79,6 +80,40 @@ async fn an_erased_customer_is_erased_everywhere_and_the_others_are_intact() {
     for order_id in ada_orders.iter().chain(&bob_orders) {
         confirmed(&system, order_id).await;
     }
+    // New notifications to her are not sent: his shipment is mailed, hers is not.
+    for order_id in [&ada_orders[0], &bob_orders[0]] {
+        let shipped = client
+            .http
+            .post(format!("{}/v1/orders/{order_id}/ship", client.api))
+            .bearer_auth(&client.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shipped.status(), 202);
+    }
+    let shipped_mail = |smtp: &service_kit::testing::smtp::SmtpSink, to: &str| {
+        smtp.received()
+            .into_iter()
+            .any(|m| m.rcpt_to == [to] && m.header("Subject").is_some_and(|s| s.ends_with("has shipped")))
+    };
+    let pool = system.pool().await;
+    let started = Instant::now();
+    loop {
+        let (skipped,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM notification_deliveries WHERE channel = 'email' AND status = 'skipped'
+             AND event_type = 'order.shipped' AND order_id = $1::uuid",
+        )
+        .bind(&ada_orders[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if skipped == 1 && shipped_mail(&system.smtp, BOB) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "his shipment mailed, hers skipped: not yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!shipped_mail(&system.smtp, ADA), "her shipment was mailed after the erasure");
 
     for name in ["orders", "inventory", "payments"] {
         assert!(system.rebuild_from_the_command_line(name).await, "projections rebuild {name}");
