@@ -1,5 +1,5 @@
 # One image holds every service of the order system; the command picks one:
-#   command-api | relay | saga | migrate | projections serve | query-api
+#   command-api | relay | saga | notifier | migrate | projections serve | query-api
 #   | payment-gateway | mint-token
 # Build: docker build -t order-system .
 # The binaries can keep their events in PostgreSQL (default) or EventStoreDB
@@ -11,9 +11,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
-      --features command-api/eventstoredb,relay/eventstoredb,saga/eventstoredb,projections/eventstoredb,query-side/eventstoredb \
+      --features command-api/eventstoredb,relay/eventstoredb,saga/eventstoredb,notifier/eventstoredb,projections/eventstoredb,query-side/eventstoredb \
  && mkdir /out \
- && cp target/release/command-api target/release/relay target/release/saga target/release/migrate \
+ && cp target/release/command-api target/release/relay target/release/saga target/release/notifier target/release/migrate \
        target/release/projections target/release/query-api target/release/payment-gateway \
        target/release/mint-token /out/
 

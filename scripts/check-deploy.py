@@ -29,6 +29,11 @@ def check_compose():
     for volume in re.findall(r"^\s+volumes: \[(\w+):", (ROOT / "compose.yaml").read_text(), re.M):
         if volume not in (compose.get("volumes") or {}):
             problems.append(f"compose: volume {volume} is not declared")
+    env = (services.get("command-api") or {}).get("environment") or {}
+    if env.get("APP_PROFILE") == "production":
+        for secret in ("JWT_SECRET", "PERSONAL_DATA_KEY"):
+            if secret not in env:
+                problems.append(f"compose: the production profile needs {secret}, which the services do not get")
 
 
 def check_compose_override():
@@ -45,7 +50,7 @@ def check_compose_override():
         for needed in service.get("depends_on", {}) or {}:
             if needed not in known:
                 problems.append(f"{path.name}: {name} depends on unknown service {needed}")
-    for name in ("command-api", "relay", "saga", "projections", "query-api"):
+    for name in ("command-api", "relay", "saga", "notifier", "projections", "query-api"):
         url = ((services.get(name) or {}).get("environment") or {}).get("EVENT_STORE_URL", "")
         if not url.startswith("esdb://"):
             problems.append(f"{path.name}: {name} does not set EVENT_STORE_URL to EventStoreDB")
@@ -84,6 +89,10 @@ def check_kubernetes():
                 port = container.get(probe, {}).get("httpGet", {}).get("port")
                 if port not in ports:
                     problems.append(f"deployment {name}: {probe} names port {port!r}, not one of {ports}")
+    secrets = [d for _, d in docs if d.get("kind") == "Secret"]
+    for secret in ("JWT_SECRET", "PERSONAL_DATA_KEY", "DATABASE_URL"):
+        if not any(secret in (d.get("stringData") or {}) for d in secrets):
+            problems.append(f"k8s: the example Secret lacks {secret}, which the production profile needs")
     for file, doc in docs:
         if doc.get("kind") == "Service":
             selector = doc["spec"]["selector"]
