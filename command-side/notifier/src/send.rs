@@ -30,9 +30,10 @@ impl Sent {
     }
 }
 
-/// Posts webhooks: signed, with a timeout, never following redirects, and
-/// connecting only to addresses the policy allows (checked after DNS, so a
-/// name cannot be pointed inside the network later).
+/// Posts webhooks: signed, with a timeout, never following redirects nor
+/// going through a proxy, and connecting only to addresses the policy
+/// allows (checked after DNS, so a name cannot be pointed inside the network
+/// later).
 #[derive(Clone)]
 pub struct WebhookSender {
     http: reqwest::Client,
@@ -45,6 +46,8 @@ impl WebhookSender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would connect wherever it is asked, past the policy.
+            .no_proxy()
             .dns_resolver(Arc::new(Guarded { policy: policy.clone() }))
             .user_agent(concat!("order-system-notifier/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -181,5 +184,22 @@ impl Mailer {
                 permanent: error.is_permanent(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn names_that_resolve_inside_are_refused_unless_allowed() {
+        let strict = Guarded { policy: UrlPolicy::default() };
+        let refused = strict.resolve(Name::from_str("localhost").unwrap()).await.err().expect("refused");
+        assert!(refused.to_string().contains(REFUSED_ADDRESS), "{refused}");
+        let open = Guarded { policy: UrlPolicy { allowed_hosts: Vec::new(), allow_private: true } };
+        let found: Vec<SocketAddr> = open.resolve(Name::from_str("localhost").unwrap()).await.unwrap().collect();
+        assert!(found.iter().all(|a| a.ip().is_loopback()) && !found.is_empty(), "{found:?}");
     }
 }
