@@ -160,6 +160,29 @@ async fn failing_endpoints_are_retried_with_the_same_id_and_dead_ones_end_as_dea
 }
 
 #[tokio::test]
+async fn an_endpoint_that_answers_too_late_is_tried_again() {
+    with_office(&[("WEBHOOK_TIMEOUT", "300ms")], |office| async move {
+        office.hooks.script("slow", &[office::SLOW]);
+        let endpoint = office.register("slow", &[CONFIRMED]).await;
+        let order_id = office.place("c-1", None).await;
+        confirm(&office, order_id).await;
+        let listed = office
+            .eventually("the second attempt", async || {
+                let listed = office.registry.deliveries(endpoint.endpoint.id, 10).await.unwrap().unwrap();
+                (listed.first()?.status == "delivered").then_some(listed)
+            })
+            .await;
+        let attempts = &listed[0].attempts;
+        assert_eq!(attempts.len(), 2, "{attempts:?}");
+        assert_eq!((attempts[0].status_code, attempts[1].status_code), (None, Some(200)));
+        assert!(attempts[0].error.as_deref().unwrap().starts_with("timed out"), "{attempts:?}");
+        assert!(attempts[0].latency_ms >= 300.0, "{attempts:?}");
+        office.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_erased_customer_is_not_mailed_but_the_merchant_still_hears() {
     with_office(&[], |office| async move {
         office.register("merchant", &[CANCELLED]).await;

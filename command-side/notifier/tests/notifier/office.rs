@@ -241,6 +241,9 @@ struct Inbox {
     scripts: HashMap<String, VecDeque<u16>>,
 }
 
+/// A scripted "status" that answers 200 only after a second: longer than the tests' timeouts.
+pub const SLOW: u16 = 999;
+
 /// Webhook endpoints on a free local port: `POST /hooks/{name}`.
 #[derive(Clone)]
 pub struct Hooks {
@@ -278,9 +281,16 @@ async fn take(
     headers: HeaderMap,
     body: String,
 ) -> StatusCode {
-    let mut inbox = inbox.lock().unwrap();
-    let status = inbox.scripts.get_mut(&name).and_then(VecDeque::pop_front).unwrap_or(200);
-    inbox.received.push(Hook { endpoint: name, headers, body });
+    let status = {
+        let mut inbox = inbox.lock().unwrap();
+        let status = inbox.scripts.get_mut(&name).and_then(VecDeque::pop_front).unwrap_or(200);
+        inbox.received.push(Hook { endpoint: name, headers, body });
+        status
+    };
+    if status == SLOW {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return StatusCode::OK;
+    }
     StatusCode::from_u16(status).unwrap()
 }
 
