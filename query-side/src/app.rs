@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use service_kit::nats::dead_letters::DeadLetters;
 use service_kit::ops::{Check, OpsServer};
 use service_kit::personal_data::Vault;
 use service_kit::Shutdown;
@@ -21,6 +22,8 @@ pub enum StartupError {
     Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the event store (EVENT_STORE_URL): {0}")]
     EventStore(#[from] event_store::StoreError),
+    #[error("NATS_URL is not a NATS server address: {0}")]
+    Nats(#[from] async_nats::ConnectError),
 }
 
 pub struct App {
@@ -47,6 +50,10 @@ impl App {
             pool: pool.clone(),
             min_position_wait: config.min_position_wait,
             vault: Vault::new(pool.clone(), config.master_keys.clone()),
+            dead_letters: DeadLetters::new(
+                async_nats::jetstream::new(service_kit::nats::connect(&config.nats_url).await?),
+                config.dead_letter_stream.clone(),
+            ),
         };
         let gate = service_kit::auth::Gate::new(&config.auth);
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).

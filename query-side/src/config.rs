@@ -30,6 +30,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `PERSONAL_DATA_KEY` (or `_FILE`), `PERSONAL_DATA_PREVIOUS_KEYS`: open the customers' data keys.
     pub master_keys: MasterKeys,
+    /// `NATS_URL`: the admin API's dead letters (readiness never asks NATS).
+    pub nats_url: String,
+    /// `SAGA_DEAD_LETTER_STREAM`: where the consumers put what they give up on.
+    pub dead_letter_stream: String,
 }
 
 impl Config {
@@ -47,8 +51,18 @@ impl Config {
             waiters: waiter_limits(source)?,
             auth: AuthConfig::from_source(source)?,
             master_keys: MasterKeys::from_source(source)?,
+            nats_url: config::nats_url(source)?,
+            dead_letter_stream: dead_letter_stream(source)?,
         })
     }
+}
+
+fn dead_letter_stream(source: &dyn Source) -> Result<String, ConfigError> {
+    let name: String = config::parsed(source, "SAGA_DEAD_LETTER_STREAM", "DEADLETTER".to_owned())?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ConfigError::new("SAGA_DEAD_LETTER_STREAM", name, "letters, digits, - and _ only"));
+    }
+    Ok(name)
 }
 
 fn waiter_limits(source: &dyn Source) -> Result<WaiterLimits, ConfigError> {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
+use service_kit::nats::dead_letters;
 use service_kit::Shutdown;
 use tracing::Instrument;
 
@@ -22,11 +23,12 @@ use super::participants::ReactionError;
 use super::trigger::Trigger;
 use super::SagaError;
 
-/// Headers of a dead-lettered message, beside the original ones.
-pub const DEAD_LETTER_ERROR: &str = "Dead-Letter-Error";
-pub const DEAD_LETTER_CONSUMER: &str = "Dead-Letter-Consumer";
-pub const DEAD_LETTER_SUBJECT: &str = "Dead-Letter-Subject";
-pub const DEAD_LETTER_DELIVERIES: &str = "Dead-Letter-Deliveries";
+/// Headers of a dead-lettered message, beside the original ones (read back
+/// by the admin API through `service_kit::nats::dead_letters`).
+pub const DEAD_LETTER_ERROR: &str = dead_letters::ERROR;
+pub const DEAD_LETTER_CONSUMER: &str = dead_letters::CONSUMER;
+pub const DEAD_LETTER_SUBJECT: &str = dead_letters::SUBJECT;
+pub const DEAD_LETTER_DELIVERIES: &str = dead_letters::DELIVERIES;
 
 /// What a consumer feeds its messages to.
 #[async_trait::async_trait]

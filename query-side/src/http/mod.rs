@@ -2,6 +2,7 @@
 //! problem+json for bad parameters and unknown ids.
 
 mod admin;
+mod dead_letters;
 mod doc;
 mod inventory;
 mod orders;
@@ -17,6 +18,7 @@ use event_store::{EventStore, StoreError};
 use serde::Deserialize;
 use service_kit::auth::{self, ClientKey, Gate};
 use service_kit::http::Problem;
+use service_kit::nats::dead_letters::DeadLetters;
 use service_kit::personal_data::Vault;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi};
@@ -34,6 +36,8 @@ pub(crate) struct AppState {
     pub min_position_wait: Duration,
     /// Opens the customers' sealed personal data (ADR 0014).
     pub vault: Vault,
+    /// The dead-letter stream, for the admin API.
+    pub dead_letters: DeadLetters,
 }
 
 /// The API's routes with their documentation, registered together.
@@ -48,6 +52,10 @@ fn documented() -> OpenApiRouter<AppState> {
     let admin = OpenApiRouter::new()
         .routes(routes!(admin::list))
         .routes(routes!(admin::request_rebuild))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::show, dead_letters::discard))
+        .routes(routes!(dead_letters::replay_one))
+        .routes(routes!(dead_letters::replay_many))
         .route_layer(scope(auth::ADMIN));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)

@@ -45,11 +45,15 @@ where
     Fut: Future<Output = ()>,
 {
     service_kit::telemetry::init_for_tests();
+    // A dead-letter stream of the test's own (none, unless the test makes it):
+    // never the shared server's DEADLETTER, which a replay would send to a real shop.
+    let dead_letters = format!("NONE_{}", Uuid::new_v4().simple());
     let defaults = [
         ("QUERY_HTTP_ADDR", "127.0.0.1:0"),
         ("QUERY_OPS_ADDR", "127.0.0.1:0"),
         ("MIN_POSITION_WAIT", "2s"),
         ("AUTH_MODE", "off"),
+        ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
     ];
     let config = Config::from_source(&service_kit::config::Vars(&settings(&defaults, env))).unwrap();
     migrations::testing::with_database(12, |pool| async move {

@@ -2,6 +2,7 @@
 //! projections build from events in a fresh database per test.
 
 mod auth;
+mod dead_letters;
 mod helpers;
 mod openapi;
 mod queries;

@@ -5,3 +5,5 @@
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url).await
 }
+
+pub mod dead_letters;
