@@ -23,6 +23,7 @@ macro_rules! conformance_cases {
             appends_and_reads_back_a_stream,
             an_unknown_stream_reads_empty,
             reads_a_stream_from_a_version,
+            reads_a_page_of_a_stream,
             a_wrong_expected_version_is_a_conflict_carrying_the_actual_version,
             any_version_appends_to_new_and_existing_streams,
             only_one_of_racing_writers_with_the_same_expected_version_wins,
@@ -213,6 +214,18 @@ pub async fn reads_a_stream_from_a_version(h: Arc<dyn Harness>) {
     let tail = store.read_stream(&stream, 2).await.unwrap();
     assert_eq!(tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [2, 3]);
     assert!(store.read_stream(&stream, 4).await.unwrap().is_empty());
+}
+
+pub async fn reads_a_page_of_a_stream(h: Arc<dyn Harness>) {
+    let store = h.store();
+    let stream = unique_stream("order");
+    store.append(&stream, ExpectedVersion::NoStream, events(5)).await.unwrap();
+    let versions = |page: Vec<RecordedEvent>| page.iter().map(|e| e.stream_version).collect::<Vec<_>>();
+    assert_eq!(versions(store.read_stream_page(&stream, 2, 2).await.unwrap()), [2, 3]);
+    assert_eq!(versions(store.read_stream_page(&stream, 4, 10).await.unwrap()), [4, 5]);
+    assert!(store.read_stream_page(&stream, 6, 10).await.unwrap().is_empty());
+    assert!(store.read_stream_page(&stream, 1, 0).await.unwrap().is_empty());
+    assert!(store.read_stream_page("order-nobody", 1, 10).await.unwrap().is_empty());
 }
 
 pub async fn a_wrong_expected_version_is_a_conflict_carrying_the_actual_version(h: Arc<dyn Harness>) {

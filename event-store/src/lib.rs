@@ -93,6 +93,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// on, in order. An unknown stream reads empty.
     async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// At most `limit` events of one stream from `from_version` on, in order:
+    /// a page of a stream however long it has grown.
+    async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = self.read_stream(stream_id, from_version).await?;
+        events.truncate(limit);
+        Ok(events)
+    }
+
     /// At most `limit` events of the global log after `after` (from the start
     /// with `None`), in log order. Only events that no still-open transaction
     /// can precede are returned, so a reader that resumes from the last

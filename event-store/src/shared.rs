@@ -174,6 +174,15 @@ impl EventStore for SharedTail {
         self.inner.read_stream(stream_id, from_version).await
     }
 
+    async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream_page(stream_id, from_version, limit).await
+    }
+
     async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
         self.inner.read_snapshot(stream_id).await
     }

@@ -36,14 +36,17 @@ impl OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// As the admin API's time travel shows it: `{"state": "not_placed"}`, or
+/// `{"state": "placed", ...the order}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum OrderState {
     #[default]
     NotPlaced,
     Placed(PlacedOrder),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlacedOrder {
     pub order_id: Uuid,
     pub customer_id: String,

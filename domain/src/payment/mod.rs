@@ -5,6 +5,7 @@ mod events;
 #[cfg(test)]
 mod tests;
 
+use serde::Serialize;
 use uuid::Uuid;
 
 pub use events::PaymentEvent;
@@ -24,7 +25,8 @@ pub enum PaymentCommand {
     Refund { order_id: Uuid, reason: String },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     #[default]
     NotRequested,
@@ -35,7 +37,7 @@ pub enum PaymentStatus {
     Voided,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PaymentState {
     pub status: PaymentStatus,
     pub amount_cents: u64,

@@ -265,6 +265,18 @@ impl EventStore for EsdbEventStore {
         self.timed(self.read_stream_limited(stream_id, from_version.max(1), usize::MAX)).await
     }
 
+    async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.timed(self.read_stream_limited(stream_id, from_version.max(1), limit)).await
+    }
+
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());

@@ -211,6 +211,15 @@ impl EventStore for PgEventStore {
         self.timed(queries::read_stream(&self.inner.pool, stream_id, from_version)).await
     }
 
+    async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.timed(queries::read_stream_page(&self.inner.pool, stream_id, from_version, limit)).await
+    }
+
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.timed(queries::read_all(&self.inner.pool, after, limit)).await
     }

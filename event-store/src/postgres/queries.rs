@@ -285,6 +285,25 @@ pub(super) async fn read_stream(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+pub(super) async fn read_stream_page(
+    pool: &PgPool,
+    stream_id: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version >= $2
+         ORDER BY stream_version LIMIT $3"
+    );
+    let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        .bind(stream_id)
+        .bind(to_i64(from_version))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
 // The queries that follow the log run thousands of times a second, as
 // prepared statements: PostgreSQL soon plans them once for any parameters
 // (a generic plan). Each is written so that even that plan walks the

@@ -7,6 +7,7 @@ mod doc;
 mod inventory;
 mod orders;
 mod payments;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::show, dead_letters::discard))
         .routes(routes!(dead_letters::replay_one))
         .routes(routes!(dead_letters::replay_many))
+        .routes(routes!(streams::events))
+        .routes(routes!(streams::state_at))
         .route_layer(scope(auth::ADMIN));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)

@@ -6,3 +6,4 @@ mod dead_letters;
 mod helpers;
 mod openapi;
 mod queries;
+mod streams;
