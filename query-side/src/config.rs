@@ -34,6 +34,8 @@ pub struct Config {
     pub nats_url: String,
     /// `SAGA_DEAD_LETTER_STREAM`: where the consumers put what they give up on.
     pub dead_letter_stream: String,
+    /// `CORS_ALLOWED_ORIGINS` and the rest: browser clients (off by default).
+    pub cors: service_kit::http::CorsConfig,
 }
 
 impl Config {
@@ -53,6 +55,7 @@ impl Config {
             master_keys: MasterKeys::from_source(source)?,
             nats_url: config::nats_url(source)?,
             dead_letter_stream: dead_letter_stream(source)?,
+            cors: service_kit::http::CorsConfig::from_source(source)?,
         })
     }
 }

@@ -57,7 +57,7 @@ impl App {
         // Ready when PostgreSQL answers, migrated (shared/API.md: never NATS).
         let checks = config.common.checks(&pool, &store, migrations::expected());
         let router = http::router(application.clone(), config.body_limit, &config.auth, checks.clone());
-        let router = service_kit::http::layers(router, config.request_timeout);
+        let router = config.cors.apply(service_kit::http::layers(router, config.request_timeout));
         let listener = TcpListener::bind(config.http_addr).await.map_err(|source| StartupError::Bind {
             setting: "COMMAND_HTTP_ADDR",
             addr: config.http_addr,

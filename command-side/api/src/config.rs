@@ -35,6 +35,8 @@ pub struct Config {
     pub master_keys: MasterKeys,
     /// `WEBHOOK_ALLOWED_HOSTS`, `WEBHOOK_ALLOW_PRIVATE`: which URLs webhook endpoints may have.
     pub webhook_policy: UrlPolicy,
+    /// `CORS_ALLOWED_ORIGINS` and the rest: browser clients (off by default).
+    pub cors: service_kit::http::CorsConfig,
 }
 
 impl Config {
@@ -59,6 +61,7 @@ impl Config {
             auth: AuthConfig::from_source(source)?,
             master_keys: MasterKeys::from_source(source)?,
             webhook_policy: UrlPolicy::from_source(source)?,
+            cors: service_kit::http::CorsConfig::from_source(source)?,
         })
     }
 }

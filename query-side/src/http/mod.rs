@@ -12,11 +12,13 @@ mod streams;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use axum::Router;
 use event_store::{EventStore, StoreError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use service_kit::auth::{self, ClientKey, Gate};
 use service_kit::http::Problem;
 use service_kit::nats::dead_letters::DeadLetters;
@@ -90,6 +92,39 @@ pub(crate) fn router(state: AppState, gate: Gate, checks: Vec<service_kit::ops::
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
         })
         .with_state(state)
+}
+
+/// How long a browser may keep a query's answer before it asks again
+/// (with `If-None-Match`): short, the read models move.
+const MAX_AGE_SECONDS: u32 = 5;
+
+/// The answer to a query of one row: `ETag` naming what the row is at,
+/// `Cache-Control: private` with a short max-age, `Vary: Authorization`;
+/// `304 Not Modified` without a body when `If-None-Match` names it already.
+pub(crate) fn one_row<T: Serialize>(request: &HeaderMap, tag: &str, value: T) -> Response {
+    let etag = format!("\"{tag}\"");
+    let known = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|listed| {
+        listed.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+    });
+    let mut headers = cache_headers();
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    if known {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (headers, Json(value)).into_response()
+}
+
+/// `Cache-Control` and `Vary` of every query answer.
+pub(crate) fn cache_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&format!("private, max-age={MAX_AGE_SECONDS}")).expect("a header value"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("authorization"));
+    headers
 }
 
 /// `?min_position=N` on a single-resource query.

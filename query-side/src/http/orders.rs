@@ -12,13 +12,17 @@ use service_kit::personal_data::{Opened, VaultError};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{database_error, AppState, Freshness};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::{cache_headers, database_error, one_row, AppState, Freshness};
 
 /// One order. A customer token reads its own orders only.
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", operation_id = "get_order",
     params(("order_id" = Uuid, Path), Freshness),
     responses(
-        (status = 200, description = "The order", body = OrderRow),
+        (status = 200, description = "The order", body = OrderRow, headers(("ETag" = String, description = "What the row is at; send it back in `If-None-Match`"), ("Cache-Control" = String, description = "`private, max-age=5`"))),
+        (status = 304, description = "Not modified: `If-None-Match` names its `ETag`"),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
@@ -31,9 +35,10 @@ pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
     client: ClientKey,
+    headers: HeaderMap,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
-) -> Result<Json<OrderRow>, Problem> {
+) -> Result<Response, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
     // Who may read it is known before any wait: an order's customer never
@@ -46,7 +51,10 @@ pub(crate) async fn get_one(
     let mut order = order.ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     principal.require_customer(&order.customer_id)?;
     reveal_contact(&state, std::slice::from_mut(&mut order)).await?;
-    Ok(Json(order))
+    // The row shows the order's and the payment's streams, and whether the address is erased.
+    let erased = if order.contact_email_erased { "-erased" } else { "" };
+    let tag = format!("{}.{}{erased}", order.version, order.payment_version);
+    Ok(one_row(&headers, &tag, order))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -88,13 +96,13 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page>, Problem> {
+) -> Result<(HeaderMap, Json<Page>), Problem> {
     let Query(query) = query?;
     let (filter, limit) = query.checked(&principal)?;
     let (mut items, next) = orders::page(&state.pool, &filter, limit).await.map_err(database_error)?;
     reveal_contact(&state, &mut items).await?;
     let next_cursor = next.map(|(created_at, order_id)| encode_cursor(created_at, order_id));
-    Ok(Json(Page { items, next_cursor }))
+    Ok((cache_headers(), Json(Page { items, next_cursor })))
 }
 
 /// Opens each order's sealed contact address with its customer's key, now

@@ -2,20 +2,22 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::Json;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use read_models::orders;
 use read_models::payments::{self, PaymentRow};
 use service_kit::auth::{ClientKey, Principal};
 use service_kit::http::Problem;
 use uuid::Uuid;
 
-use super::{database_error, progress_error, AppState, Freshness};
+use super::{database_error, one_row, progress_error, AppState, Freshness};
 
 /// The payment of an order. A customer token reads its own orders' payments only.
 #[utoipa::path(get, path = "/v1/payments/{order_id}", tag = "payments", operation_id = "get_payment",
     params(("order_id" = Uuid, Path), Freshness),
     responses(
-        (status = 200, description = "The payment", body = PaymentRow),
+        (status = 200, description = "The payment", body = PaymentRow, headers(("ETag" = String, description = "What the row is at; send it back in `If-None-Match`"), ("Cache-Control" = String, description = "`private, max-age=5`"))),
+        (status = 304, description = "Not modified: `If-None-Match` names its `ETag`"),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope, or another customer's", body = Problem, content_type = "application/problem+json"),
@@ -28,9 +30,10 @@ pub(crate) async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
     client: ClientKey,
+    headers: HeaderMap,
     order_id: Result<Path<Uuid>, PathRejection>,
     freshness: Result<Query<Freshness>, QueryRejection>,
-) -> Result<Json<PaymentRow>, Problem> {
+) -> Result<Response, Problem> {
     let Path(order_id) = order_id?;
     let Query(freshness) = freshness?;
     // Another customer's payment is 403 at once, before any wait (see `get_one` of orders).
@@ -43,7 +46,7 @@ pub(crate) async fn get_one(
     if principal.customer().is_some() {
         principal.require_customer(&owner(&state, order_id, &client).await?)?;
     }
-    Ok(Json(payment))
+    Ok(one_row(&headers, &payment.version.to_string(), payment))
 }
 
 /// Who placed the order a payment belongs to. The orders read model may lag

@@ -471,3 +471,85 @@ async fn contact_addresses_are_opened_when_shown_and_an_erased_customers_read_as
     })
     .await;
 }
+
+/// Browser clients: each row answers with an `ETag` (what the row is at) and
+/// a short private `Cache-Control`; `If-None-Match` naming it is 304 without
+/// a body, until the row moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_carry_an_etag_and_answer_304_until_they_change() {
+    with_app(|app| async move {
+        let order_id = Uuid::new_v4();
+        app.append("inventory-SKU-E", &[InventoryEvent::StockReceived { sku: "SKU-E".into(), quantity: 5 }]).await;
+        let last = app.append(&format!("order-{order_id}"), &[placed(order_id, "c-1", 0)]).await;
+        let _projecting = app.project();
+        let path = format!("/v1/orders/{order_id}?min_position={last}");
+        let first = app.get(&path).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(first.headers()["cache-control"], "private, max-age=5");
+        assert_eq!(first.headers()["vary"], "authorization");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(etag, "\"1.0\"");
+        let again = |tag: String| {
+            let (app, path) = (&app, path.clone());
+            async move { app.client.get(format!("{}{path}", app.base)).header("if-none-match", tag).send().await.unwrap() }
+        };
+        let unchanged = again(etag.clone()).await;
+        assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(unchanged.headers()["etag"], etag.as_str());
+        assert!(unchanged.bytes().await.unwrap().is_empty());
+        assert_eq!(again(format!("W/\"0.0\", {etag}")).await.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again("\"0.0\"".into()).await.status(), StatusCode::OK);
+
+        // The order moves on: the old tag no longer matches.
+        let moved = app
+            .append(&format!("order-{order_id}"), &[domain::order::OrderEvent::OrderRejected { reason: "x".into(), sku: "SKU-E".into() }])
+            .await;
+        let fresh = app.get(&format!("/v1/orders/{order_id}?min_position={moved}")).await;
+        assert_eq!(fresh.headers()["etag"], "\"2.0\"");
+        let path = format!("/v1/orders/{order_id}");
+        let stale = app.client.get(format!("{}{path}", app.base)).header("if-none-match", etag).send().await.unwrap();
+        assert_eq!(stale.status(), StatusCode::OK);
+
+        let item = app.get("/v1/inventory/SKU-E").await;
+        assert_eq!(item.headers()["etag"], "\"1\"");
+        let item_again =
+            app.client.get(format!("{}/v1/inventory/SKU-E", app.base)).header("if-none-match", "\"1\"").send().await.unwrap();
+        assert_eq!(item_again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(app.get("/v1/orders").await.headers()["cache-control"], "private, max-age=5");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cors_answers_the_configured_origins_only() {
+    with_app_env(&[("CORS_ALLOWED_ORIGINS", "https://console.example")], |app| async move {
+        let preflight = |origin: &'static str| {
+            let app = &app;
+            async move {
+                app.client
+                    .request(reqwest::Method::OPTIONS, format!("{}/v1/orders", app.base))
+                    .header("origin", origin)
+                    .header("access-control-request-method", "GET")
+                    .header("access-control-request-headers", "authorization, if-none-match")
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let allowed = preflight("https://console.example").await;
+        assert!(allowed.status().is_success(), "{}", allowed.status());
+        assert_eq!(allowed.headers()["access-control-allow-origin"], "https://console.example");
+        let refused = preflight("https://elsewhere.example").await;
+        assert!(refused.headers().get("access-control-allow-origin").is_none());
+        let read = app.client.get(format!("{}/v1/orders", app.base)).header("origin", "https://console.example");
+        let read = read.send().await.unwrap();
+        assert_eq!(read.headers()["access-control-allow-origin"], "https://console.example");
+        assert!(read.headers()["access-control-expose-headers"].to_str().unwrap().contains("etag"));
+    })
+    .await;
+    with_app(|app| async move {
+        let read = app.client.get(format!("{}/v1/orders", app.base)).header("origin", "https://console.example");
+        assert!(read.send().await.unwrap().headers().get("access-control-allow-origin").is_none(), "off by default");
+    })
+    .await;
+}
