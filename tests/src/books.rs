@@ -346,6 +346,7 @@ pub async fn read_models(pool: &PgPool) -> BTreeMap<&'static str, Vec<Value>> {
         ("orders", "SELECT to_jsonb(t) FROM rm_orders t ORDER BY order_id"),
         ("inventory", "SELECT to_jsonb(t) FROM rm_inventory t ORDER BY sku"),
         ("payments", "SELECT to_jsonb(t) FROM rm_payments t ORDER BY order_id"),
+        ("story", "SELECT to_jsonb(t) FROM rm_story t ORDER BY position"),
     ] {
         tables.insert(name, sqlx::query_scalar(sql).fetch_all(pool).await.unwrap_or_default());
     }

@@ -55,7 +55,7 @@ impl Fault {
         for kind in [Kind::Api, Kind::Relay, Kind::Saga, Kind::Notifier, Kind::Projections, Kind::Query] {
             faults.extend([Fault::Kill(kind), Fault::Kill(kind)]);
         }
-        let rebuilt = ["orders", "inventory", "payments"][fastrand::usize(..3)];
+        let rebuilt = ["orders", "inventory", "payments", "story"][fastrand::usize(..4)];
         faults.extend([
             Fault::RestartNats,
             Fault::RestartPostgres(Stop::Fast),

@@ -5,7 +5,8 @@
 //! queries and holds no SQL of its own; the projections service runs the
 //! folds (`projections` crate: runtime, rebuilds).
 //!
-//! - `orders`, `inventory`, `payments`: the read models. To add one: a table
+//! - `orders`, `inventory`, `payments`: the read models the queries serve;
+//!   `story`: every event's correlation, for the admin API's order stories. To add one: a table
 //!   in `migrations/`, a module like these, and its name in [`all`].
 //! - `rows`: [`RowModel`], a read model as a pure fold of events into rows,
 //!   and [`Rows`], which applies one in batches of one `SELECT` and one upsert.
@@ -18,6 +19,7 @@ pub mod orders;
 pub mod payments;
 pub mod rebuilds;
 mod rows;
+pub mod story;
 
 use std::sync::Arc;
 
@@ -73,11 +75,16 @@ pub enum BatchError {
 }
 
 /// The names of the read models, as the admin API and the CLI know them.
-pub const NAMES: [&str; 3] = [orders::Orders::NAME, inventory::Inventory::NAME, payments::Payments::NAME];
+pub const NAMES: [&str; 4] = [orders::Orders::NAME, inventory::Inventory::NAME, payments::Payments::NAME, story::NAME];
 
 /// Every projection of the system.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(Rows(orders::Orders)), Arc::new(Rows(inventory::Inventory)), Arc::new(Rows(payments::Payments))]
+    vec![
+        Arc::new(Rows(orders::Orders)),
+        Arc::new(Rows(inventory::Inventory)),
+        Arc::new(Rows(payments::Payments)),
+        Arc::new(story::Story),
+    ]
 }
 
 /// The projection called `name`.

@@ -91,7 +91,7 @@ pub(crate) struct ReplayFilter {
     consumer: Option<String>,
 }
 
-fn summary(letter: &DeadLetter) -> DeadLetterSummary {
+pub(crate) fn summary(letter: &DeadLetter) -> DeadLetterSummary {
     DeadLetterSummary {
         sequence: letter.sequence,
         time: letter.time,

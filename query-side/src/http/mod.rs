@@ -7,6 +7,7 @@ mod doc;
 mod inventory;
 mod orders;
 mod payments;
+mod story;
 mod streams;
 
 use std::sync::Arc;
@@ -61,6 +62,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::replay_many))
         .routes(routes!(streams::events))
         .routes(routes!(streams::state_at))
+        .routes(routes!(story::story))
         .route_layer(scope(auth::ADMIN));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi().merge_from(service_kit::ops::OpsApi::openapi()))
         .merge(orders)

@@ -6,4 +6,5 @@ mod dead_letters;
 mod helpers;
 mod openapi;
 mod queries;
+mod story;
 mod streams;

@@ -201,7 +201,7 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
         for _ in 0..200 {
             let admin = app.json("/v1/admin/projections").await;
             let projections = admin["projections"].as_array().unwrap();
-            if projections.len() == 3 && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0) {
+            if projections.len() == 4 && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0) {
                 caught_up = true;
                 break;
             }
@@ -216,7 +216,7 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
         let admin = app.json("/v1/admin/projections").await;
         let projections = admin["projections"].as_array().unwrap();
         let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["inventory", "orders", "payments"]);
+        assert_eq!(names, ["inventory", "orders", "payments", "story"]);
         for projection in projections {
             assert_eq!(projection["checkpoint"], last, "{projection}");
             assert_eq!(projection["head"], newest, "{projection}");

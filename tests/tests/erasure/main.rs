@@ -115,7 +115,7 @@ async fn an_erased_customer_is_erased_everywhere_and_the_others_are_intact() {
     }
     assert!(!shipped_mail(&system.smtp, ADA), "her shipment was mailed after the erasure");
 
-    for name in ["orders", "inventory", "payments"] {
+    for name in ["orders", "inventory", "payments", "story"] {
         assert!(system.rebuild_from_the_command_line(name).await, "projections rebuild {name}");
     }
     for order_id in &ada_orders[..2] {

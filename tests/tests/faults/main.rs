@@ -75,7 +75,7 @@ async fn under_faults_nothing_acknowledged_is_lost_and_nothing_is_applied_twice(
 async fn rebuild_and_compare(system: &mut System, report: &mut Report) {
     let pool = system.pool().await;
     let live = books::read_models(&pool).await;
-    for name in ["orders", "inventory", "payments"] {
+    for name in ["orders", "inventory", "payments", "story"] {
         let rebuilt = system.rebuild_from_the_command_line(name).await;
         if !rebuilt {
             report.violations.push(format!("projections rebuild {name} failed (see {})", system.dir.display()));
