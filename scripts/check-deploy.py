@@ -107,9 +107,29 @@ def check_kubernetes():
                 problems.append(f"{file}: {target} runs one live instance by design; do not autoscale it")
 
 
+def check_observability():
+    """The dashboard parses, and every metric it or the alert rules use is
+    one the services export (listed in docs/operations.md)."""
+    import json
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    prefixes = ("http_", "event_store_", "relay_", "projection_", "saga_", "payment_gateway_", "notifier_", "query_")
+    def metrics_in(text):
+        for name in re.findall(r"\b([a-z][a-z0-9_]*)\b", text):
+            if name.startswith(prefixes):
+                yield re.sub(r"_(bucket|count|sum)$", "", name)
+    dashboard = json.loads((ROOT / "deploy" / "observability" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load((ROOT / "deploy" / "observability" / "alerts.yaml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    for name in sorted(set(m for e in exprs for m in metrics_in(e))):
+        if f"`{name}`" not in documented:
+            problems.append(f"observability: {name} is used but not a metric docs/operations.md lists")
+
+
 check_compose()
 check_compose_override()
 check_kubernetes()
+check_observability()
 for problem in problems:
     print(problem, file=sys.stderr)
 sys.exit(1 if problems else 0)

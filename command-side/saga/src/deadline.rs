@@ -23,19 +23,20 @@ use service_kit::Shutdown;
 pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> {
     let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
     match event {
-        OrderEvent::OrderPlaced { deadline, .. } => {
+        OrderEvent::OrderPlaced { deadline, placed_at, .. } => {
             sqlx::query(
-                "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id) VALUES ($1, $2, $2, $3) \
-                 ON CONFLICT (order_id) DO NOTHING",
+                "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
+                 VALUES ($1, $2, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(order_id)
             .bind(deadline)
             .bind(&trigger.recorded.metadata.correlation_id)
+            .bind(placed_at)
             .execute(pool)
             .await?;
         }
         OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
-            disarm(pool, *order_id).await?;
+            let armed = disarm(pool, *order_id).await?;
             // Per delivery: a redelivered final event counts again (rare; a gauge of trends, not a ledger).
             let outcome = match event {
                 OrderEvent::OrderConfirmed { .. } => "confirmed",
@@ -43,6 +44,11 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
                 _ => "cancelled",
             };
             metrics::counter!("saga_orders_finished_total", "outcome" => outcome).increment(1);
+            // Once per order (the delivery that disarmed it): placed to its end, as the events date them.
+            if let Some(Some(placed_at)) = armed {
+                let took = (trigger.recorded.recorded_at - placed_at).to_std().unwrap_or_default();
+                metrics::histogram!("saga_order_seconds", "outcome" => outcome).record(took.as_secs_f64());
+            }
         }
         // Shipped after its confirmation, which disarmed the deadline.
         OrderEvent::OrderLineReserved { .. }
@@ -52,21 +58,20 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// `true` if the order had a deadline armed.
+/// `Some` if the order had a deadline armed, with when it was placed (if known).
 ///
 /// Committed without waiting for the WAL flush (`synchronous_commit` off for
 /// this statement's transaction): a disarm lost in a database crash only
 /// leaves a deadline that expires a finished order, which changes nothing.
 /// Arming, whose loss would leave a stuck order pending for ever, waits.
-async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query(
+async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<Option<Option<DateTime<Utc>>>, sqlx::Error> {
+    sqlx::query_scalar(
         "WITH no_flush_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
-         DELETE FROM saga_deadlines USING no_flush_wait WHERE order_id = $1",
+         DELETE FROM saga_deadlines USING no_flush_wait WHERE order_id = $1 RETURNING placed_at",
     )
     .bind(order_id)
-    .execute(pool)
-    .await?;
-    Ok(deleted.rows_affected() == 1)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Expires due orders every `poll` until `shutdown`.
@@ -114,7 +119,7 @@ pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx:
     for (order_id, correlation_id, attempts, now) in due {
         match expire(app, order_id, &correlation_id, now).await {
             Ok(None) => {
-                if disarm(pool, order_id).await? {
+                if disarm(pool, order_id).await?.is_some() {
                     metrics::counter!("saga_deadlines_expired_total").increment(1);
                     expired += 1;
                 }

@@ -197,6 +197,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             (&format!("http://{query_ops}"), "http_requests_total"),
             (&format!("http://{relay_ops}"), "relay_events_published_total"),
             (&format!("http://{saga_ops}"), "saga_messages_total"),
+            // Placed to confirmed, once per order (the SLO of docs/slos.md).
+            (&format!("http://{saga_ops}"), "saga_order_seconds_bucket{outcome=\"confirmed\""),
         ] {
             let ready = http.get(format!("{ops}/health/ready")).send().await.unwrap();
             assert_eq!(ready.status(), 204, "{ops}");
