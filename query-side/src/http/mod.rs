@@ -2,6 +2,7 @@
 //! problem+json for bad parameters and unknown ids.
 
 mod admin;
+mod console;
 mod dead_letters;
 mod doc;
 mod inventory;
@@ -88,6 +89,7 @@ pub(crate) fn router(state: AppState, gate: Gate, checks: Vec<service_kit::ops::
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .merge(console::router())
         .merge(service_kit::ops::public_health_router(checks))
         .fallback(service_kit::http::not_found_route)
         .method_not_allowed_fallback(|| async {
