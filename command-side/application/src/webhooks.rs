@@ -230,6 +230,12 @@ impl Registry {
     /// Registers an endpoint for `events` (each one of [`EVENT_TYPES`], at least one).
     pub async fn register(&self, url: &str, events: &[String], description: &str) -> Result<Registered, RegistryError> {
         let url = self.policy.check(url).map_err(|message| RegistryError::Invalid { field: "url", message })?;
+        if events.len() > EVENT_TYPES.len() {
+            return Err(RegistryError::Invalid {
+                field: "events",
+                message: format!("at most {} event types", EVENT_TYPES.len()),
+            });
+        }
         let mut events: Vec<String> = events.to_vec();
         events.sort();
         events.dedup();
@@ -297,13 +303,15 @@ impl Registry {
         Ok(deleted == 1)
     }
 
-    /// The newest `limit` deliveries to a live or deleted endpoint, with
-    /// their attempts; `None` if the endpoint never existed.
+    /// The newest `limit` deliveries to a live endpoint, with their
+    /// attempts; `None` if there is no such endpoint (or it was deleted: its
+    /// rows stay in the table until `NOTIFY_KEEP`, for operators).
     pub async fn deliveries(&self, id: Uuid, limit: i64) -> Result<Option<Vec<Delivery>>, sqlx::Error> {
-        let known: Option<(Uuid,)> = sqlx::query_as("SELECT endpoint_id FROM webhook_endpoints WHERE endpoint_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let known: Option<(Uuid,)> =
+            sqlx::query_as("SELECT endpoint_id FROM webhook_endpoints WHERE endpoint_id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         if known.is_none() {
             return Ok(None);
         }

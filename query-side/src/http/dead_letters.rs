@@ -77,6 +77,7 @@ pub(crate) struct PageQuery {
     #[param(pattern = "^[A-Za-z0-9_-]{1,100}$")]
     consumer: Option<String>,
     /// Only those after this sequence (the previous page's `next`).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     after: Option<u64>,
     /// 1 to 200, default 50.
     #[param(minimum = 1, maximum = 200)]
@@ -118,6 +119,14 @@ fn problem(error: DeadLetterError) -> Problem {
     }
 }
 
+/// A dead letter's sequence: 1 to 2^63 - 1, as JetStream counts.
+fn check_sequence(sequence: u64) -> Result<u64, Problem> {
+    if sequence == 0 || sequence > i64::MAX as u64 {
+        return Err(Problem::bad_request("a dead letter's sequence is 1 to 9223372036854775807"));
+    }
+    Ok(sequence)
+}
+
 fn check_consumer(consumer: &Option<String>) -> Result<(), Problem> {
     match consumer {
         Some(c)
@@ -149,6 +158,9 @@ pub(crate) async fn list(
 ) -> Result<Json<DeadLetterPage>, Problem> {
     let Query(query) = query?;
     check_consumer(&query.consumer)?;
+    if query.after.is_some_and(|after| after > i64::MAX as u64) {
+        return Err(Problem::bad_request("after is 0 to 9223372036854775807"));
+    }
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(Problem::bad_request("limit must be 1 to 200"));
@@ -160,7 +172,7 @@ pub(crate) async fn list(
 
 /// One dead letter, with its headers and body.
 #[utoipa::path(get, path = "/v1/admin/dead-letters/{sequence}", tag = "admin", operation_id = "show_dead_letter",
-    params(("sequence" = u64, Path, minimum = 1)),
+    params(("sequence" = u64, Path, minimum = 1, maximum = 9_223_372_036_854_775_807_i64)),
     responses(
         (status = 200, description = "The dead letter", body = DeadLetterDetail),
         (status = 400, description = "Not a sequence", body = Problem, content_type = "application/problem+json"),
@@ -175,7 +187,7 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     sequence: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<DeadLetterDetail>, Problem> {
-    let Path(sequence) = sequence?;
+    let sequence = check_sequence(sequence?.0)?;
     let letter = state.dead_letters.get(sequence).await.map_err(problem)?.ok_or_else(|| not_found(sequence))?;
     let body: Option<serde_json::Value> = serde_json::from_slice(&letter.payload).ok();
     let body_base64 = body.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&letter.payload));
@@ -189,7 +201,7 @@ pub(crate) async fn show(
 
 /// Send a dead letter again to its subject, and remove it from the dead letters.
 #[utoipa::path(post, path = "/v1/admin/dead-letters/{sequence}/replay", tag = "admin", operation_id = "replay_dead_letter",
-    params(("sequence" = u64, Path, minimum = 1)),
+    params(("sequence" = u64, Path, minimum = 1, maximum = 9_223_372_036_854_775_807_i64)),
     responses(
         (status = 202, description = "Sent again", body = ReplayedLetter),
         (status = 400, description = "Not a sequence", body = Problem, content_type = "application/problem+json"),
@@ -205,7 +217,7 @@ pub(crate) async fn replay_one(
     State(state): State<AppState>,
     sequence: Result<Path<u64>, PathRejection>,
 ) -> Result<(StatusCode, Json<ReplayedLetter>), Problem> {
-    let Path(sequence) = sequence?;
+    let sequence = check_sequence(sequence?.0)?;
     let done = state.dead_letters.replay(sequence).await.map_err(problem)?.ok_or_else(|| not_found(sequence))?;
     tracing::info!(sequence, subject = %done.subject, "dead letter replayed");
     Ok((StatusCode::ACCEPTED, Json(replayed(done))))
@@ -244,7 +256,7 @@ pub(crate) async fn replay_many(
 
 /// Discard a dead letter.
 #[utoipa::path(delete, path = "/v1/admin/dead-letters/{sequence}", tag = "admin", operation_id = "discard_dead_letter",
-    params(("sequence" = u64, Path, minimum = 1)),
+    params(("sequence" = u64, Path, minimum = 1, maximum = 9_223_372_036_854_775_807_i64)),
     responses(
         (status = 204, description = "Discarded"),
         (status = 400, description = "Not a sequence", body = Problem, content_type = "application/problem+json"),
@@ -259,7 +271,7 @@ pub(crate) async fn discard(
     State(state): State<AppState>,
     sequence: Result<Path<u64>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
-    let Path(sequence) = sequence?;
+    let sequence = check_sequence(sequence?.0)?;
     if !state.dead_letters.discard(sequence).await.map_err(problem)? {
         return Err(not_found(sequence));
     }

@@ -62,12 +62,16 @@ pub(crate) async fn get_one(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Only this customer's orders (a customer token: its own, whether given or not).
+    #[param(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")]
     customer_id: Option<String>,
     /// `pending`, `confirmed`, `shipped`, `rejected` or `cancelled`.
+    #[param(pattern = "^(pending|confirmed|shipped|rejected|cancelled)$")]
     status: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^(3[0-9]){1,18}2e(3[0-9]|6[1-6]){32}$")]
     cursor: Option<String>,
 }
 
@@ -141,6 +145,13 @@ impl ListQuery {
     fn checked(mut self, principal: &Principal) -> Result<(Filter, u32), Problem> {
         if let Some(customer) = principal.customer() {
             principal.require_customer(self.customer_id.get_or_insert_with(|| customer.to_owned()))?;
+        }
+        if let Some(customer_id) = &self.customer_id {
+            let mut problems = domain::rules::Problems::default();
+            domain::rules::check_customer_id(&mut problems, "customer_id", customer_id);
+            if let Some(problem) = problems.0.first() {
+                return Err(Problem::bad_request(format!("customer_id {}", problem.message)));
+            }
         }
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {

@@ -79,7 +79,7 @@ pub(crate) struct StreamState {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// The first version (default 1).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     from_version: Option<u64>,
     /// 1 to 500, default 100.
     #[param(minimum = 1, maximum = 500)]
@@ -91,7 +91,7 @@ pub(crate) struct PageQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct StateQuery {
     /// The version to fold up to (default: the last).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     version: Option<u64>,
 }
 
@@ -100,14 +100,20 @@ fn check_stream(stream_id: &str) -> Result<&'static str, Problem> {
     match stream_id.split_once('-') {
         Some(("order", id)) if Uuid::parse_str(id).is_ok() => Ok("order"),
         Some(("payment", id)) if Uuid::parse_str(id).is_ok() => Ok("payment"),
-        Some(("inventory", sku)) if !sku.is_empty() && sku.len() <= 64 => Ok("inventory"),
+        Some(("inventory", sku)) if sku_ok(sku) => Ok("inventory"),
         _ => Err(Problem::bad_request("a stream is order-<uuid>, payment-<order uuid> or inventory-<sku>")),
     }
 }
 
+fn sku_ok(sku: &str) -> bool {
+    let mut problems = domain::rules::Problems::default();
+    domain::rules::check_sku(&mut problems, "sku", sku);
+    problems.0.is_empty()
+}
+
 /// A stream's events, a page at a time.
 #[utoipa::path(get, path = "/v1/admin/streams/{stream_id}/events", tag = "admin", operation_id = "read_stream",
-    params(("stream_id" = String, Path, description = "`order-<uuid>`, `payment-<order uuid>` or `inventory-<sku>`"), PageQuery),
+    params(("stream_id" = String, Path, description = "`order-<uuid>`, `payment-<order uuid>` or `inventory-<sku>`", pattern = r"^((order|payment)-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|inventory-[A-Za-z0-9._-]{1,64})$"), PageQuery),
     responses(
         (status = 200, description = "A page of the stream's events", body = StreamPage),
         (status = 400, description = "Not a stream, or a bad parameter", body = Problem, content_type = "application/problem+json"),
@@ -126,7 +132,7 @@ pub(crate) async fn events(
     let (Path(stream_id), Query(query)) = (stream_id?, query?);
     check_stream(&stream_id)?;
     let (from, limit) = (query.from_version.unwrap_or(1), query.limit.unwrap_or(100));
-    if from == 0 || !(1..=500).contains(&limit) {
+    if from == 0 || from > i64::MAX as u64 || !(1..=500).contains(&limit) {
         return Err(Problem::bad_request("from_version is 1 or more; limit is 1 to 500"));
     }
     // One more than asked tells whether there is a next page.
@@ -142,7 +148,7 @@ pub(crate) async fn events(
 /// The aggregate's state at a version of its stream: its events up to
 /// there, folded by the domain (time travel).
 #[utoipa::path(get, path = "/v1/admin/streams/{stream_id}/state", tag = "admin", operation_id = "stream_state",
-    params(("stream_id" = String, Path, description = "`order-<uuid>`, `payment-<order uuid>` or `inventory-<sku>`"), StateQuery),
+    params(("stream_id" = String, Path, description = "`order-<uuid>`, `payment-<order uuid>` or `inventory-<sku>`", pattern = r"^((order|payment)-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|inventory-[A-Za-z0-9._-]{1,64})$"), StateQuery),
     responses(
         (status = 200, description = "The state at that version", body = StreamState),
         (status = 400, description = "Not a stream, or a bad parameter", body = Problem, content_type = "application/problem+json"),
@@ -161,6 +167,9 @@ pub(crate) async fn state_at(
 ) -> Result<Json<StreamState>, Problem> {
     let (Path(stream_id), Query(query)) = (stream_id?, query?);
     let category = check_stream(&stream_id)?;
+    if query.version.is_some_and(|v| v == 0 || v > i64::MAX as u64) {
+        return Err(Problem::bad_request("version is 1 to 9223372036854775807"));
+    }
     let version = query.version.unwrap_or(MAX_FOLD).min(MAX_FOLD);
     if version == 0 {
         return Err(Problem::bad_request("version is 1 or more"));

@@ -73,6 +73,12 @@ impl DeadLetter {
     }
 }
 
+/// Whether the stream ever held `sequence` (JetStream answers an error, not
+/// "not found", for one past its end).
+fn within(stream: &Stream, sequence: u64) -> bool {
+    (1..=stream.cached_info().state.last_sequence).contains(&sequence)
+}
+
 /// A dead letter sent again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {
@@ -141,6 +147,9 @@ impl DeadLetters {
     /// The dead letter at `sequence`, if it is there.
     pub async fn get(&self, sequence: u64) -> Result<Option<DeadLetter>, DeadLetterError> {
         let Some(stream) = self.stream().await? else { return Ok(None) };
+        if !within(&stream, sequence) {
+            return Ok(None);
+        }
         let found = tokio::time::timeout(TIMEOUT, stream.get_raw_message(sequence)).await.map_err(unavailable)?;
         match found {
             Ok(message) => Ok(Some(DeadLetter::from_message(message))),
@@ -186,6 +195,9 @@ impl DeadLetters {
     /// Removes the dead letter at `sequence`; false if it was not there.
     pub async fn discard(&self, sequence: u64) -> Result<bool, DeadLetterError> {
         let Some(stream) = self.stream().await? else { return Ok(false) };
+        if !within(&stream, sequence) {
+            return Ok(false);
+        }
         match tokio::time::timeout(TIMEOUT, stream.delete_message(sequence)).await.map_err(unavailable)? {
             Ok(deleted) => Ok(deleted),
             // "no message found", or "sequence N not found" (10043) once it is gone.

@@ -25,7 +25,7 @@ pub(crate) struct Erased {
 /// Asking again is harmless.
 #[utoipa::path(delete, path = "/v1/customers/{customer_id}/personal-data", tag = "customers",
     operation_id = "erase_personal_data",
-    params(("customer_id" = String, Path)),
+    params(("customer_id" = String, Path, description = "1 to 64 characters without control characters", pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")),
     responses(
         (status = 202, description = "Erased", body = Erased),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),

@@ -24,8 +24,8 @@ pub(crate) struct ApiDoc;
 #[allow(dead_code)] // read by the handlers from the headers; this only documents it
 pub(crate) struct IdempotencyKey {
     /// 1 to 255 visible ASCII characters; remembered for `IDEMPOTENCY_KEY_TTL`.
-    #[param(rename = "Idempotency-Key")]
-    idempotency_key: Option<String>,
+    #[param(rename = "Idempotency-Key", required = false, pattern = "^[\\x21-\\x7e]{1,255}$")]
+    idempotency_key: String,
 }
 
 /// `If-Match`: the stream version the client read (the `ETag` of an earlier answer).
@@ -33,6 +33,7 @@ pub(crate) struct IdempotencyKey {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub(crate) struct IfMatch {
-    #[param(rename = "If-Match")]
-    if_match: Option<String>,
+    /// A stream version, quoted or not: `"3"` or `3`.
+    #[param(rename = "If-Match", required = false, pattern = "^(\"[0-9]{1,19}\"|[0-9]{1,19})$")]
+    if_match: String,
 }

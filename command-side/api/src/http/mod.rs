@@ -20,6 +20,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 use service_kit::auth::{self, AuthConfig, Gate, Principal};
 use service_kit::http::{FieldProblem, Problem, RequestContext};
@@ -184,6 +185,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let Json(value) = Json::<T>::from_bytes(&bytes)?;
         Ok(Self { value, bytes })
     }
+}
+
+/// An integer as JSON Schema counts them: `343` or `343.0` (an integral
+/// number); anything else is refused like a wrong type.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .ok_or_else(|| D::Error::custom(format!("{number} is not an integer in range")))
 }
 
 /// `If-Match: "5"` (or `5`): the stream version the client requires.

@@ -16,28 +16,48 @@ use super::{Accepted, ApiError, BodilessCommand, CommandRequest, Resource};
 #[schema(example = json!({"customer_id": "c-42", "currency": "EUR", "payment_token": "tok_visa",
     "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1999}], "contact_email": "ada@example.com"}))]
 pub(crate) struct PlaceOrderRequest {
+    /// 1 to 64 characters without control characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")]
     customer_id: String,
+    /// ISO 4217: three upper-case letters.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// 1 to 256 characters without control characters.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,256}$")]
     payment_token: String,
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     lines: Vec<LineRequest>,
     /// Optional: where the customer hears about the order. Personal data:
     /// stored only sealed under the customer's key, which
     /// `DELETE /v1/customers/{customer_id}/personal-data` destroys.
     #[serde(default)]
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\u0000-\\u001f\\u007f-\\u009f]{1,64}@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+    )]
     contact_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LineRequest {
+    /// 1 to 64 of `A-Z a-z 0-9 - _ .`
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     sku: String,
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "super::integer")]
     quantity: i64,
+    #[schema(minimum = 0, maximum = 1000000000)]
+    #[serde(deserialize_with = "super::integer")]
     unit_price_cents: i64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CancelOrderRequest {
+    /// 1 to 500 characters without control characters.
+    #[schema(min_length = 1, max_length = 500, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,500}$")]
     reason: String,
 }
 
@@ -75,6 +95,7 @@ impl From<PlaceOrderRequest> for PlaceOrder {
         (status = 400, description = "Malformed JSON or wrong types", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing scope `orders:write`, or another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A rule is broken (every broken rule in `errors`), or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
@@ -98,7 +119,8 @@ pub(crate) async fn place(
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order's state forbids it (cancelled already, rejected, shipped)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A rule is broken", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["orders:write"])))]
@@ -125,6 +147,7 @@ pub(crate) async fn cancel(
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is not confirmed (pending, shipped already, cancelled, rejected)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An Idempotency-Key reused with another request", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["orders:fulfil"]), ("bearer" = ["admin"])))]

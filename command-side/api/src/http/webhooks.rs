@@ -20,15 +20,32 @@ use super::JsonBody;
 #[schema(example = json!({"url": "https://merchant.example/hooks/orders", "events": ["order.confirmed", "order.cancelled"]}))]
 pub(crate) struct RegisterWebhook {
     /// `http` or `https`, to a host the configuration allows (never an internal address in production).
-    #[schema(max_length = 2048)]
+    #[schema(
+        max_length = 2048,
+        pattern = "^https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     url: String,
     /// The event types to receive: any of `order.confirmed`, `order.rejected`, `order.cancelled`, `order.shipped`.
-    #[schema(min_items = 1, max_items = 4)]
+    #[schema(min_items = 1, max_items = 4, inline, value_type = Vec<EventType>)]
     events: Vec<String>,
     /// A note for operators.
     #[serde(default)]
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,200}$")]
     description: String,
+}
+
+/// An event type an endpoint may hear.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the strings `events` holds
+pub(crate) enum EventType {
+    #[schema(rename = "order.confirmed")]
+    Confirmed,
+    #[schema(rename = "order.rejected")]
+    Rejected,
+    #[schema(rename = "order.cancelled")]
+    Cancelled,
+    #[schema(rename = "order.shipped")]
+    Shipped,
 }
 
 /// A registered endpoint, with its signing secret: shown this once.
@@ -125,7 +142,7 @@ pub(crate) async fn list(State(application): State<Application>) -> Result<Json<
 }
 
 /// Delete an endpoint: nothing more is sent to it and its pending deliveries
-/// are cancelled; its deliveries stay listed.
+/// are cancelled.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "delete_webhook",
     params(("id" = Uuid, Path)),
     responses(
@@ -150,8 +167,8 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The newest deliveries to an endpoint (live or deleted), each with its
-/// attempts: when, the endpoint's status, how long it took, what failed.
+/// The newest deliveries to an endpoint, each with its attempts: when, the
+/// endpoint's status, how long it took, what failed.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "list_webhook_deliveries",
     params(("id" = Uuid, Path), DeliveriesQuery),
     responses(

@@ -38,8 +38,8 @@ async fn an_endpoint_is_registered_with_a_secret_shown_once_listed_and_deleted()
         problem(app.delete(&format!("/v1/webhooks/{id}")).await, StatusCode::NOT_FOUND).await;
         let listed: Value = app.get("/v1/webhooks").await.json().await.unwrap();
         assert_eq!(listed, json!({"items": []}));
-        // A deleted endpoint's deliveries stay listed.
-        assert_eq!(app.get(&format!("/v1/webhooks/{id}/deliveries")).await.status(), StatusCode::OK);
+        // A deleted endpoint is gone from the API (its rows stay until NOTIFY_KEEP, for operators).
+        problem(app.get(&format!("/v1/webhooks/{id}/deliveries")).await, StatusCode::NOT_FOUND).await;
         let unknown = app.get(&format!("/v1/webhooks/{}/deliveries", Uuid::new_v4())).await;
         problem(unknown, StatusCode::NOT_FOUND).await;
         problem(app.delete("/v1/webhooks/not-a-uuid").await, StatusCode::BAD_REQUEST).await;
