@@ -95,6 +95,7 @@ async function loadProjections() {
     cell(tr, p.checkpoint, "number");
     cell(tr, p.head, "number");
     cell(tr, p.lag, "number");
+    cell(tr, p.lag_seconds.toFixed(1), "number");
     cell(tr, p.held_back_events, "number");
     const before = lastProcessed[p.name];
     const rate = before ? ((p.events_processed - before.n) * 1000) / Math.max(1, now - before.at) : null;

@@ -37,6 +37,9 @@ pub(crate) struct ProjectionView {
     /// Events committed but not readable yet: an open transaction holds the
     /// log back (the relay's and the projections' `/metrics` name it).
     held_back_events: i64,
+    /// How long the oldest event the projection has not processed has been
+    /// in the log (0 when it is up to date): the lag in seconds.
+    lag_seconds: f64,
     /// `running`, or `failed` (see `failure`).
     state: String,
     events_processed: i64,
@@ -89,6 +92,7 @@ fn record(view: &ProjectionView) {
     metrics::gauge!("projection_checkpoint_position", &labels).set(view.checkpoint as f64);
     metrics::gauge!("projection_head_position", &labels).set(view.head as f64);
     metrics::gauge!("projection_lag_events", &labels).set(view.lag as f64);
+    metrics::gauge!("projection_lag_seconds", &labels).set(view.lag_seconds);
     metrics::gauge!("projection_events_processed", &labels).set(view.events_processed as f64);
     metrics::gauge!("projection_failed", &labels).set(flag(view.state == "failed"));
     if let Some(rebuild) = &view.rebuild {
@@ -111,9 +115,18 @@ async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
     // so a stalled log shows as lag, not as a projection that is up to date.
     let stats = state.store.stats().await.map_err(store_error)?;
     let (head, held_back) = (stats.readable_head, stats.held_back_events);
+    let held_back_seconds = stats.held_back_ms as f64 / 1000.0;
     let mut views = Vec::with_capacity(statuses.len());
     for ProjectionStatus { name, checkpoint, events_processed, state: running, failure, updated_at } in statuses {
         let lag = state.store.count_after(checkpoint, LAG_COUNT_LIMIT).await.map_err(store_error)?;
+        // The oldest readable event it has not processed, or the held-back ones' wait.
+        let mut lag_seconds = if held_back > 0 { held_back_seconds } else { 0.0 };
+        if lag > 0 {
+            if let Some(next) = state.store.read_all(checkpoint, 1).await.map_err(store_error)?.first() {
+                let age = (chrono::Utc::now() - next.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+                lag_seconds = lag_seconds.max(age);
+            }
+        }
         views.push(ProjectionView {
             rebuild: rebuilds.remove(&name),
             name,
@@ -121,6 +134,7 @@ async fn views(state: &AppState) -> Result<Vec<ProjectionView>, Problem> {
             head: head.map_or(0, |head| head.position as i64),
             lag: (lag + held_back) as i64,
             held_back_events: held_back as i64,
+            lag_seconds,
             state: running,
             events_processed: events_processed as i64,
             failure,

@@ -201,7 +201,9 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
         for _ in 0..200 {
             let admin = app.json("/v1/admin/projections").await;
             let projections = admin["projections"].as_array().unwrap();
-            if projections.len() == 4 && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0) {
+            if projections.len() == 4
+                && projections.iter().all(|p| p["checkpoint"] == last && p["lag"] == 0 && p["lag_seconds"] == 0.0)
+            {
                 caught_up = true;
                 break;
             }
@@ -213,6 +215,7 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let newest =
             app.append("inventory-SKU-1", &[InventoryEvent::StockReceived { sku: "SKU-1".into(), quantity: 9 }]).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let admin = app.json("/v1/admin/projections").await;
         let projections = admin["projections"].as_array().unwrap();
         let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -221,6 +224,10 @@ async fn the_admin_api_shows_each_projections_checkpoint_head_lag_and_state() {
             assert_eq!(projection["checkpoint"], last, "{projection}");
             assert_eq!(projection["head"], newest, "{projection}");
             assert_eq!(projection["lag"], 1, "{projection}");
+            assert!(
+                projection["lag_seconds"].as_f64().unwrap() >= 1.0,
+                "the event waits since its commit: {projection}"
+            );
             assert_eq!(projection["held_back_events"], 0, "{projection}");
             assert_eq!(projection["state"], "running");
             assert_eq!(projection["failure"], Value::Null);
