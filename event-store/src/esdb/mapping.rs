@@ -67,6 +67,12 @@ pub fn version(current: eventstore::CurrentRevision) -> u64 {
 /// prepare -> `position` (what the API reports as `position`). They are
 /// increasing but not dense: a count of events is never a difference of them.
 pub fn log_position(position: eventstore::Position) -> LogPosition {
+    // Servers before 21.10 send -1 for the `$all` position of a stream
+    // read's events, which the client turns into u64::MAX: unknown, so the
+    // caller falls back (an append to its write result's position).
+    if position.commit == u64::MAX || position.prepare == u64::MAX {
+        return LogPosition::START;
+    }
     LogPosition { commit: position.commit, position: position.prepare }
 }
 
@@ -285,6 +291,8 @@ mod tests {
     fn positions_map_both_ways_and_keep_their_order() {
         let p = Position { commit: 9_000, prepare: 8_900 };
         assert_eq!(log_position(p), LogPosition { commit: 9_000, position: 8_900 });
+        // A pre-21.10 server's "no position" (-1) reads as unknown, never as the end of the log.
+        assert_eq!(log_position(Position { commit: u64::MAX, prepare: u64::MAX }), LogPosition::START);
         assert_eq!(esdb_position(log_position(p)), p);
         let positions = [
             Position { commit: 10, prepare: 10 },

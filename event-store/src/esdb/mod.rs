@@ -68,8 +68,38 @@ impl EsdbConfig {
 /// Parses a connection string (`kurrentdb://` is read as `esdb://`: the
 /// format is the same); the error says why it is not one.
 pub fn parse_settings(url: &str) -> Result<ClientSettings, String> {
-    let url = url.replacen("kurrentdb", "esdb", 1);
-    url.parse::<ClientSettings>().map_err(|e| format!("not an EventStoreDB connection string: {e}"))
+    url::esdb_scheme(url).parse::<ClientSettings>().map_err(|e| format!("not an EventStoreDB connection string: {e}"))
+}
+
+mod url {
+    /// `kurrentdb://` and `kurrentdb+discover://` as the client reads them:
+    /// only the scheme changes (a host named `kurrentdb`, common in compose
+    /// files, stays what it is).
+    pub fn esdb_scheme(url: &str) -> String {
+        let trimmed = url.trim_start();
+        let lower = trimmed.to_ascii_lowercase();
+        for (from, to) in [("kurrentdb+discover://", "esdb+discover://"), ("kurrentdb://", "esdb://")] {
+            if lower.starts_with(from) {
+                return format!("{to}{}", &trimmed[from.len()..]);
+            }
+        }
+        url.to_owned()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::esdb_scheme;
+
+        #[test]
+        fn only_the_scheme_is_rewritten() {
+            assert_eq!(esdb_scheme("kurrentdb://kurrentdb:2113?tls=false"), "esdb://kurrentdb:2113?tls=false");
+            assert_eq!(esdb_scheme("esdb://kurrentdb:2113?tls=false"), "esdb://kurrentdb:2113?tls=false");
+            assert_eq!(esdb_scheme("KurrentDB+discover://a:2113,b:2113"), "esdb+discover://a:2113,b:2113");
+            assert_eq!(esdb_scheme("esdb+discover://kurrentdb-0:2113"), "esdb+discover://kurrentdb-0:2113");
+            let settings = super::super::parse_settings("esdb://kurrentdb:2113?tls=false").unwrap();
+            assert_eq!(settings.hosts()[0].host, "kurrentdb");
+        }
+    }
 }
 
 #[derive(Clone)]
