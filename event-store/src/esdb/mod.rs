@@ -68,7 +68,18 @@ impl EsdbConfig {
 /// Parses a connection string (`kurrentdb://` is read as `esdb://`: the
 /// format is the same); the error says why it is not one.
 pub fn parse_settings(url: &str) -> Result<ClientSettings, String> {
-    url::esdb_scheme(url).parse::<ClientSettings>().map_err(|e| format!("not an EventStoreDB connection string: {e}"))
+    let settings = url::esdb_scheme(url)
+        .parse::<ClientSettings>()
+        .map_err(|e| format!("not an EventStoreDB connection string: {e}"))?;
+    // Appends are read back right after the write, and the log is followed
+    // for read-your-writes: a follower may not have them yet.
+    if settings.node_preference() != eventstore::NodePreference::Leader {
+        return Err(format!(
+            "nodePreference={:?}: this store writes and reads back at once, so it needs the leader (drop the setting or set nodePreference=leader)",
+            settings.node_preference()
+        ));
+    }
+    Ok(settings)
 }
 
 mod url {
@@ -98,6 +109,16 @@ mod url {
             assert_eq!(esdb_scheme("esdb+discover://kurrentdb-0:2113"), "esdb+discover://kurrentdb-0:2113");
             let settings = super::super::parse_settings("esdb://kurrentdb:2113?tls=false").unwrap();
             assert_eq!(settings.hosts()[0].host, "kurrentdb");
+        }
+
+        #[test]
+        fn only_the_leader_is_accepted() {
+            let parse = |url: &str| super::super::parse_settings(url);
+            assert!(parse("esdb://h:2113?tls=false&nodePreference=leader").is_ok());
+            for preference in ["follower", "random", "readonlyreplica"] {
+                let refused = parse(&format!("esdb://h:2113?tls=false&nodePreference={preference}")).unwrap_err();
+                assert!(refused.contains("needs the leader"), "{preference}: {refused}");
+            }
         }
     }
 }
