@@ -39,17 +39,35 @@ pub struct Step {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// The steps carrying any of `correlation_ids`, in log order, at most `limit`.
-pub async fn steps(pool: &PgPool, correlation_ids: &[String], limit: i64) -> Result<Vec<Step>, sqlx::Error> {
+/// The steps of order `order_id` carrying any of `correlation_ids` (and the
+/// ones of no order, a stock receipt), in log order, at most `limit`. Events
+/// of another order that reused a correlation id stay out.
+pub async fn steps(
+    pool: &PgPool,
+    order_id: Uuid,
+    correlation_ids: &[String],
+    limit: i64,
+) -> Result<Vec<Step>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, correlation_id, stream_id, stream_version, event_type, event_id, causation_id, actor,
                 recorded_at
-         FROM rm_story WHERE correlation_id = ANY($1) ORDER BY position LIMIT $2",
+         FROM rm_story WHERE correlation_id = ANY($1) AND (order_id IS NULL OR order_id = $3)
+         ORDER BY position LIMIT $2",
     )
     .bind(correlation_ids)
     .bind(limit)
+    .bind(order_id)
     .fetch_all(pool)
     .await
+}
+
+/// The order an event concerns: its stream's for orders and payments, the
+/// `order_id` of an inventory event (none for a stock receipt).
+fn order_of(event: &RecordedEvent) -> Option<Uuid> {
+    match event.category() {
+        "order" | "payment" => event.stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()),
+        _ => event.payload.get("order_id").and_then(|id| id.as_str()).and_then(|id| Uuid::parse_str(id).ok()),
+    }
 }
 
 #[async_trait]
@@ -77,12 +95,13 @@ impl Projection for Story {
         let versions: Vec<i64> = events.iter().map(|e| i64::try_from(e.stream_version).unwrap_or(i64::MAX)).collect();
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
+        let orders: Vec<Option<Uuid>> = events.iter().map(|e| order_of(e)).collect();
         // Unprepared: a rebuild's shadow table starts empty (see `RowModel::load`).
         let written = sqlx::query(
             "INSERT INTO rm_story (position, correlation_id, stream_id, stream_version, event_type, event_id,
-                                   causation_id, actor, recorded_at)
+                                   causation_id, actor, recorded_at, order_id)
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::uuid[],
-                                  $7::text[], $8::text[], $9::timestamptz[])
+                                  $7::text[], $8::text[], $9::timestamptz[], $10::uuid[])
              ON CONFLICT (position) DO NOTHING",
         )
         .persistent(false)
@@ -95,6 +114,7 @@ impl Projection for Story {
         .bind(column(|e| e.metadata.causation_id.clone()))
         .bind(column(|e| e.metadata.actor.clone()))
         .bind(&times)
+        .bind(&orders)
         .execute(&mut *tx)
         .await?;
         Ok(written.rows_affected() as usize)

@@ -1,6 +1,7 @@
 //! `GET /v1/admin/orders/{order_id}/story`: what happened to an order: every
-//! event carrying one of its correlation ids (the placement's, and those of
-//! the requests that cancelled or shipped it), across the order, payment
+//! event of the order carrying one of its correlation ids (the placement's,
+//! and those of the requests that cancelled or shipped it; another order that
+//! reused a correlation id stays out), across the order, payment
 //! and inventory streams, in log order, with the time between steps; and
 //! the dead letters that carry them.
 
@@ -71,7 +72,7 @@ pub(crate) async fn story(
             correlation_ids.push(event.metadata.correlation_id.clone());
         }
     }
-    let found = story::steps(&state.pool, &correlation_ids, MAX_STEPS).await.map_err(database_error)?;
+    let found = story::steps(&state.pool, order_id, &correlation_ids, MAX_STEPS).await.map_err(database_error)?;
     let start = found.first().map(|s| s.recorded_at);
     let mut previous = start;
     let steps = found
