@@ -63,6 +63,12 @@ pub struct Guarantees {
     /// old the original is. Without it, only within the backend's
     /// idempotence window; with an exact expected version (what the command
     /// handlers use) a repeat is recognised on every backend.
+    ///
+    /// On EventStoreDB that window is an in-memory cache on the leader,
+    /// keyed from the append's first event id: a restart or a leader change
+    /// empties it, and a repeat after that is stored again. A batch that
+    /// mixes new ids with stored ones (`[new, stored]`) is not a repeat
+    /// there: it is written, storing the old id a second time.
     pub any_version_repeats_always_recognised: bool,
 }
 
