@@ -308,6 +308,25 @@ impl System {
         status.success()
     }
 
+    /// The last `OrderPlaced` the relay published, put in the dead-letter
+    /// stream as if `consumer` had given up on it with `error`.
+    pub async fn dead_letter_last_order_placed(&self, consumer: &str, error: &str) {
+        use service_kit::nats::dead_letters::{CONSUMER, DELIVERIES, ERROR, SUBJECT};
+        let js = async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap());
+        let events = js.get_stream(&self.stream).await.unwrap();
+        let prefix = &self.env.iter().find(|(k, _)| k == "RELAY_SUBJECT_PREFIX").expect("a subject prefix").1;
+        let subject = format!("{prefix}.order.OrderPlaced");
+        let placed = events.get_last_raw_message_by_subject(&subject).await.unwrap();
+        let mut headers = placed.headers.clone();
+        headers.insert(ERROR, error);
+        headers.insert(CONSUMER, consumer);
+        headers.insert(SUBJECT, subject.as_str());
+        headers.insert(DELIVERIES, "5");
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("dead-{consumer}-{}", placed.sequence).as_str());
+        let to = format!("{prefix}_deadletter.{consumer}");
+        js.publish_with_headers(to, headers, placed.payload.clone()).await.unwrap().await.unwrap();
+    }
+
     /// Stops every process (SIGTERM), then the servers; removes the logs
     /// unless `keep_logs` (or `SYSTEM_TESTS_KEEP_LOGS` is set).
     pub fn stop(mut self, keep_logs: bool) {
@@ -336,6 +355,24 @@ impl Client {
 
     pub async fn ledger(&self) -> Totals {
         self.http.get(format!("{}/v1/ledger", self.gateway)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// A request with the all-scopes token to `url` (either API), with `body`
+    /// as JSON unless it is `Null`, which must succeed; its JSON answer
+    /// (`Null` for none).
+    pub async fn call(&self, method: &str, url: &str, body: Value) -> Value {
+        let mut request = self.http.request(method.parse().expect("an HTTP method"), url).bearer_auth(&self.token);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        assert!(response.status().is_success(), "{method} {url}: {}", response.status());
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    /// A command to the command API (`POST /v1/orders`, ...), which must succeed.
+    pub async fn command(&self, method: &str, path: &str, body: Value) -> Value {
+        self.call(method, &format!("{}{path}", self.api), body).await
     }
 
     /// A GET on the query API; `None` unless it answers 200.

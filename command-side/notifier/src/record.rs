@@ -92,9 +92,10 @@ impl Recorder {
     /// The order as it was right after the event: a message says what the
     /// event meant, however late it is handled.
     async fn order_as_of(&self, order_id: Uuid, version: u64) -> Result<domain::order::PlacedOrder, ReactionError> {
-        let stream = self.store.read_stream(&Order::stream_id(order_id), 1).await.map_err(store)?;
+        let limit = usize::try_from(version).unwrap_or(usize::MAX);
+        let stream = self.store.read_stream_page(&Order::stream_id(order_id), 1, limit).await.map_err(store)?;
         let mut events = Vec::with_capacity(stream.len());
-        for recorded in stream.iter().take_while(|e| e.stream_version <= version) {
+        for recorded in &stream {
             let event = domain::EventPayload::from_stored(
                 &recorded.event_type,
                 recorded.schema_version,

@@ -14,17 +14,20 @@ pub struct BadSecret;
 
 /// The `webhook-signature` value of a message.
 pub fn signature(secret: &str, message_id: &str, timestamp: i64, body: &str) -> Result<String, BadSecret> {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)).map_err(|_| BadSecret)?;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
-    let tag = hmac::sign(&key, format!("{message_id}.{timestamp}.{body}").as_bytes());
+    let tag = hmac::sign(&key(secret)?, format!("{message_id}.{timestamp}.{body}").as_bytes());
     Ok(format!("v1,{}", STANDARD.encode(tag.as_ref())))
+}
+
+/// The HMAC key of a `whsec_<base64>` secret.
+fn key(secret: &str) -> Result<hmac::Key, BadSecret> {
+    let bytes = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)).map_err(|_| BadSecret)?;
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
 }
 
 /// Whether `header` (space-separated `v1,<sig>` entries) holds the signature
 /// of the message: what a receiver checks (in constant time, by `ring`).
 pub fn verify(secret: &str, message_id: &str, timestamp: i64, body: &str, header: &str) -> bool {
-    let Ok(key) = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else { return false };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+    let Ok(key) = key(secret) else { return false };
     let signed = format!("{message_id}.{timestamp}.{body}");
     header
         .split(' ')

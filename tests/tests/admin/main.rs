@@ -6,30 +6,21 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use serde_json::{json, Value};
-use service_kit::nats::dead_letters::{CONSUMER, DELIVERIES, ERROR, SUBJECT};
 use system_tests::system::{Settings, System};
-
-async fn post(system: &System, base: &str, path: &str, body: Value) -> Value {
-    let client = &system.client;
-    let response =
-        client.http.post(format!("{base}{path}")).bearer_auth(&client.token).json(&body).send().await.unwrap();
-    assert!(response.status().is_success(), "POST {path}: {}", response.status());
-    response.json().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     let mut system = System::start(Settings::default()).await;
-    let (api, query) = (system.client.api.clone(), system.client.query.clone());
-    post(&system, &api, "/v1/inventory/SKU-D/receipts", json!({"quantity": 10})).await;
-    let order = post(
-        &system,
-        &api,
-        "/v1/orders",
-        json!({"customer_id": "c-1", "currency": "EUR",
-        "payment_token": "tok_visa", "lines": [{"sku": "SKU-D", "quantity": 3, "unit_price_cents": 100}]}),
-    )
-    .await;
+    let client = system.client.clone();
+    client.command("POST", "/v1/inventory/SKU-D/receipts", json!({"quantity": 10})).await;
+    let order = client
+        .command(
+            "POST",
+            "/v1/orders",
+            json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
+                 "lines": [{"sku": "SKU-D", "quantity": 3, "unit_price_cents": 100}]}),
+        )
+        .await;
     let order_id = order["order_id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     while system.client.query(&format!("/v1/orders/{order_id}")).await.is_none_or(|o| o["status"] != "confirmed") {
@@ -38,43 +29,20 @@ async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     }
 
     // The order's OrderPlaced, as if the inventory participant had given up on it.
+    system.dead_letter_last_order_placed("inventory-OrderPlaced", "the database was away too long").await;
     let js = async_nats::jetstream::new(async_nats::connect(system.nats.url()).await.unwrap());
     let events = js.get_stream(&system.stream).await.unwrap();
-    let subject =
-        format!("{}.order.OrderPlaced", system.env().iter().find(|(k, _)| k == "RELAY_SUBJECT_PREFIX").unwrap().1);
-    let placed = events.get_last_raw_message_by_subject(&subject).await.unwrap();
-    let mut headers = placed.headers.clone();
-    headers.insert(ERROR, "the database was away too long");
-    headers.insert(CONSUMER, "inventory-OrderPlaced");
-    headers.insert(SUBJECT, subject.as_str());
-    headers.insert(DELIVERIES, "5");
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, "dead-1");
-    let dlq_prefix = format!("{}_deadletter", subject.split('.').next().unwrap());
-    js.publish_with_headers(format!("{dlq_prefix}.inventory-OrderPlaced"), headers, placed.payload.clone())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 
     let pool = system.pool().await;
     let count =
         || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM es_events").fetch_one(&pool).await.unwrap() };
     let before = count().await;
-    let listed = system
-        .client
-        .http
-        .get(format!("{query}/v1/admin/dead-letters"))
-        .bearer_auth(&system.client.token)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let listed = client.query("/v1/admin/dead-letters").await.unwrap();
     let items = listed["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{listed}");
     let sequence = items[0]["sequence"].as_u64().unwrap();
-    let replayed = post(&system, &query, &format!("/v1/admin/dead-letters/{sequence}/replay"), Value::Null).await;
+    let replay = format!("{}/v1/admin/dead-letters/{sequence}/replay", client.query);
+    let replayed = client.call("POST", &replay, Value::Null).await;
     let stored_as = replayed["stored_as"].as_u64().unwrap();
 
     // Every consumer of the subject takes it; the inventory participant's is the one that gave up.
@@ -88,17 +56,7 @@ async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     assert_eq!(count().await, before, "the replay appended nothing");
     let item = system.client.query("/v1/inventory/SKU-D").await.unwrap();
     assert_eq!((item["on_hand"].as_u64(), item["reserved"].as_u64()), (Some(10), Some(3)), "{item}");
-    let left = system
-        .client
-        .http
-        .get(format!("{query}/v1/admin/dead-letters"))
-        .bearer_auth(&system.client.token)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let left = client.query("/v1/admin/dead-letters").await.unwrap();
     assert_eq!(left["items"], json!([]));
     system.stop(false);
 }

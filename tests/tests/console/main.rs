@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
-use service_kit::nats::dead_letters::{CONSUMER, DELIVERIES, ERROR, SUBJECT};
+use serde_json::json;
 use system_tests::binaries;
 use system_tests::system::{Settings, System};
 
@@ -97,49 +96,26 @@ async fn screenshot(browser: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-async fn post(system: &System, path: &str, body: Value) -> Value {
-    let client = &system.client;
-    let response =
-        client.http.post(format!("{}{path}", client.api)).bearer_auth(&client.token).json(&body).send().await.unwrap();
-    assert!(response.status().is_success(), "POST {path}: {}", response.status());
-    response.json().await.unwrap()
-}
-
-/// A dead letter: the order's `OrderPlaced`, as if a participant had given up on it.
-async fn a_dead_letter(system: &System) {
-    let js = async_nats::jetstream::new(async_nats::connect(system.nats.url()).await.unwrap());
-    let events = js.get_stream(&system.stream).await.unwrap();
-    let prefix = &system.env().iter().find(|(k, _)| k == "RELAY_SUBJECT_PREFIX").unwrap().1;
-    let subject = format!("{prefix}.order.OrderPlaced");
-    let placed = events.get_last_raw_message_by_subject(&subject).await.unwrap();
-    let mut headers = placed.headers.clone();
-    headers.insert(ERROR, "a test's dead letter");
-    headers.insert(CONSUMER, "inventory-OrderPlaced");
-    headers.insert(SUBJECT, subject.as_str());
-    headers.insert(DELIVERIES, "5");
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, "console-dead-1");
-    let to = format!("{prefix}_deadletter.inventory-OrderPlaced");
-    js.publish_with_headers(to, headers, placed.payload.clone()).await.unwrap().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_rebuilds_reads_a_story_and_replays_a_dead_letter() {
     let system = System::start(Settings::default()).await;
-    post(&system, "/v1/inventory/SKU-C/receipts", json!({"quantity": 10})).await;
-    let order = post(
-        &system,
-        "/v1/orders",
-        json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
-        "lines": [{"sku": "SKU-C", "quantity": 1, "unit_price_cents": 700}]}),
-    )
-    .await;
+    let client = system.client.clone();
+    client.command("POST", "/v1/inventory/SKU-C/receipts", json!({"quantity": 10})).await;
+    let order = client
+        .command(
+            "POST",
+            "/v1/orders",
+            json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
+                 "lines": [{"sku": "SKU-C", "quantity": 1, "unit_price_cents": 700}]}),
+        )
+        .await;
     let order_id = order["order_id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     while system.client.query(&format!("/v1/orders/{order_id}")).await.is_none_or(|o| o["status"] != "confirmed") {
         assert!(started.elapsed() < Duration::from_secs(60), "not confirmed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    a_dead_letter(&system).await;
+    system.dead_letter_last_order_placed("inventory-OrderPlaced", "a test's dead letter").await;
 
     let driver = Driver::start().await;
     let browser = browser(&driver).await;

@@ -30,24 +30,10 @@ async fn receiver() -> (String, Inbox) {
     (url, inbox)
 }
 
-async fn send(system: &System, method: &str, path: &str, body: Value) -> Value {
-    let client = &system.client;
-    let response = client
-        .http
-        .request(method.parse().unwrap(), format!("{}{path}", client.api))
-        .bearer_auth(&client.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{method} {path}: {}", response.status());
-    response.json().await.unwrap_or(Value::Null)
-}
-
 async fn place(system: &System, customer: &str, email: &str, quantity: u32) -> String {
     let body = json!({"customer_id": customer, "currency": "EUR", "payment_token": "tok_visa", "contact_email": email,
                       "lines": [{"sku": "SKU-N", "quantity": quantity, "unit_price_cents": 1250}]});
-    send(system, "POST", "/v1/orders", body).await["order_id"].as_str().unwrap().to_owned()
+    system.client.command("POST", "/v1/orders", body).await["order_id"].as_str().unwrap().to_owned()
 }
 
 async fn status(system: &System, order_id: &str, wanted: &str) {
@@ -75,21 +61,24 @@ async fn customers_and_merchants_hear_each_milestone_once() {
     let mut system = System::start(Settings::default()).await;
     let (url, inbox) = receiver().await;
     let events = ["order.confirmed", "order.shipped", "order.cancelled", "order.rejected"];
-    let endpoint = send(&system, "POST", "/v1/webhooks", json!({"url": url, "events": events})).await;
+    let endpoint = system.client.command("POST", "/v1/webhooks", json!({"url": url, "events": events})).await;
     let (endpoint_id, secret) =
         (endpoint["id"].as_str().unwrap().to_owned(), endpoint["secret"].as_str().unwrap().to_owned());
-    send(&system, "POST", "/v1/inventory/SKU-N/receipts", json!({"quantity": 10})).await;
+    system.client.command("POST", "/v1/inventory/SKU-N/receipts", json!({"quantity": 10})).await;
 
     let shipped = place(&system, "c-ada", "ada@example.com", 2).await;
     status(&system, &shipped, "confirmed").await;
-    send(&system, "POST", &format!("/v1/orders/{shipped}/ship"), Value::Null).await;
+    system.client.command("POST", &format!("/v1/orders/{shipped}/ship"), Value::Null).await;
     status(&system, &shipped, "shipped").await;
 
     system.kill_and_restart(Kind::Notifier, Duration::from_millis(300)).await;
 
     let cancelled = place(&system, "c-bob", "bob@example.com", 1).await;
     status(&system, &cancelled, "confirmed").await;
-    send(&system, "POST", &format!("/v1/orders/{cancelled}/cancel"), json!({"reason": "changed my mind"})).await;
+    system
+        .client
+        .command("POST", &format!("/v1/orders/{cancelled}/cancel"), json!({"reason": "changed my mind"}))
+        .await;
     status(&system, &cancelled, "cancelled").await;
     let rejected = place(&system, "c-cy", "cy@example.com", 50).await;
     status(&system, &rejected, "rejected").await;
@@ -129,17 +118,8 @@ async fn customers_and_merchants_hear_each_milestone_once() {
     }
     types.sort();
     assert_eq!(types, ["order.cancelled", "order.confirmed", "order.confirmed", "order.rejected", "order.shipped"]);
-    let listed = system
-        .client
-        .http
-        .get(format!("{}/v1/webhooks/{endpoint_id}/deliveries", system.client.api))
-        .bearer_auth(&system.client.token)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let deliveries = format!("{}/v1/webhooks/{endpoint_id}/deliveries", system.client.api);
+    let listed = system.client.call("GET", &deliveries, Value::Null).await;
     let items = listed["items"].as_array().unwrap();
     assert_eq!(items.len(), 5, "{listed}");
     assert!(items.iter().all(|d| d["status"] == "delivered"), "{listed}");
