@@ -138,6 +138,40 @@ mod esdb {
         assert_unavailable_everywhere(&store, Duration::from_secs(30)).await;
     }
 
+    /// Needs no server: the 4.0 client gives up for good when it finds no
+    /// node (every later call: `ConnectionClosed`); the store replaces it.
+    /// Started before anything listens on its port, it knocks again once
+    /// something does (a plain TCP listener is enough to see the attempt).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_started_before_its_server_connects_once_the_server_listens() {
+        use event_store::esdb::{EsdbConfig, EsdbEventStore};
+        let port = closed_port();
+        let config = EsdbConfig {
+            operation_timeout: Duration::from_secs(2),
+            max_error_backoff: Duration::from_millis(300),
+            ..EsdbConfig::new(
+                &format!("esdb://127.0.0.1:{port}?tls=false&maxDiscoverAttempts=2&discoveryInterval=10"),
+                &["order"],
+            )
+        };
+        let store = EsdbEventStore::connect(config).unwrap();
+        // Nothing listens: the client gives up on the node, then answers "closed".
+        for _ in 0..3 {
+            let refused = store.read_stream("order-1", 1).await;
+            assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let caller = tokio::spawn(async move {
+            loop {
+                let _ = store.read_stream("order-1", 1).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let knocked = tokio::time::timeout(Duration::from_secs(20), listener.accept()).await;
+        caller.abort();
+        assert!(matches!(knocked, Ok(Ok(_))), "the store never connected again: {knocked:?}");
+    }
+
     /// Appends to streams outside the store's categories are refused: the
     /// log (`$all` filtered to them) must hold every accepted event.
     #[tokio::test]

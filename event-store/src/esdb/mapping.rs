@@ -122,23 +122,74 @@ pub fn event_data(event: &NewEvent) -> Result<eventstore::EventData, StoreError>
         .map_err(encoding)
 }
 
-/// The trait's event for one of EventStoreDB's, or `None` if it is not this
-/// store's (another stream, a system event). An event of this store that
-/// cannot be read (not JSON, no metadata) is an error: the log is damaged.
-pub fn recorded_event(
-    streams: &Streams,
-    event: &eventstore::RecordedEvent,
-) -> Result<Option<RecordedEvent>, StoreError> {
-    let Some(stream_id) = streams.stream_id(&event.stream_id) else { return Ok(None) };
-    if event.event_type.starts_with('$') {
-        return Ok(None);
+/// What one of EventStoreDB's events is to this store.
+#[derive(Debug)]
+pub enum Found {
+    /// One of the store's events.
+    Event(RecordedEvent),
+    /// Not in the store's streams (another prefix or category, a system
+    /// stream) or a `$`-event: not the store's business.
+    Elsewhere,
+    /// In one of the store's streams, but not written by this system: its
+    /// metadata is not the store's (no schema version). Another program, a
+    /// script or the UI put it there.
+    Foreign { event_id: uuid::Uuid, stream: String, why: String },
+}
+
+impl Found {
+    /// As the log sees it (subscriptions, `$all` reads): a foreign event is
+    /// skipped, counted (`event_store_foreign_events_total`) and logged, so
+    /// one stray write cannot stop the relay and every projection. Its
+    /// meaning to this system is nothing: no handler knows it.
+    pub fn in_the_log(self) -> Option<RecordedEvent> {
+        match self {
+            Self::Event(event) => Some(event),
+            Self::Elsewhere => None,
+            Self::Foreign { event_id, stream, why } => {
+                metrics::counter!("event_store_foreign_events_total").increment(1);
+                tracing::warn!(%event_id, stream, why, "skipped an event this system did not write (see ADR 0007)");
+                None
+            }
+        }
     }
-    let damaged =
-        |what: String| StoreError::Backend(format!("event {} in {}: {what}", event.id, event.stream_id).into());
-    let payload = serde_json::from_slice(&event.data).map_err(|e| damaged(format!("the payload is not JSON: {e}")))?;
-    let stored: StoredMetadata = serde_json::from_slice(&event.custom_metadata)
-        .map_err(|e| damaged(format!("the metadata is not this store's: {e}")))?;
-    Ok(Some(RecordedEvent {
+
+    /// As an aggregate's history sees it: a foreign event in the stream is
+    /// an error (a decision cannot be taken on a history that cannot be
+    /// read), which names the event; the rest of the system goes on.
+    pub fn in_a_stream(self) -> Result<Option<RecordedEvent>, StoreError> {
+        match self {
+            Self::Event(event) => Ok(Some(event)),
+            Self::Elsewhere => Ok(None),
+            Self::Foreign { event_id, stream, why } => Err(StoreError::Backend(
+                format!(
+                    "event {event_id} in {stream} was not written by this system ({why}): the stream's history \
+                     cannot be read until it is removed (docs/adr/0007-eventstoredb-backend.md, foreign events)"
+                )
+                .into(),
+            )),
+        }
+    }
+}
+
+/// What one of EventStoreDB's events is to the store. An event of the
+/// store that cannot be read (its metadata is the store's but its payload is
+/// not JSON) is an error everywhere: the log is damaged, and never skipped.
+pub fn recorded_event(streams: &Streams, event: &eventstore::RecordedEvent) -> Result<Found, StoreError> {
+    let Some(stream_id) = streams.stream_id(&event.stream_id) else { return Ok(Found::Elsewhere) };
+    if event.event_type.starts_with('$') {
+        return Ok(Found::Elsewhere);
+    }
+    let stored: StoredMetadata = match serde_json::from_slice(&event.custom_metadata) {
+        Ok(stored) => stored,
+        Err(error) => {
+            let why = format!("its metadata is not this store's: {error}");
+            return Ok(Found::Foreign { event_id: event.id, stream: event.stream_id.clone(), why });
+        }
+    };
+    let payload = serde_json::from_slice(&event.data).map_err(|e| {
+        StoreError::Backend(format!("event {} in {}: the payload is not JSON: {e}", event.id, event.stream_id).into())
+    })?;
+    Ok(Found::Event(RecordedEvent {
         log_position: log_position(event.position),
         event_id: event.id,
         stream_id: stream_id.to_owned(),
@@ -162,31 +213,64 @@ fn created(event: &eventstore::RecordedEvent) -> DateTime<Utc> {
         .unwrap_or(event.created)
 }
 
-/// An EventStoreDB error as the trait's. Version conflicts are handled by
-/// the caller, which knows the stream.
+/// An EventStoreDB error as the trait's, deliberately. Version conflicts
+/// are handled by the caller, which knows the stream.
+///
+/// Unavailable (the caller retries; an append's outcome is unknown and a
+/// retry with the same ids is safe): the server not reached or gone
+/// (`ConnectionClosed`, a connection error, gRPC Unavailable), no answer in
+/// time (DeadlineExceeded), a leader change (NotLeader), a call the
+/// transport broke off (Unknown and Internal: hyper and h2 errors surface
+/// so), one the server cancelled (Cancelled: shutting down), a repeat the
+/// server dropped while the original was not yet indexed (Aborted), an
+/// overloaded server (ResourceExhausted).
+///
+/// A backend failure (no retry helps; an operator must act): DataLoss
+/// (unrecoverable corruption on the server), access denied (credentials),
+/// a deleted stream, an unsupported server, the client's own parsing or
+/// state errors, and every other gRPC code (InvalidArgument,
+/// FailedPrecondition, OutOfRange, ...).
 pub fn store_error(error: eventstore::Error) -> StoreError {
     use eventstore::Error as E;
+    let retry = match &error {
+        E::ConnectionClosed | E::GrpcConnectionError(_) | E::DeadlineExceeded | E::NotLeaderException(_) => true,
+        // The client folds Unavailable, Unknown, Internal and DataLoss into
+        // this, keeping only the status's text.
+        E::ServerError(status) => server_error_code(status) != Some(tonic::Code::DataLoss),
+        E::Grpc { code, .. } => passing(*code),
+        _ => false,
+    };
     match error {
-        E::ConnectionClosed
-        | E::GrpcConnectionError(_)
-        | E::DeadlineExceeded
-        | E::NotLeaderException(_)
-        | E::ServerError(_)
-        | E::InitializationError(_) => StoreError::Unavailable(error.into()),
-        E::Grpc { code, .. }
-            if matches!(code as i32, tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED | tonic_code::ABORTED) =>
-        {
-            StoreError::Unavailable(error.into())
-        }
+        _ if retry => StoreError::Unavailable(error.into()),
+        E::AccessDenied => StoreError::Backend(
+            "EventStoreDB denied access: check the user (or certificate) of the connection string".into(),
+        ),
         other => StoreError::Backend(other.into()),
     }
 }
 
-/// The gRPC status codes that mean "try again" (without a direct dependency on tonic).
-mod tonic_code {
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const ABORTED: i32 = 10;
-    pub const UNAVAILABLE: i32 = 14;
+/// The gRPC codes of trouble that passes.
+fn passing(code: tonic::Code) -> bool {
+    use tonic::Code as C;
+    matches!(
+        code,
+        C::Unavailable | C::DeadlineExceeded | C::Aborted | C::Cancelled | C::ResourceExhausted | C::Unknown | C::Internal
+    )
+}
+
+/// The code of a `ServerError`, from the status's text (`status: DataLoss, message: ...`).
+fn server_error_code(status: &str) -> Option<tonic::Code> {
+    use tonic::Code as C;
+    let name = status.strip_prefix("status: ")?.split(',').next()?;
+    [C::Unavailable, C::Unknown, C::Internal, C::DataLoss].into_iter().find(|code| format!("{code:?}") == name)
+}
+
+/// Whether a failed append may have been a repeat the server dropped while
+/// the original was not yet indexed ("idempotent, not ready": the call ends
+/// Aborted or past its deadline): the stream is worth reading before failing.
+pub fn maybe_a_dropped_repeat(error: &eventstore::Error) -> bool {
+    matches!(error, eventstore::Error::DeadlineExceeded)
+        || matches!(error, eventstore::Error::Grpc { code: tonic::Code::Aborted, .. })
 }
 
 /// The stream id of a stream's snapshots.
@@ -331,7 +415,7 @@ mod tests {
                              "actor": "customer:c-1", "trace_context": metadata.trace_context });
         let mut back = stored("t1.order-7", "OrderPlaced", new.payload.clone(), custom);
         back.id = new.event_id;
-        let event = recorded_event(&streams(), &back).unwrap().unwrap();
+        let Found::Event(event) = recorded_event(&streams(), &back).unwrap() else { panic!("not the store's") };
         assert_eq!(event.event_id, new.event_id);
         assert_eq!(event.stream_id, "order-7");
         assert_eq!(event.stream_version, 5, "revision 4 is the fifth event");
@@ -369,19 +453,36 @@ mod tests {
     }
 
     #[test]
-    fn foreign_and_system_events_are_not_the_store_s_and_damaged_ones_are_errors() {
+    fn other_streams_and_system_events_are_elsewhere_and_damaged_ones_are_errors() {
         let meta = json!({ "schema_version": 1, "correlation_id": "", "causation_id": "", "actor": "" });
-        assert!(recorded_event(&streams(), &stored("t2.order-1", "X", json!({}), meta.clone())).unwrap().is_none());
-        assert!(recorded_event(&streams(), &stored("$stats-1", "X", json!({}), meta.clone())).unwrap().is_none());
-        assert!(recorded_event(&streams(), &stored("t1.order-1", "$metadata", json!({}), meta.clone()))
-            .unwrap()
-            .is_none());
-
+        for (stream, event_type) in [("t2.order-1", "X"), ("$stats-1", "X"), ("t1.order-1", "$metadata")] {
+            let found = recorded_event(&streams(), &stored(stream, event_type, json!({}), meta.clone())).unwrap();
+            assert!(matches!(found, Found::Elsewhere), "{stream} {event_type}: {found:?}");
+        }
         let mut not_json = stored("t1.order-1", "X", json!({}), meta);
         not_json.data = b"\x00\x01".to_vec().into();
         assert!(matches!(recorded_event(&streams(), &not_json), Err(StoreError::Backend(_))));
-        let foreign_metadata = stored("t1.order-1", "X", json!({}), json!({ "$correlationId": "x" }));
-        assert!(matches!(recorded_event(&streams(), &foreign_metadata), Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn an_event_another_program_wrote_into_the_store_s_streams_is_skipped_by_the_log_and_refused_in_its_stream() {
+        for custom in [json!({ "$correlationId": "x" }), json!(null), json!({ "schema_version": "one" })] {
+            let event = stored("t1.order-1", "OrderPlaced", json!({}), custom.clone());
+            let found = recorded_event(&streams(), &event).unwrap();
+            assert!(matches!(found, Found::Foreign { ref stream, .. } if stream == "t1.order-1"), "{custom}: {found:?}");
+            assert!(found.in_the_log().is_none());
+            let found = recorded_event(&streams(), &event).unwrap();
+            let refused = found.in_a_stream().unwrap_err().to_string();
+            assert!(refused.contains(&event.id.to_string()) && refused.contains("not written by this system"), "{refused}");
+        }
+        let mut no_metadata = stored("t1.order-1", "OrderPlaced", json!({}), json!({}));
+        no_metadata.custom_metadata = Vec::new().into();
+        assert!(matches!(recorded_event(&streams(), &no_metadata), Ok(Found::Foreign { .. })));
+        // The store's own events pass both ways.
+        let ours = json!({ "schema_version": 1, "correlation_id": "", "causation_id": "", "actor": "" });
+        let event = stored("t1.order-1", "OrderPlaced", json!({}), ours);
+        assert!(recorded_event(&streams(), &event).unwrap().in_a_stream().unwrap().is_some());
+        assert!(recorded_event(&streams(), &event).unwrap().in_the_log().is_some());
     }
 
     #[test]
@@ -394,18 +495,57 @@ mod tests {
     }
 
     #[test]
-    fn connection_trouble_is_unavailable_and_the_rest_a_backend_failure() {
+    fn every_error_class_is_mapped_on_purpose() {
         use eventstore::Error as E;
-        for error in [E::ConnectionClosed, E::DeadlineExceeded, E::ServerError("down".into())] {
-            assert!(matches!(store_error(error), StoreError::Unavailable(_)));
+        use tonic::{Code, Status};
+        let unavailable = |e: E| matches!(store_error(e), StoreError::Unavailable(_));
+        // What the client makes of each gRPC status the server (or the transport) can end a call with.
+        let retried = [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Internal,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::Cancelled,
+            Code::ResourceExhausted,
+        ];
+        for code in retried {
+            assert!(unavailable(E::from_grpc(Status::new(code, "x"))), "{code:?} is passing trouble");
         }
-        assert!(matches!(
-            store_error(E::Grpc { code: tonic_code::UNAVAILABLE.into(), message: "x".into() }),
-            StoreError::Unavailable(_)
-        ));
-        for error in [E::AccessDenied, E::ResourceDeleted, E::UnsupportedFeature, E::InternalParsingError("x".into())] {
-            assert!(matches!(store_error(error), StoreError::Backend(_)));
+        assert!(unavailable(E::from_grpc(Status::new(Code::Cancelled, "Timeout expired"))));
+        let failed = [
+            Code::DataLoss,
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::NotFound,
+            Code::AlreadyExists,
+        ];
+        for code in failed {
+            assert!(!unavailable(E::from_grpc(Status::new(code, "x"))), "{code:?} needs an operator");
         }
+        for error in [E::ConnectionClosed, E::DeadlineExceeded, E::NotLeaderException(eventstore::Endpoint { host: "b".into(), port: 2113 })] {
+            assert!(unavailable(error));
+        }
+        for error in [
+            E::AccessDenied,
+            E::ResourceDeleted,
+            E::UnsupportedFeature,
+            E::InternalParsingError("x".into()),
+            E::InternalClientError,
+            E::IllegalStateError("x".into()),
+            E::InitializationError("x".into()),
+        ] {
+            assert!(!unavailable(error));
+        }
+        assert!(store_error(E::AccessDenied).to_string().contains("connection string"));
+        // Only these two may hide a repeat dropped before the original was indexed.
+        assert!(maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::Aborted, "x"))));
+        assert!(maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::DeadlineExceeded, "x"))));
+        assert!(!maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::Unavailable, "x"))));
     }
 
     #[test]

@@ -20,22 +20,31 @@
 //!   within a stream, and with `Any` only within its idempotence window; an
 //!   id may be stored again in another stream.
 //! - **One stream per append**, as everywhere (the trait has no other).
+//! - **Failures.** A client that stopped connecting is replaced
+//!   (`connection`); every error class is mapped on purpose
+//!   ([`mapping::store_error`]); each call's gRPC deadline is the operation
+//!   timeout, which the connection string's `defaultDeadline` sets; a
+//!   subscription that goes silent is taken again (`follower`); events
+//!   another program wrote into the store's streams are skipped by the log
+//!   and refused in a stream's history ([`mapping::Found`]).
 
+mod connection;
+mod follower;
+mod head;
 mod mapping;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{
-    AppendToStreamOptions, Client, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition,
-    SubscribeToAllOptions, SubscriptionFilter,
-};
+use eventstore::{AppendToStreamOptions, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition};
 
 use crate::{
     append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, Guarantees, LogPosition, LogStats,
     NewEvent, RecordedEvent, Snapshot, StoreError,
 };
+use connection::Connection;
 pub use mapping::Streams;
 
 /// Events read from `$all` per request.
@@ -47,20 +56,28 @@ pub struct EsdbConfig {
     /// The connection string: `esdb://localhost:2113?tls=false`.
     pub url: String,
     pub streams: Streams,
-    /// Longest time one operation may take before it fails as unavailable.
+    /// Longest time one operation may take before it fails as unavailable,
+    /// and each of its gRPC calls' deadline.
     pub operation_timeout: Duration,
-    /// Longest wait between attempts to subscribe again after a failure.
+    /// Longest wait between attempts to subscribe again after a failure,
+    /// and between new clients after one stopped connecting.
     pub max_error_backoff: Duration,
+    /// A subscription from which nothing at all (no event, no checkpoint)
+    /// arrives for this long is taken again from its last event.
+    pub idle_resubscribe: Duration,
 }
 
 impl EsdbConfig {
-    /// The store of `categories`' streams, unprefixed, with default timeouts.
+    /// The store of `categories`' streams, unprefixed, with default timeouts:
+    /// operations take at most the connection string's `defaultDeadline`
+    /// (milliseconds), 10 s without it.
     pub fn new(url: &str, categories: &[&str]) -> Self {
         Self {
             url: url.to_owned(),
             streams: Streams::new("", categories),
-            operation_timeout: Duration::from_secs(10),
+            operation_timeout: url::default_deadline(url).unwrap_or(Duration::from_secs(10)),
             max_error_backoff: Duration::from_secs(5),
+            idle_resubscribe: Duration::from_secs(60),
         }
     }
 }
@@ -83,6 +100,22 @@ pub fn parse_settings(url: &str) -> Result<ClientSettings, String> {
 }
 
 mod url {
+    use std::time::Duration;
+
+    /// The connection string's `defaultDeadline`, if it sets a positive one
+    /// (the client's own parser has checked the value; -1, no deadline,
+    /// leaves the default).
+    pub fn default_deadline(url: &str) -> Option<Duration> {
+        let (_, query) = url.split_once('?')?;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(name, _)| name.eq_ignore_ascii_case("defaultDeadline"))
+            .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis)
+    }
+
     /// `kurrentdb://` and `kurrentdb+discover://` as the client reads them:
     /// only the scheme changes (a host named `kurrentdb`, common in compose
     /// files, stays what it is).
@@ -99,6 +132,8 @@ mod url {
 
     #[cfg(test)]
     mod tests {
+        use std::time::Duration;
+
         use super::esdb_scheme;
 
         #[test]
@@ -109,6 +144,17 @@ mod url {
             assert_eq!(esdb_scheme("esdb+discover://kurrentdb-0:2113"), "esdb+discover://kurrentdb-0:2113");
             let settings = super::super::parse_settings("esdb://kurrentdb:2113?tls=false").unwrap();
             assert_eq!(settings.hosts()[0].host, "kurrentdb");
+        }
+
+        #[test]
+        fn the_default_deadline_of_the_connection_string_is_the_operation_timeout() {
+            use super::super::EsdbConfig;
+            let timeout = |url: &str| EsdbConfig::new(url, &[]).operation_timeout;
+            assert_eq!(timeout("esdb://h:2113?tls=false&defaultDeadline=2500"), Duration::from_millis(2500));
+            assert_eq!(timeout("esdb://h:2113?DefaultDeadline=30000&tls=false"), Duration::from_secs(30));
+            assert_eq!(timeout("esdb://h:2113?tls=false"), Duration::from_secs(10));
+            assert_eq!(timeout("esdb://h:2113?defaultDeadline=-1"), Duration::from_secs(10));
+            assert_eq!(timeout("esdb://h:2113"), Duration::from_secs(10));
         }
 
         #[test]
@@ -125,16 +171,17 @@ mod url {
 
 #[derive(Clone)]
 pub struct EsdbEventStore {
-    client: Client,
-    config: std::sync::Arc<EsdbConfig>,
+    connection: Arc<Connection>,
+    config: Arc<EsdbConfig>,
+    head: Arc<head::Head>,
 }
 
 impl EsdbEventStore {
     /// A client of the server; it connects on first use (call inside a Tokio runtime).
     pub fn connect(config: EsdbConfig) -> Result<Self, StoreError> {
         let settings = parse_settings(&config.url).map_err(|e| StoreError::Backend(e.into()))?;
-        let client = Client::new(settings).map_err(mapping::store_error)?;
-        Ok(Self { client, config: std::sync::Arc::new(config) })
+        let connection = Arc::new(Connection::new(settings, config.max_error_backoff)?);
+        Ok(Self { connection, config: Arc::new(config), head: Arc::default() })
     }
 
     fn streams(&self) -> &Streams {
@@ -155,21 +202,52 @@ impl EsdbEventStore {
         let options = ReadStreamOptions::default()
             .forwards()
             .position(StreamPosition::Position(from_version.saturating_sub(1)))
-            .max_count(limit);
-        let mut read = match self.client.read_stream(self.streams().name(stream_id), &options).await {
+            .max_count(limit)
+            .deadline(self.config.operation_timeout);
+        let lease = self.connection.lease();
+        let mut read = match lease.client.read_stream(self.streams().name(stream_id), &options).await {
             Ok(read) => read,
             Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
-            Err(error) => return Err(mapping::store_error(error)),
+            Err(error) => return Err(lease.failed(error)),
         };
         let mut events = Vec::new();
         loop {
             match read.next().await {
                 Ok(Some(resolved)) => {
-                    events.extend(mapping::recorded_event(self.streams(), resolved.get_original_event())?);
+                    let found = mapping::recorded_event(self.streams(), resolved.get_original_event())?;
+                    events.extend(found.in_a_stream()?);
                 }
-                Ok(None) => return Ok(events),
-                Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
-                Err(error) => return Err(mapping::store_error(error)),
+                Ok(None) => break,
+                Err(eventstore::Error::ResourceNotFound) => break,
+                Err(error) => return Err(lease.failed(error)),
+            }
+        }
+        lease.succeeded();
+        Ok(events)
+    }
+
+    /// At most `limit` events of one stream, the newest first.
+    async fn read_stream_back(&self, stream_id: &str, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(limit)
+            .deadline(self.config.operation_timeout);
+        let lease = self.connection.lease();
+        let mut read = match lease.client.read_stream(self.streams().name(stream_id), &options).await {
+            Ok(read) => read,
+            Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(error) => return Err(lease.failed(error)),
+        };
+        let mut events = Vec::new();
+        loop {
+            match read.next().await {
+                Ok(Some(resolved)) => {
+                    let found = mapping::recorded_event(self.streams(), resolved.get_original_event())?;
+                    events.extend(found.in_a_stream()?);
+                }
+                Ok(None) | Err(eventstore::Error::ResourceNotFound) => return Ok(events),
+                Err(error) => return Err(lease.failed(error)),
             }
         }
     }
@@ -180,10 +258,15 @@ impl EsdbEventStore {
         let mut found = Vec::new();
         let mut seen = after;
         loop {
-            let options = ReadAllOptions::default().forwards().position(mapping::start_at(seen)).max_count(PAGE);
-            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
+            let options = ReadAllOptions::default()
+                .forwards()
+                .position(mapping::start_at(seen))
+                .max_count(PAGE)
+                .deadline(self.config.operation_timeout);
+            let lease = self.connection.lease();
+            let mut read = lease.client.read_all(&options).await.map_err(|e| lease.failed(e))?;
             let mut read_count = 0;
-            while let Some(resolved) = read.next().await.map_err(mapping::store_error)? {
+            while let Some(resolved) = read.next().await.map_err(|e| lease.failed(e))? {
                 read_count += 1;
                 let event = resolved.get_original_event();
                 let position = mapping::log_position(event.position);
@@ -191,38 +274,39 @@ impl EsdbEventStore {
                     continue; // reads start at `seen` itself
                 }
                 seen = Some(position);
-                if let Some(event) = mapping::recorded_event(self.streams(), event)? {
+                if let Some(event) = mapping::recorded_event(self.streams(), event)?.in_the_log() {
                     found.push(event);
                     if found.len() == limit {
                         return Ok(found);
                     }
                 }
             }
+            lease.succeeded();
             if read_count < PAGE {
                 return Ok(found);
             }
         }
     }
 
-    /// The last event of the store in `$all`, reading backwards from the end.
-    async fn head(&self) -> Result<Option<LogPosition>, StoreError> {
-        let mut before = StreamPosition::End;
-        loop {
-            let options = ReadAllOptions::default().position(before).backwards().max_count(PAGE);
-            let mut read = self.client.read_all(&options).await.map_err(mapping::store_error)?;
-            let mut read_count = 0;
-            while let Some(resolved) = read.next().await.map_err(mapping::store_error)? {
-                read_count += 1;
-                let event = resolved.get_original_event();
-                if mapping::recorded_event(self.streams(), event)?.is_some() {
-                    return Ok(Some(mapping::log_position(event.position)));
-                }
-                before = StreamPosition::Position(event.position);
-            }
-            if read_count < PAGE {
-                return Ok(None);
-            }
+    /// Up to `count` events of `$all` backwards from `before`, newest first,
+    /// each with its log position if it is the store's (for [`head::Head`]).
+    async fn read_all_back(
+        &self,
+        before: StreamPosition<eventstore::Position>,
+        count: usize,
+    ) -> Result<Vec<head::Seen>, StoreError> {
+        let options =
+            ReadAllOptions::default().position(before).backwards().max_count(count).deadline(self.config.operation_timeout);
+        let lease = self.connection.lease();
+        let mut read = lease.client.read_all(&options).await.map_err(|e| lease.failed(e))?;
+        let mut seen = Vec::new();
+        while let Some(resolved) = read.next().await.map_err(|e| lease.failed(e))? {
+            let event = resolved.get_original_event();
+            let ours = mapping::recorded_event(self.streams(), event)?.in_the_log().map(|e| e.log_position);
+            seen.push((event.position, ours));
         }
+        lease.succeeded();
+        Ok(seen)
     }
 
     /// Reads back what an append stored where it says it stored it, and
@@ -261,20 +345,67 @@ impl EsdbEventStore {
         events: &[NewEvent],
         current: eventstore::CurrentRevision,
     ) -> Result<AppendResult, StoreError> {
-        let Some(required) = expected.required() else {
+        if expected.required().is_none() {
             // `Any` never conflicts on the version: EventStoreDB refuses an
             // append that repeats only some stored ids (or in another order).
             return Err(StoreError::DuplicateEventId { event_id: events[0].event_id });
-        };
-        let stored = self.read_stream_limited(stream_id, required + 1, events.len()).await?;
-        if stored.iter().any(|old| events.iter().any(|new| new.event_id == old.event_id)) {
-            return append::replayed_result(stream_id, events, stored);
+        }
+        if let Some(repeat) = self.stored_already(stream_id, expected, events).await? {
+            return repeat;
         }
         Err(StoreError::WrongExpectedVersion {
             stream_id: stream_id.to_owned(),
             expected,
             actual: mapping::version(current),
         })
+    }
+
+    /// The outcome of an earlier append of these events, if the stream holds
+    /// them where this append would have put them (with `Any`: among its
+    /// last events): a repeat, answered as one, or refused if its content
+    /// differs.
+    async fn stored_already(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<Result<AppendResult, StoreError>>, StoreError> {
+        let is_ours = |stored: &RecordedEvent| events.iter().any(|new| new.event_id == stored.event_id);
+        let stored = match expected.required() {
+            Some(required) => self.read_stream_limited(stream_id, required + 1, events.len()).await?,
+            None => {
+                let mut tail = self.read_stream_back(stream_id, PAGE).await?;
+                let Some(first) = tail.iter().position(|e| e.event_id == events[0].event_id) else { return Ok(None) };
+                tail.truncate(first + 1);
+                tail.reverse();
+                tail.truncate(events.len());
+                tail
+            }
+        };
+        if !stored.iter().any(is_ours) {
+            return Ok(None);
+        }
+        Ok(Some(append::replayed_result(stream_id, events, stored)))
+    }
+
+    /// An append whose call ended Aborted or past its deadline: while an
+    /// identical append is written but not yet indexed, the server drops a
+    /// repeat without an answer. Look for the events (a few times, as the
+    /// original is indexed) before answering unavailable.
+    async fn dropped_repeat(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        error: StoreError,
+    ) -> Result<AppendResult, StoreError> {
+        for wait in [Duration::ZERO, Duration::from_millis(50), Duration::from_millis(200)] {
+            tokio::time::sleep(wait).await;
+            if let Ok(Some(repeat)) = self.stored_already(stream_id, expected, events).await {
+                return repeat;
+            }
+        }
+        Err(error)
     }
 }
 
@@ -296,15 +427,27 @@ impl EventStore for EsdbEventStore {
         }
         let started = std::time::Instant::now();
         let data = events.iter().map(mapping::event_data).collect::<Result<Vec<_>, _>>()?;
-        let options = AppendToStreamOptions::default().expected_revision(mapping::expected_revision(expected));
+        // The call may take three quarters of the operation's time: the rest
+        // is for reading the events back, or looking for a dropped repeat.
+        let options = AppendToStreamOptions::default()
+            .expected_revision(mapping::expected_revision(expected))
+            .deadline(self.config.operation_timeout * 3 / 4);
         let appended = self
             .timed(async {
-                match self.client.append_to_stream(self.streams().name(stream_id), &options, data).await {
-                    Ok(written) => self.confirm(stream_id, &events, written).await,
+                let lease = self.connection.lease();
+                match lease.client.append_to_stream(self.streams().name(stream_id), &options, data).await {
+                    Ok(written) => {
+                        lease.succeeded();
+                        self.confirm(stream_id, &events, written).await
+                    }
                     Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
                         self.conflict(stream_id, expected, &events, current).await
                     }
-                    Err(error) => Err(mapping::store_error(error)),
+                    Err(error) if mapping::maybe_a_dropped_repeat(&error) => {
+                        let error = lease.failed(error);
+                        self.dropped_repeat(stream_id, expected, &events, error).await
+                    }
+                    Err(error) => Err(lease.failed(error)),
                 }
             })
             .await;
@@ -336,7 +479,7 @@ impl EventStore for EsdbEventStore {
     }
 
     fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
-        let follower = Follower { store: self.clone(), after, subscription: None, backoff: None };
+        let follower = follower::Follower::new(self.clone(), after);
         Box::pin(futures_util::stream::unfold(follower, |mut follower| async move {
             let item = follower.next().await;
             Some((item, follower))
@@ -345,7 +488,8 @@ impl EventStore for EsdbEventStore {
 
     async fn stats(&self) -> Result<LogStats, StoreError> {
         // Nothing commits behind a reader: nothing is ever held back.
-        Ok(LogStats { readable_head: self.timed(self.head()).await?, ..LogStats::default() })
+        let head = self.head.find(PAGE, |before, count| self.read_all_back(before, count));
+        Ok(LogStats { readable_head: self.timed(head).await?, ..LogStats::default() })
     }
 
     /// The last event of the stream's snapshot stream (`snapshot-<stream id>`
@@ -353,17 +497,22 @@ impl EventStore for EsdbEventStore {
     /// follows; the stream keeps only its latest event, `$maxCount` 1).
     async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
         let name = self.streams().name(&mapping::snapshot_stream(stream_id));
-        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1);
+        let options = ReadStreamOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(1)
+            .deadline(self.config.operation_timeout);
         self.timed(async {
-            let mut read = match self.client.read_stream(name, &options).await {
+            let lease = self.connection.lease();
+            let mut read = match lease.client.read_stream(name, &options).await {
                 Ok(read) => read,
                 Err(eventstore::Error::ResourceNotFound) => return Ok(None),
-                Err(error) => return Err(mapping::store_error(error)),
+                Err(error) => return Err(lease.failed(error)),
             };
             match read.next().await {
                 Ok(Some(resolved)) => mapping::snapshot(stream_id, resolved.get_original_event()).map(Some),
                 Ok(None) | Err(eventstore::Error::ResourceNotFound) => Ok(None),
-                Err(error) => Err(mapping::store_error(error)),
+                Err(error) => Err(lease.failed(error)),
             }
         })
         .await
@@ -376,17 +525,15 @@ impl EventStore for EsdbEventStore {
         }
         let name = self.streams().name(&mapping::snapshot_stream(&snapshot.stream_id));
         let data = mapping::snapshot_data(&snapshot)?;
+        let options = AppendToStreamOptions::default().deadline(self.config.operation_timeout);
         self.timed(async {
-            let written = self.client.append_to_stream(name.as_str(), &AppendToStreamOptions::default(), data).await;
-            let written = written.map_err(mapping::store_error)?;
+            let lease = self.connection.lease();
+            let written = lease.client.append_to_stream(name.as_str(), &options, data).await;
+            let written = written.map_err(|e| lease.failed(e))?;
             if written.next_expected_version == 0 {
                 // The first snapshot: only the latest is ever read.
                 let metadata = eventstore::StreamMetadata::builder().max_count(1).build();
-                let options = AppendToStreamOptions::default();
-                self.client
-                    .set_stream_metadata(name.as_str(), &options, &metadata)
-                    .await
-                    .map_err(mapping::store_error)?;
+                lease.client.set_stream_metadata(name.as_str(), &options, &metadata).await.map_err(|e| lease.failed(e))?;
             }
             Ok(())
         })
@@ -401,18 +548,23 @@ impl EventStore for EsdbEventStore {
         // Appends commit where they are prepared: an event's commit and
         // prepare positions are the same.
         let at = LogPosition { commit: position, position };
-        let options = ReadAllOptions::default().forwards().position(mapping::start_at(Some(at))).max_count(1);
+        let options = ReadAllOptions::default()
+            .forwards()
+            .position(mapping::start_at(Some(at)))
+            .max_count(1)
+            .deadline(self.config.operation_timeout);
         self.timed(async {
+            let lease = self.connection.lease();
             // A number that is no event's position may be refused by the
             // server: then no event has it. Not reaching the server is an error.
-            let refused = |error| match mapping::store_error(error) {
+            let refused = |error| match lease.failed(error) {
                 unavailable @ StoreError::Unavailable(_) => Err(unavailable),
                 other => {
                     tracing::debug!(error = %other, position, "no event at this position");
                     Ok(None)
                 }
             };
-            let mut read = match self.client.read_all(&options).await {
+            let mut read = match lease.client.read_all(&options).await {
                 Ok(read) => read,
                 Err(error) => return refused(error),
             };
@@ -423,6 +575,7 @@ impl EventStore for EsdbEventStore {
             };
             let event = resolved.get_original_event();
             Ok(mapping::recorded_event(self.streams(), event)?
+                .in_the_log()
                 .map(|e| e.log_position)
                 .filter(|found| found.position == position))
         })
@@ -431,70 +584,5 @@ impl EventStore for EsdbEventStore {
 
     fn guarantees(&self) -> Guarantees {
         Guarantees { store_wide_event_ids: false, any_version_repeats_always_recognised: false }
-    }
-}
-
-/// A catch-up subscription to `$all`, filtered on the server to the store's
-/// streams. The client subscribes again after a failure from the last event
-/// delivered; each failure is also handed on, as the trait asks. An event of
-/// the store that cannot be read stops the subscription there (an error
-/// each time it is reached), as on PostgreSQL: the log is never skipped.
-struct Follower {
-    store: EsdbEventStore,
-    after: Option<LogPosition>,
-    subscription: Option<eventstore::Subscription>,
-    backoff: Option<Duration>,
-}
-
-impl Follower {
-    async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
-        loop {
-            let subscription = match &mut self.subscription {
-                Some(subscription) => subscription,
-                None => {
-                    if let Some(backoff) = self.backoff {
-                        tokio::time::sleep(backoff).await;
-                    }
-                    let filter = self
-                        .store
-                        .streams()
-                        .filter_prefixes()
-                        .into_iter()
-                        .fold(SubscriptionFilter::on_stream_name(), SubscriptionFilter::add_prefix);
-                    let options =
-                        SubscribeToAllOptions::default().position(mapping::start_at(self.after)).filter(filter);
-                    self.subscription.insert(self.store.client.subscribe_to_all(&options).await)
-                }
-            };
-            let resolved = match subscription.next().await {
-                Ok(resolved) => resolved,
-                Err(error) => {
-                    self.subscription = None;
-                    let next = self.backoff.map_or(Duration::from_millis(100), |b| b * 2);
-                    self.backoff = Some(next.min(self.store.config.max_error_backoff));
-                    return Err(mapping::store_error(error));
-                }
-            };
-            self.backoff = None;
-            let event = resolved.get_original_event();
-            let position = mapping::log_position(event.position);
-            if self.after.is_some_and(|after| position <= after) {
-                continue;
-            }
-            match mapping::recorded_event(self.store.streams(), event) {
-                Ok(ours) => {
-                    self.after = Some(position);
-                    if let Some(event) = ours {
-                        return Ok(event);
-                    }
-                }
-                Err(damaged) => {
-                    // Never skipped: subscribe again from before it, and say so each time.
-                    self.subscription = None;
-                    self.backoff = Some(self.store.config.max_error_backoff);
-                    return Err(damaged);
-                }
-            }
-        }
     }
 }
