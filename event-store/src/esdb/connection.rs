@@ -60,7 +60,10 @@ impl Connection {
                     current.generation += 1;
                     current.replace_at = None;
                     metrics::counter!("event_store_client_rebuilds_total").increment(1);
-                    tracing::info!(generation = current.generation, "a new EventStoreDB client replaces the one that died");
+                    tracing::info!(
+                        generation = current.generation,
+                        "a new EventStoreDB client replaces the one that died"
+                    );
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not build a new EventStoreDB client; trying again later");
@@ -70,7 +73,6 @@ impl Connection {
         }
         Lease { client: current.client.clone(), generation: current.generation, connection: self.clone() }
     }
-
 }
 
 impl Lease {
@@ -138,9 +140,8 @@ mod tests {
         assert_eq!(generation(&connection), 1);
 
         // The backoff doubled with the first death; a success starts it afresh.
-        let grpc_failure = || {
-            eventstore::Error::GrpcConnectionError(eventstore::GrpcConnectionError::Grpc("refused".into()))
-        };
+        let grpc_failure =
+            || eventstore::Error::GrpcConnectionError(eventstore::GrpcConnectionError::Grpc("refused".into()));
         second.failed(grpc_failure());
         assert_eq!(connection.current.lock().unwrap().backoff, FIRST_BACKOFF * 4, "next time: 400 ms");
         tokio::time::sleep(FIRST_BACKOFF * 2 + Duration::from_millis(50)).await;

@@ -33,7 +33,7 @@ use crate::{LogPosition, RecordedEvent, StoreError};
 
 /// What the subscription's task hands on.
 enum Item {
-    Event(eventstore::ResolvedEvent),
+    Event(Box<eventstore::ResolvedEvent>),
     /// A confirmation, a checkpoint, caught up: the subscription is alive.
     Alive,
     Failed(eventstore::Error),
@@ -52,8 +52,22 @@ impl Drop for Feed {
     }
 }
 
+/// A test's stand-in for the server: starts a task that sends what a
+/// subscription from a position would.
+#[cfg(test)]
+type Script = std::sync::Arc<dyn Fn(Option<LogPosition>, mpsc::Sender<Item>) -> JoinHandle<()> + Send + Sync>;
+
+/// Where subscriptions come from: the server, or a test's script.
+#[derive(Clone)]
+enum Source {
+    Server,
+    #[cfg(test)]
+    Script(Script),
+}
+
 pub(super) struct Follower {
     store: EsdbEventStore,
+    source: Source,
     after: Option<LogPosition>,
     feed: Option<Feed>,
     backoff: Option<Duration>,
@@ -61,7 +75,7 @@ pub(super) struct Follower {
 
 impl Follower {
     pub fn new(store: EsdbEventStore, after: Option<LogPosition>) -> Self {
-        Self { store, after, feed: None, backoff: None }
+        Self { store, source: Source::Server, after, feed: None, backoff: None }
     }
 
     pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
@@ -120,6 +134,18 @@ impl Follower {
     }
 
     fn subscribe(&self) -> Feed {
+        let lease = self.store.connection.lease();
+        let (sender, items) = mpsc::channel(256);
+        let task = match &self.source {
+            Source::Server => self.pump(lease.client.clone(), sender),
+            #[cfg(test)]
+            Source::Script(script) => script(self.after, sender),
+        };
+        Feed { items, task, lease, delivered: false }
+    }
+
+    /// The task that drives the client's subscription.
+    fn pump(&self, client: eventstore::Client, sender: mpsc::Sender<Item>) -> JoinHandle<()> {
         let filter = self
             .store
             .streams()
@@ -127,14 +153,11 @@ impl Follower {
             .into_iter()
             .fold(SubscriptionFilter::on_stream_name(), SubscriptionFilter::add_prefix);
         let options = SubscribeToAllOptions::default().position(mapping::start_at(self.after)).filter(filter);
-        let lease = self.store.connection.lease();
-        let client = lease.client.clone();
-        let (sender, items) = mpsc::channel(256);
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut subscription = client.subscribe_to_all(&options).await;
             loop {
                 let item = match subscription.next_subscription_event().await {
-                    Ok(SubscriptionEvent::EventAppeared(event)) => Item::Event(event),
+                    Ok(SubscriptionEvent::EventAppeared(event)) => Item::Event(Box::new(event)),
                     Ok(_) => Item::Alive,
                     Err(error) => {
                         let _ = sender.send(Item::Failed(error)).await;
@@ -145,8 +168,7 @@ impl Follower {
                     return; // the follower let go
                 }
             }
-        });
-        Feed { items, task, lease, delivered: false }
+        })
     }
 
     /// Nothing arrived for `idle_resubscribe`: let go of the subscription
@@ -167,5 +189,121 @@ impl Follower {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::esdb::EsdbConfig;
+
+    /// What one subscription of a test does.
+    type Step = Box<dyn Fn(mpsc::Sender<Item>) -> JoinHandle<()> + Send + Sync>;
+
+    fn store() -> EsdbEventStore {
+        let config = EsdbConfig {
+            idle_resubscribe: Duration::from_millis(300),
+            ..EsdbConfig::new("esdb://127.0.0.1:1?tls=false", &["order"])
+        };
+        EsdbEventStore::connect(config).unwrap()
+    }
+
+    /// The store's `n`th event as the server would send it.
+    fn event(n: u64) -> Item {
+        let custom = serde_json::json!({ "schema_version": 1, "correlation_id": "", "causation_id": "", "actor": "" });
+        let event = eventstore::RecordedEvent {
+            stream_id: format!("order-{n}"),
+            id: uuid::Uuid::new_v4(),
+            revision: 0,
+            event_type: "OrderPlaced".into(),
+            data: b"{}".to_vec().into(),
+            metadata: HashMap::new(),
+            custom_metadata: serde_json::to_vec(&custom).unwrap().into(),
+            is_json: true,
+            position: eventstore::Position { commit: n * 100, prepare: n * 100 },
+            created: chrono::Utc::now(),
+        };
+        Item::Event(Box::new(eventstore::ResolvedEvent {
+            event: Some(event),
+            link: None,
+            commit_position: Some(n * 100),
+        }))
+    }
+
+    /// A follower whose `k`th subscription runs `scripts[k]`, recording where each started.
+    fn follower(scripts: Vec<Step>) -> (Follower, Arc<Mutex<Vec<Option<LogPosition>>>>) {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let (calls, record) = (AtomicUsize::new(0), started.clone());
+        let script = move |after: Option<LogPosition>, sender: mpsc::Sender<Item>| {
+            record.lock().unwrap().push(after);
+            scripts[calls.fetch_add(1, Ordering::SeqCst)](sender)
+        };
+        let mut follower = Follower::new(store(), None);
+        follower.source = Source::Script(std::sync::Arc::new(script));
+        (follower, started)
+    }
+
+    /// Sends `n` and then keeps the subscription open without a word.
+    fn then_silence(n: u64) -> Step {
+        Box::new(move |sender| {
+            tokio::spawn(async move {
+                sender.send(event(n)).await.unwrap();
+                std::future::pending::<()>().await;
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_that_goes_silent_is_taken_again_from_the_last_event() {
+        let (mut follower, started) = follower(vec![then_silence(1), then_silence(2)]);
+        assert_eq!(follower.next().await.unwrap().stream_id, "order-1");
+        let second = tokio::time::timeout(Duration::from_secs(10), follower.next()).await.unwrap().unwrap();
+        assert_eq!(second.stream_id, "order-2");
+        let first = LogPosition { commit: 100, position: 100 };
+        assert_eq!(*started.lock().unwrap(), [None, Some(first)]);
+    }
+
+    /// The 4.0 client loops without yielding on a gRPC stream the server
+    /// ended with status OK; the follower goes on with a new subscription
+    /// (and says the old one is stuck).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn a_subscription_stuck_in_the_client_does_not_stop_the_follower() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spin: Step = Box::new(move |sender| {
+            let spinning = spinning.clone();
+            tokio::spawn(async move {
+                sender.send(event(1)).await.unwrap();
+                while !spinning.load(Ordering::Relaxed) {
+                    std::hint::spin_loop(); // never yields: abort cannot stop it
+                }
+            })
+        });
+        let (mut follower, started) = follower(vec![spin, then_silence(2)]);
+        assert_eq!(follower.next().await.unwrap().stream_id, "order-1");
+        let second = tokio::time::timeout(Duration::from_secs(10), follower.next()).await;
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(second.unwrap().unwrap().stream_id, "order-2");
+        assert_eq!(started.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_is_handed_on_and_the_follower_subscribes_again_after_it() {
+        let fail: Step = Box::new(|sender| {
+            tokio::spawn(async move {
+                sender.send(event(1)).await.unwrap();
+                let unavailable = tonic::Status::new(tonic::Code::Unavailable, "shutting down");
+                sender.send(Item::Failed(eventstore::Error::from_grpc(unavailable))).await.unwrap();
+            })
+        });
+        let (mut follower, started) = follower(vec![fail, then_silence(2)]);
+        assert_eq!(follower.next().await.unwrap().stream_id, "order-1");
+        assert!(matches!(follower.next().await, Err(StoreError::Unavailable(_))));
+        assert_eq!(follower.next().await.unwrap().stream_id, "order-2");
+        assert_eq!(started.lock().unwrap()[1], Some(LogPosition { commit: 100, position: 100 }));
     }
 }

@@ -254,7 +254,13 @@ fn passing(code: tonic::Code) -> bool {
     use tonic::Code as C;
     matches!(
         code,
-        C::Unavailable | C::DeadlineExceeded | C::Aborted | C::Cancelled | C::ResourceExhausted | C::Unknown | C::Internal
+        C::Unavailable
+            | C::DeadlineExceeded
+            | C::Aborted
+            | C::Cancelled
+            | C::ResourceExhausted
+            | C::Unknown
+            | C::Internal
     )
 }
 
@@ -469,11 +475,17 @@ mod tests {
         for custom in [json!({ "$correlationId": "x" }), json!(null), json!({ "schema_version": "one" })] {
             let event = stored("t1.order-1", "OrderPlaced", json!({}), custom.clone());
             let found = recorded_event(&streams(), &event).unwrap();
-            assert!(matches!(found, Found::Foreign { ref stream, .. } if stream == "t1.order-1"), "{custom}: {found:?}");
+            assert!(
+                matches!(found, Found::Foreign { ref stream, .. } if stream == "t1.order-1"),
+                "{custom}: {found:?}"
+            );
             assert!(found.in_the_log().is_none());
             let found = recorded_event(&streams(), &event).unwrap();
             let refused = found.in_a_stream().unwrap_err().to_string();
-            assert!(refused.contains(&event.id.to_string()) && refused.contains("not written by this system"), "{refused}");
+            assert!(
+                refused.contains(&event.id.to_string()) && refused.contains("not written by this system"),
+                "{refused}"
+            );
         }
         let mut no_metadata = stored("t1.order-1", "OrderPlaced", json!({}), json!({}));
         no_metadata.custom_metadata = Vec::new().into();
@@ -527,7 +539,11 @@ mod tests {
         for code in failed {
             assert!(!unavailable(E::from_grpc(Status::new(code, "x"))), "{code:?} needs an operator");
         }
-        for error in [E::ConnectionClosed, E::DeadlineExceeded, E::NotLeaderException(eventstore::Endpoint { host: "b".into(), port: 2113 })] {
+        for error in [
+            E::ConnectionClosed,
+            E::DeadlineExceeded,
+            E::NotLeaderException(eventstore::Endpoint { host: "b".into(), port: 2113 }),
+        ] {
             assert!(unavailable(error));
         }
         for error in [

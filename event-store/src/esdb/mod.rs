@@ -295,8 +295,11 @@ impl EsdbEventStore {
         before: StreamPosition<eventstore::Position>,
         count: usize,
     ) -> Result<Vec<head::Seen>, StoreError> {
-        let options =
-            ReadAllOptions::default().position(before).backwards().max_count(count).deadline(self.config.operation_timeout);
+        let options = ReadAllOptions::default()
+            .position(before)
+            .backwards()
+            .max_count(count)
+            .deadline(self.config.operation_timeout);
         let lease = self.connection.lease();
         let mut read = lease.client.read_all(&options).await.map_err(|e| lease.failed(e))?;
         let mut seen = Vec::new();
@@ -533,7 +536,11 @@ impl EventStore for EsdbEventStore {
             if written.next_expected_version == 0 {
                 // The first snapshot: only the latest is ever read.
                 let metadata = eventstore::StreamMetadata::builder().max_count(1).build();
-                lease.client.set_stream_metadata(name.as_str(), &options, &metadata).await.map_err(|e| lease.failed(e))?;
+                lease
+                    .client
+                    .set_stream_metadata(name.as_str(), &options, &metadata)
+                    .await
+                    .map_err(|e| lease.failed(e))?;
             }
             Ok(())
         })
