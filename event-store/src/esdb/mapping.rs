@@ -279,6 +279,18 @@ pub fn maybe_a_dropped_repeat(error: &eventstore::Error) -> bool {
         || matches!(error, eventstore::Error::Grpc { code: tonic::Code::Aborted, .. })
 }
 
+/// Where an `Any` append of `count` events starting with `first_id` was
+/// stored, from the stream's last events (newest first): from that event
+/// on, oldest first, at most `count` (the caller compares them with the
+/// append).
+pub fn slot_in_tail(mut tail: Vec<RecordedEvent>, first_id: uuid::Uuid, count: usize) -> Option<Vec<RecordedEvent>> {
+    let first = tail.iter().position(|e| e.event_id == first_id)?;
+    tail.truncate(first + 1);
+    tail.reverse();
+    tail.truncate(count);
+    Some(tail)
+}
+
 /// The stream id of a stream's snapshots.
 pub fn snapshot_stream(stream_id: &str) -> String {
     format!("snapshot-{stream_id}")
@@ -562,6 +574,27 @@ mod tests {
         assert!(maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::Aborted, "x"))));
         assert!(maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::DeadlineExceeded, "x"))));
         assert!(!maybe_a_dropped_repeat(&E::from_grpc(Status::new(Code::Unavailable, "x"))));
+    }
+
+    #[test]
+    fn an_any_append_is_looked_for_among_the_stream_s_last_events() {
+        let event = |version: u64| RecordedEvent {
+            log_position: LogPosition { commit: version, position: version },
+            event_id: Uuid::from_u128(version as u128),
+            stream_id: "order-1".into(),
+            stream_version: version,
+            event_type: "X".into(),
+            schema_version: 1,
+            payload: json!({}),
+            metadata: Metadata::default(),
+            recorded_at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let tail: Vec<_> = (1..=6).rev().map(event).collect(); // 6, 5, ..., 1
+        let versions = |slot: Vec<RecordedEvent>| slot.iter().map(|e| e.stream_version).collect::<Vec<_>>();
+        assert_eq!(versions(slot_in_tail(tail.clone(), Uuid::from_u128(3), 2).unwrap()), [3, 4]);
+        assert_eq!(versions(slot_in_tail(tail.clone(), Uuid::from_u128(5), 3).unwrap()), [5, 6], "cut at the end");
+        assert_eq!(versions(slot_in_tail(tail.clone(), Uuid::from_u128(1), 1).unwrap()), [1]);
+        assert!(slot_in_tail(tail, Uuid::from_u128(9), 1).is_none());
     }
 
     #[test]

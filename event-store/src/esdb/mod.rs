@@ -377,12 +377,9 @@ impl EsdbEventStore {
         let stored = match expected.required() {
             Some(required) => self.read_stream_limited(stream_id, required + 1, events.len()).await?,
             None => {
-                let mut tail = self.read_stream_back(stream_id, PAGE).await?;
-                let Some(first) = tail.iter().position(|e| e.event_id == events[0].event_id) else { return Ok(None) };
-                tail.truncate(first + 1);
-                tail.reverse();
-                tail.truncate(events.len());
-                tail
+                let tail = self.read_stream_back(stream_id, PAGE).await?;
+                let Some(slot) = mapping::slot_in_tail(tail, events[0].event_id, events.len()) else { return Ok(None) };
+                slot
             }
         };
         if !stored.iter().any(is_ours) {
