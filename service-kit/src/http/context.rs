@@ -13,10 +13,8 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use futures_util::FutureExt;
+use tracing::Instrument;
 
 use super::Problem;
 
@@ -36,24 +34,6 @@ fn valid_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| text.to_owned())
 }
 
-/// Takes the client's correlation id (or makes one; an unusable one is
-/// replaced, not refused) and echoes it on the response.
-pub async fn correlation_layer(mut request: Request, next: Next) -> Response {
-    let correlation_id =
-        request.headers().get(&CORRELATION_ID).and_then(valid_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| valid_id(id.header_value()))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    request.extensions_mut().insert(RequestContext { request_id, correlation_id: correlation_id.clone() });
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
-        response.headers_mut().insert(CORRELATION_ID, value);
-    }
-    response
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = Problem;
 
@@ -65,71 +45,103 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     }
 }
 
-/// Answers 503 problem+json when a request takes longer than `limit`. The
-/// handler is dropped at that point: a command it was running may or may not
-/// have been applied, which a retry with the same Idempotency-Key resolves.
-async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
+/// The stack every API shares, as one middleware (one boxed future and one
+/// service clone per request, where seven layers cost seven), outermost
+/// first:
+/// - the request id: the proxy's `x-request-id` or a new one, echoed on the
+///   response;
+/// - the correlation id: the client's `x-correlation-id` (an unusable one
+///   is replaced, not refused) or a new one, echoed on the response;
+/// - a tracing span per request carrying both ids (a caller's
+///   `traceparent` continues there), closed by one access log line;
+/// - `http_requests_total{method, route, status}` and
+///   `http_request_duration_seconds{method, route}`, by route template (not
+///   path, so ids do not make new series);
+/// - a time limit: a 503 problem with `Retry-After` once the request takes
+///   longer than `limit`. The handler is dropped at that point: a command it
+///   was running may or may not have been applied, which a retry with the
+///   same Idempotency-Key resolves;
+/// - a panic in a handler is a 500 problem (the ids still on it).
+async fn shared_stack(limit: Duration, mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let request_id = request.headers().get(&REQUEST_ID).and_then(valid_id).unwrap_or_else(new_id);
+    let correlation_id = request.headers().get(&CORRELATION_ID).and_then(valid_id).unwrap_or_else(new_id);
+    let method = request.method().clone();
+    let route: Option<std::sync::Arc<str>> =
+        request.extensions().get::<axum::extract::MatchedPath>().map(|path| path.as_str().into());
+    let span = tracing::info_span!(
+        "http",
+        method = %method,
+        path = %request.uri().path(),
+        request_id = request_id.as_str(),
+        correlation_id = correlation_id.as_str(),
+    );
+    // A caller's trace continues here.
+    let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    crate::telemetry::continue_trace(&span, traceparent);
+    let ids = (HeaderValue::from_str(&request_id), HeaderValue::from_str(&correlation_id));
+    request.extensions_mut().insert(RequestContext { request_id, correlation_id });
+
+    let handled = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
+    let mut response = match tokio::time::timeout(limit, handled).instrument(span.clone()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_panic)) => {
+            span.in_scope(|| tracing::error!("a request handler panicked"));
+            Problem::internal().into_response()
+        }
         Err(_) => {
-            tracing::warn!(?limit, "request timed out");
+            span.in_scope(|| tracing::warn!(?limit, "request timed out"));
             Problem::unavailable(format!("the request took longer than {limit:?}"), 1).into_response()
         }
+    };
+    if let (Ok(request_id), Ok(correlation_id)) = ids {
+        response.headers_mut().insert(REQUEST_ID, request_id);
+        response.headers_mut().insert(CORRELATION_ID, correlation_id);
     }
-}
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    Problem::internal().into_response()
-}
-
-/// Per request: `http_requests_total{method, route, status}` and
-/// `http_request_duration_seconds{method, route}`, by route template (not
-/// path, so ids do not make new series).
-async fn record_metrics(request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), latency_ms, "response failed");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms, "finished processing request");
+        }
+    });
+    let method = method_label(&method);
+    let route = route.map_or(metrics::SharedString::const_str("unmatched"), metrics::SharedString::from);
+    let status = metrics::SharedString::from(status.as_u16().to_string());
     metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     response
 }
 
-/// Wraps a router in the shared stack, outermost first: request id,
-/// correlation id, a tracing span per request, request-id echo, request
-/// metrics, a time limit (503 problem), and a panic catcher (500 problem).
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The method as a label, without an allocation for the usual ones.
+fn method_label(method: &axum::http::Method) -> metrics::SharedString {
+    use axum::http::Method as M;
+    let name = match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => return metrics::SharedString::from(method.as_str().to_owned()),
+    };
+    metrics::SharedString::const_str(name)
+}
+
+/// Wraps a router in the shared stack (see [`shared_stack`]).
 pub fn layers(router: Router, timeout: Duration) -> Router {
-    let trace = TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)).make_span_with(
-        |request: &Request| {
-            let context = request.extensions().get::<RequestContext>();
-            let span = tracing::info_span!(
-                "http",
-                method = %request.method(),
-                path = %request.uri().path(),
-                request_id = context.map_or("", |c| c.request_id.as_str()),
-                correlation_id = context.map_or("", |c| c.correlation_id.as_str()),
-            );
-            // A caller's trace continues here.
-            let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
-            crate::telemetry::continue_trace(&span, traceparent);
-            span
-        },
-    );
-    router
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(move |request, next| time_limit(timeout, request, next)))
-        .layer(axum::middleware::from_fn(record_metrics))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(trace)
-        .layer(axum::middleware::from_fn(correlation_layer))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    router.layer(axum::middleware::from_fn(move |request, next| shared_stack(timeout, request, next)))
 }
 
 #[cfg(test)]
@@ -177,6 +189,28 @@ mod tests {
         assert_eq!(response.headers()["content-type"], super::super::PROBLEM_JSON);
         assert!(response.headers().contains_key("x-request-id"));
         assert_eq!(response.headers()["x-correlation-id"], "corr-1");
+    }
+
+    #[tokio::test]
+    async fn the_ids_are_kept_or_made_and_echoed() {
+        let response = app()
+            .oneshot(
+                axum::http::Request::get("/ok")
+                    .header("x-request-id", "req-7")
+                    .header("x-correlation-id", "corr-7")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-request-id"], "req-7");
+        assert_eq!(response.headers()["x-correlation-id"], "corr-7");
+        let response = call("/ok", None).await;
+        for header in ["x-request-id", "x-correlation-id"] {
+            let id = response.headers()[header].to_str().unwrap();
+            assert!(uuid::Uuid::parse_str(id).is_ok(), "{header}: {id}");
+        }
     }
 
     #[tokio::test]

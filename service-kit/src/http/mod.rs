@@ -4,6 +4,6 @@ mod context;
 mod cors;
 mod problem;
 
-pub use context::{correlation_layer, layers, RequestContext, CORRELATION_ID, REQUEST_ID};
+pub use context::{layers, RequestContext, CORRELATION_ID, REQUEST_ID};
 pub use cors::CorsConfig;
 pub use problem::{not_found_route, FieldProblem, Problem, PROBLEM_JSON};
