@@ -344,6 +344,8 @@ mod postgres {
 
     /// Holds the store's only writer busy for `hold`: its append to
     /// `order-blocker` waits on another transaction's uncommitted row there.
+    /// (The first blocked append finds nothing in flight and is written by
+    /// its caller; the second is the writer's.)
     async fn occupy_the_writer(store: &PgEventStore, hold: Duration) -> tokio::task::JoinHandle<()> {
         let harness = PgHarness(store.clone());
         let holder = tokio::spawn(async move {
@@ -351,15 +353,21 @@ mod postgres {
             harness.append_held_open("order-blocker", ExpectedVersion::NoStream, row, hold, true).await.unwrap();
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let store = store.clone();
-        let blocked = tokio::spawn(async move {
-            let lost = store.append("order-blocker", ExpectedVersion::NoStream, vec![event("Late", json!({}))]).await;
-            assert!(matches!(lost, Err(StoreError::WrongExpectedVersion { .. })), "{lost:?}");
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut blocked = Vec::new();
+        for _ in 0..2 {
+            let store = store.clone();
+            blocked.push(tokio::spawn(async move {
+                let lost =
+                    store.append("order-blocker", ExpectedVersion::NoStream, vec![event("Late", json!({}))]).await;
+                assert!(matches!(lost, Err(StoreError::WrongExpectedVersion { .. })), "{lost:?}");
+            }));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         tokio::spawn(async move {
             holder.await.unwrap();
-            blocked.await.unwrap();
+            for blocked in blocked {
+                blocked.await.unwrap();
+            }
         })
     }
 
@@ -433,7 +441,7 @@ mod postgres {
                     .append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true)
                     .await
             });
-            let busy = occupy_the_writer(&store, Duration::from_millis(500)).await;
+            let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
             let append = |stream: &str, expected: ExpectedVersion| {
                 let (store, stream) = (store.clone(), stream.to_owned());
                 tokio::spawn(async move { store.append(&stream, expected, vec![event("E", json!({}))]).await })

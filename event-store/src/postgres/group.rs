@@ -15,10 +15,13 @@
 //! stream or event id (another process's append in flight) makes the whole
 //! statement fail; the batch's appends are then written one by one.
 //!
-//! A batch of one is the plain one-event or many-event statement, so a lone
-//! client pays nothing for the grouping.
+//! A batch of one is the plain one-event or many-event statement, and an
+//! append that finds nothing queued and nothing being written is written by
+//! its caller at once, so a lone client pays nothing for the grouping (not
+//! even the hand-off to a writer task and back: two task wake-ups).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +67,20 @@ impl Request {
 
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
+    /// Appends queued or being written, by the writers or by their callers.
+    in_flight: Arc<AtomicUsize>,
+    pool: PgPool,
+    statement_timeout: Duration,
     _writers: Vec<TaskGuard>,
+}
+
+/// One append counted in flight until dropped (answered, or its caller gave up).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl GroupCommit {
@@ -79,16 +95,25 @@ impl GroupCommit {
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();
-        Self { queue, _writers: writers }
+        Self { queue, in_flight: Arc::default(), pool, statement_timeout, _writers: writers }
     }
 
-    /// Queues the append and waits for the outcome of its batch.
+    /// Writes the append at once if nothing else is in flight; else queues
+    /// it and waits for the outcome of its batch.
     pub async fn append(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Arc<[NewEvent]>,
     ) -> Result<Appended, StoreError> {
+        if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _counted = InFlight(&self.in_flight);
+            metrics::histogram!("event_store_append_batch_size").record(1.0);
+            let append = queries::append(&self.pool, stream_id, expected, &events);
+            return StoreError::within(self.statement_timeout, append).await;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(&self.in_flight);
         let (reply, outcome) = oneshot::channel();
         let request = Request { stream_id: stream_id.to_owned(), expected, events, reply };
         self.queue.send(request).await.map_err(|_| writers_gone())?;
