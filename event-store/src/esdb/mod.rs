@@ -202,8 +202,23 @@ impl EsdbEventStore {
         let options = ReadStreamOptions::default()
             .forwards()
             .position(StreamPosition::Position(from_version.saturating_sub(1)))
-            .max_count(limit)
-            .deadline(self.config.operation_timeout);
+            .max_count(limit);
+        self.read_stream_with(stream_id, options).await
+    }
+
+    /// At most `limit` events of one stream, the newest first.
+    async fn read_stream_back(&self, stream_id: &str, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(limit);
+        self.read_stream_with(stream_id, options).await
+    }
+
+    /// The events of one stream a read with `options` finds (none if the stream does not exist).
+    async fn read_stream_with(
+        &self,
+        stream_id: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = options.deadline(self.config.operation_timeout);
         let lease = self.connection.lease();
         let mut read = match lease.client.read_stream(self.streams().name(stream_id), &options).await {
             Ok(read) => read,
@@ -217,39 +232,12 @@ impl EsdbEventStore {
                     let found = mapping::recorded_event(self.streams(), resolved.get_original_event())?;
                     events.extend(found.in_a_stream()?);
                 }
-                Ok(None) => break,
-                Err(eventstore::Error::ResourceNotFound) => break,
+                Ok(None) | Err(eventstore::Error::ResourceNotFound) => break,
                 Err(error) => return Err(lease.failed(error)),
             }
         }
         lease.succeeded();
         Ok(events)
-    }
-
-    /// At most `limit` events of one stream, the newest first.
-    async fn read_stream_back(&self, stream_id: &str, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let options = ReadStreamOptions::default()
-            .backwards()
-            .position(StreamPosition::End)
-            .max_count(limit)
-            .deadline(self.config.operation_timeout);
-        let lease = self.connection.lease();
-        let mut read = match lease.client.read_stream(self.streams().name(stream_id), &options).await {
-            Ok(read) => read,
-            Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
-            Err(error) => return Err(lease.failed(error)),
-        };
-        let mut events = Vec::new();
-        loop {
-            match read.next().await {
-                Ok(Some(resolved)) => {
-                    let found = mapping::recorded_event(self.streams(), resolved.get_original_event())?;
-                    events.extend(found.in_a_stream()?);
-                }
-                Ok(None) | Err(eventstore::Error::ResourceNotFound) => return Ok(events),
-                Err(error) => return Err(lease.failed(error)),
-            }
-        }
     }
 
     /// The store's events among `$all`'s after `after`, at most `limit`,
