@@ -96,6 +96,14 @@ pub fn parse_settings(url: &str) -> Result<ClientSettings, String> {
             settings.node_preference()
         ));
     }
+    // The 4.0 client spends its first attempt on a single node picking the
+    // host: with one attempt it never connects.
+    if !settings.is_dns_discovery_enabled() && settings.hosts().len() == 1 && settings.max_discover_attempts() < 2 {
+        return Err(format!(
+            "maxDiscoverAttempts={}: against a single node the client never connects with fewer than 2 (drop the setting: the default is 3)",
+            settings.max_discover_attempts()
+        ));
+    }
     Ok(settings)
 }
 
@@ -155,6 +163,15 @@ mod url {
             assert_eq!(timeout("esdb://h:2113?tls=false"), Duration::from_secs(10));
             assert_eq!(timeout("esdb://h:2113?defaultDeadline=-1"), Duration::from_secs(10));
             assert_eq!(timeout("esdb://h:2113"), Duration::from_secs(10));
+        }
+
+        #[test]
+        fn a_single_node_needs_two_discovery_attempts() {
+            let parse = |url: &str| super::super::parse_settings(url);
+            let refused = parse("esdb://h:2113?tls=false&maxDiscoverAttempts=1").unwrap_err();
+            assert!(refused.contains("maxDiscoverAttempts=1"), "{refused}");
+            assert!(parse("esdb://h:2113?tls=false&maxDiscoverAttempts=2").is_ok());
+            assert!(parse("esdb://a:2113,b:2113,c:2113?tls=false&maxDiscoverAttempts=1").is_ok());
         }
 
         #[test]
