@@ -15,6 +15,10 @@
 
 #![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
 
+/// The services' allocator: the benchmark runs them as they run in production.
+#[global_allocator]
+static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -24,6 +24,10 @@
 #[path = "../tests/saga/shop.rs"]
 mod shop;
 
+/// The services' allocator: the benchmark runs them as they run in production.
+#[global_allocator]
+static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
