@@ -375,6 +375,37 @@ impl Client {
         self.call(method, &format!("{}{path}", self.api), body).await
     }
 
+    /// The order as the query API shows it once its status is one of
+    /// `wanted`; panics after 60 s naming what it last saw.
+    pub async fn order_in(&self, order_id: &str, wanted: &[&str]) -> Value {
+        let started = Instant::now();
+        loop {
+            let order = self.query(&format!("/v1/orders/{order_id}")).await;
+            if let Some(order) = order.as_ref().filter(|o| wanted.iter().any(|w| o["status"] == *w)) {
+                return order.clone();
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "order {order_id} is not {wanted:?}: {order:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Receives `stock` of `sku`, places an order of `quantity` of it and
+    /// waits until it is confirmed: the order's id.
+    pub async fn confirmed_order(&self, sku: &str, stock: u32, quantity: u32, unit_price_cents: u64) -> String {
+        self.command("POST", &format!("/v1/inventory/{sku}/receipts"), serde_json::json!({"quantity": stock})).await;
+        let order = self
+            .command(
+                "POST",
+                "/v1/orders",
+                serde_json::json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
+                    "lines": [{"sku": sku, "quantity": quantity, "unit_price_cents": unit_price_cents}]}),
+            )
+            .await;
+        let order_id = order["order_id"].as_str().expect("an order id").to_owned();
+        self.order_in(&order_id, &["confirmed"]).await;
+        order_id
+    }
+
     /// A GET on the query API; `None` unless it answers 200.
     pub async fn query(&self, path: &str) -> Option<Value> {
         let response = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.token).send().await.ok()?;

@@ -68,7 +68,7 @@ impl Request {
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
     /// Appends queued or being written, by the writers or by their callers.
-    in_flight: Arc<AtomicUsize>,
+    in_flight: AtomicUsize,
     pool: PgPool,
     statement_timeout: Duration,
     _writers: Vec<TaskGuard>,
@@ -95,7 +95,7 @@ impl GroupCommit {
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();
-        Self { queue, in_flight: Arc::default(), pool, statement_timeout, _writers: writers }
+        Self { queue, in_flight: AtomicUsize::new(0), pool, statement_timeout, _writers: writers }
     }
 
     /// Writes the append at once if nothing else is in flight; else queues

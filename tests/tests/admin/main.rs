@@ -12,21 +12,7 @@ use system_tests::system::{Settings, System};
 async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     let mut system = System::start(Settings::default()).await;
     let client = system.client.clone();
-    client.command("POST", "/v1/inventory/SKU-D/receipts", json!({"quantity": 10})).await;
-    let order = client
-        .command(
-            "POST",
-            "/v1/orders",
-            json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
-                 "lines": [{"sku": "SKU-D", "quantity": 3, "unit_price_cents": 100}]}),
-        )
-        .await;
-    let order_id = order["order_id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    while system.client.query(&format!("/v1/orders/{order_id}")).await.is_none_or(|o| o["status"] != "confirmed") {
-        assert!(started.elapsed() < Duration::from_secs(60), "not confirmed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client.confirmed_order("SKU-D", 10, 3, 100).await;
 
     // The order's OrderPlaced, as if the inventory participant had given up on it.
     system.dead_letter_last_order_placed("inventory-OrderPlaced", "the database was away too long").await;

@@ -100,21 +100,7 @@ async fn screenshot(browser: &Client, name: &str) {
 async fn an_operator_signs_in_rebuilds_reads_a_story_and_replays_a_dead_letter() {
     let system = System::start(Settings::default()).await;
     let client = system.client.clone();
-    client.command("POST", "/v1/inventory/SKU-C/receipts", json!({"quantity": 10})).await;
-    let order = client
-        .command(
-            "POST",
-            "/v1/orders",
-            json!({"customer_id": "c-1", "currency": "EUR", "payment_token": "tok_visa",
-                 "lines": [{"sku": "SKU-C", "quantity": 1, "unit_price_cents": 700}]}),
-        )
-        .await;
-    let order_id = order["order_id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    while system.client.query(&format!("/v1/orders/{order_id}")).await.is_none_or(|o| o["status"] != "confirmed") {
-        assert!(started.elapsed() < Duration::from_secs(60), "not confirmed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let order_id = client.confirmed_order("SKU-C", 10, 1, 700).await;
     system.dead_letter_last_order_placed("inventory-OrderPlaced", "a test's dead letter").await;
 
     let driver = Driver::start().await;

@@ -36,18 +36,6 @@ async fn place(system: &System, customer: &str, email: &str, quantity: u32) -> S
     system.client.command("POST", "/v1/orders", body).await["order_id"].as_str().unwrap().to_owned()
 }
 
-async fn status(system: &System, order_id: &str, wanted: &str) {
-    let started = Instant::now();
-    loop {
-        let order = system.client.query(&format!("/v1/orders/{order_id}")).await;
-        if order.as_ref().is_some_and(|o| o["status"] == wanted) {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "order {order_id} is not {wanted}: {order:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
@@ -67,21 +55,21 @@ async fn customers_and_merchants_hear_each_milestone_once() {
     system.client.command("POST", "/v1/inventory/SKU-N/receipts", json!({"quantity": 10})).await;
 
     let shipped = place(&system, "c-ada", "ada@example.com", 2).await;
-    status(&system, &shipped, "confirmed").await;
+    system.client.order_in(&shipped, &["confirmed"]).await;
     system.client.command("POST", &format!("/v1/orders/{shipped}/ship"), Value::Null).await;
-    status(&system, &shipped, "shipped").await;
+    system.client.order_in(&shipped, &["shipped"]).await;
 
     system.kill_and_restart(Kind::Notifier, Duration::from_millis(300)).await;
 
     let cancelled = place(&system, "c-bob", "bob@example.com", 1).await;
-    status(&system, &cancelled, "confirmed").await;
+    system.client.order_in(&cancelled, &["confirmed"]).await;
     system
         .client
         .command("POST", &format!("/v1/orders/{cancelled}/cancel"), json!({"reason": "changed my mind"}))
         .await;
-    status(&system, &cancelled, "cancelled").await;
+    system.client.order_in(&cancelled, &["cancelled"]).await;
     let rejected = place(&system, "c-cy", "cy@example.com", 50).await;
-    status(&system, &rejected, "rejected").await;
+    system.client.order_in(&rejected, &["rejected"]).await;
 
     eventually("five e-mails", || system.smtp.received().len() >= 5).await;
     eventually("five webhooks", || inbox.lock().unwrap().len() >= 5).await;
