@@ -239,9 +239,14 @@ pub(crate) async fn replay_one(
     security(("bearer" = ["admin"])))]
 pub(crate) async fn replay_many(
     State(state): State<AppState>,
-    filter: Result<Json<ReplayFilter>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ReplayedLetters>), Problem> {
-    let Json(filter) = filter?;
+    let Json(body) = body?;
+    // serde takes a JSON array for a struct (its fields in order): only an object is a filter.
+    if !body.is_object() {
+        return Err(Problem::bad_request("the body must be a JSON object: {} or {\"consumer\": \"...\"}"));
+    }
+    let filter: ReplayFilter = serde_json::from_value(body).map_err(|e| Problem::bad_request(e.to_string()))?;
     check_consumer(&filter.consumer)?;
     let (letters, _) = state.dead_letters.page(filter.consumer.as_deref(), 0, REPLAY_LIMIT).await.map_err(problem)?;
     let mut done = Vec::with_capacity(letters.len());

@@ -104,6 +104,13 @@ async fn dead_letters_are_listed_shown_replayed_and_discarded() {
         let discard = app.client.delete(format!("{}/v1/admin/dead-letters/3", app.base)).send().await.unwrap();
         problem(discard, StatusCode::NOT_FOUND).await;
 
+        // A filter is an object: an array (which serde would read field by field) replays nothing.
+        for body in [json!([null]), json!(["payment-OrderCancelled"]), json!("x"), json!({"consumer": 7})] {
+            let refused =
+                app.client.post(format!("{}/v1/admin/dead-letters/replay", app.base)).json(&body).send().await.unwrap();
+            problem(refused, StatusCode::BAD_REQUEST).await;
+        }
+
         // The rest, filtered by consumer, in one request.
         let all = app
             .client
