@@ -16,16 +16,24 @@ use uuid::Uuid;
 use crate::helpers::database_url;
 
 /// `/health/ready`'s status and body, once `done` holds (at most `within`).
+/// A refused connection counts as not yet: the service binds its port in a
+/// task of its own, which may not have run when the first probe goes out.
 async fn ready_until(url: &str, within: Duration, done: impl Fn(u16) -> bool) -> (u16, String) {
     let started = Instant::now();
     loop {
-        let response = reqwest::get(url).await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap();
-        if done(status) {
-            return (status, body);
-        }
-        assert!(started.elapsed() < within, "still {status} {body} after {within:?}");
+        let answer = match reqwest::get(url).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap();
+                if done(status) {
+                    return (status, body);
+                }
+                format!("{status} {body}")
+            }
+            Err(error) if error.is_connect() => format!("not listening ({error})"),
+            Err(error) => panic!("{url}: {error}"),
+        };
+        assert!(started.elapsed() < within, "still {answer} after {within:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
