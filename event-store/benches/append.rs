@@ -5,7 +5,8 @@
 //! writes its section of BENCHMARKS.md.
 //!
 //! Baseline: the same rows inserted with one plain INSERT statement per append
-//! (autocommit) into `bench_raw`, a table created `LIKE es_events INCLUDING
+//! (autocommit, each writer on a connection of its own, as pgbench) into
+//! `bench_raw`, a table created `LIKE es_events INCLUDING
 //! ALL` (same columns, defaults, constraints and indexes). The store adds what
 //! the raw INSERT does not do: the expected-version check, the idempotency
 //! check and the stream version bookkeeping. Store and baseline alternate over
@@ -20,7 +21,7 @@ use event_store::bench::{self, quick};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore};
 use serde_json::json;
 use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 const ROUNDS: usize = 7;
@@ -70,7 +71,7 @@ fn new_events(n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
-async fn raw_insert(pool: &PgPool, stream: &str, first_version: i64, events: &[NewEvent]) {
+async fn raw_insert(connection: &mut PgConnection, stream: &str, first_version: i64, events: &[NewEvent]) {
     if let [event] = events {
         sqlx::query(
             "INSERT INTO bench_raw (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata) \
@@ -83,7 +84,7 @@ async fn raw_insert(pool: &PgPool, stream: &str, first_version: i64, events: &[N
         .bind(i32::from(event.schema_version))
         .bind(Json(&event.payload))
         .bind(Json(&event.metadata))
-        .execute(pool)
+        .execute(&mut *connection)
         .await
         .expect("raw insert");
         return;
@@ -106,7 +107,7 @@ async fn raw_insert(pool: &PgPool, stream: &str, first_version: i64, events: &[N
     .bind(&schema)
     .bind(&payloads)
     .bind(&metadata)
-    .execute(pool)
+    .execute(connection)
     .await
     .expect("raw insert");
 }
@@ -125,6 +126,12 @@ async fn measure(store: &PgEventStore, config: &Config, side: Side) -> Measureme
         let store = store.clone();
         let n = config.events_per_append;
         tokio::spawn(async move {
+            // The baseline's writer has a connection of its own, as pgbench: no
+            // pool, so none of sqlx's checks of connections taken and given back.
+            let mut own = match side {
+                Side::RawInsert => Some(store.pool().acquire().await.expect("a connection").detach()),
+                Side::Store => None,
+            };
             let stream = format!("bench-{}", Uuid::new_v4());
             let mut version = 0u64;
             let mut counted = 0usize;
@@ -142,7 +149,8 @@ async fn measure(store: &PgEventStore, config: &Config, side: Side) -> Measureme
                         version = result.stream_version;
                     }
                     Side::RawInsert => {
-                        raw_insert(store.pool(), &stream, version as i64 + 1, &events).await;
+                        let connection = own.as_mut().expect("the baseline's connection");
+                        raw_insert(connection, &stream, version as i64 + 1, &events).await;
                         version += n as u64;
                     }
                 }

@@ -1,7 +1,7 @@
 //! What the benchmarks share (feature `testing`): their section of
 //! BENCHMARKS.md, and the facts every section states.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 /// `BENCH_QUICK=1`: a short run that leaves BENCHMARKS.md alone.
@@ -75,7 +75,8 @@ impl Scratch {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let mut admin = server.connect().await.expect("connect");
         sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create database");
-        let pool = PgPoolOptions::new()
+        // The services' pool settings: what runs in the benchmark is what runs in production.
+        let pool = crate::postgres::pool_options()
             .max_connections(max_connections)
             .connect_with(server.database(&name))
             .await

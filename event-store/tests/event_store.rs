@@ -547,6 +547,44 @@ mod postgres {
         .await;
     }
 
+    /// Appends keep their connection out of the pool between statements (no
+    /// check of a connection given back: half the round trips). When the
+    /// database drops those connections (a restart, an administrator), the
+    /// next appends fail as unavailable, a few at most, and then succeed on
+    /// fresh connections.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_keep_their_connection_and_recover_when_the_database_drops_it() {
+        with_database(8, |pool| async move {
+            let store = PgEventStore::new(pool.clone());
+            for n in 0..5 {
+                let stream = format!("order-kept-{n}");
+                store.append(&stream, ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            }
+            assert_eq!(pool.size() as usize - pool.num_idle(), 1, "one connection is kept between appends");
+
+            let terminated: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert!(!terminated.is_empty());
+            let mut failures = 0;
+            for n in 0.. {
+                let stream = format!("order-after-{n}");
+                match store.append(&stream, ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await {
+                    Ok(_) => break,
+                    Err(StoreError::Unavailable(_)) if failures < 3 => failures += 1,
+                    Err(other) => panic!("after {failures} failures: {other:?}"),
+                }
+            }
+            let written = store.read_all(None, 100).await.unwrap();
+            assert_eq!(written.len(), 6, "five before, one after; a failed append wrote nothing");
+        })
+        .await;
+    }
+
     /// With the database unreachable every operation fails fast with a typed
     /// error, and a subscription yields the error instead of hanging.
     #[tokio::test]

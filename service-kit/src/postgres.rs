@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::Postgres;
 
 use crate::config::{self, ConfigError, Secret, Source};
@@ -38,7 +38,12 @@ impl DatabaseConfig {
             tracing::info!("creating the database");
             Postgres::create_database(url).await?;
         }
-        PgPoolOptions::new().max_connections(self.max_connections).acquire_timeout(ACQUIRE_TIMEOUT).connect(url).await
+        // The store's settings: a connection is checked before use only after a second idle.
+        event_store::postgres::pool_options()
+            .max_connections(self.max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
     }
 }
 

@@ -19,6 +19,10 @@
 //! append that finds nothing queued and nothing being written is written by
 //! its caller at once, so a lone client pays nothing for the grouping (not
 //! even the hand-off to a writer task and back: two task wake-ups).
+//!
+//! Appends run on connections kept out of the pool between statements
+//! (`kept.rs`): through the pool, each would pay sqlx's check of the
+//! connection given back, a second round trip.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +32,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::kept::Kept;
 use super::notify::TaskGuard;
 use super::queries::{self, Appended};
 use crate::{ExpectedVersion, NewEvent, StoreError};
@@ -69,7 +74,7 @@ pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
     /// Appends queued or being written, by the writers or by their callers.
     in_flight: AtomicUsize,
-    pool: PgPool,
+    kept: Arc<Kept>,
     statement_timeout: Duration,
     _writers: Vec<TaskGuard>,
 }
@@ -88,14 +93,16 @@ impl GroupCommit {
         // Room for a burst; beyond it, callers wait to queue (back-pressure).
         let (queue, receiver) = mpsc::channel(config.max_appends.max(1) * 8);
         let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
+        // One connection for each writer, one for the append written by its caller.
+        let kept = Arc::new(Kept::new(pool, config.writers.max(1) + 1));
         let writers = (0..config.writers.max(1))
             .map(|_| {
                 let writer =
-                    Writer { pool: pool.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
+                    Writer { kept: kept.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();
-        Self { queue, in_flight: AtomicUsize::new(0), pool, statement_timeout, _writers: writers }
+        Self { queue, in_flight: AtomicUsize::new(0), kept, statement_timeout, _writers: writers }
     }
 
     /// Writes the append at once if nothing else is in flight; else queues
@@ -109,8 +116,7 @@ impl GroupCommit {
         if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _counted = InFlight(&self.in_flight);
             metrics::histogram!("event_store_append_batch_size").record(1.0);
-            let append = queries::append(&self.pool, stream_id, expected, &events);
-            return StoreError::within(self.statement_timeout, append).await;
+            return one(&self.kept, self.statement_timeout, stream_id, expected, &events).await;
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
@@ -166,7 +172,7 @@ impl Pending {
 }
 
 struct Writer {
-    pool: PgPool,
+    kept: Arc<Kept>,
     pending: Arc<Mutex<Pending>>,
     config: GroupCommitConfig,
     statement_timeout: Duration,
@@ -193,7 +199,7 @@ impl Writer {
             .iter()
             .map(|r| queries::BatchAppend { stream_id: &r.stream_id, expected: r.expected, events: &r.events })
             .collect();
-        let written = StoreError::within(self.statement_timeout, queries::append_batch(&self.pool, &appends)).await;
+        let written = self.batch(&appends).await;
         match written {
             Ok(Some(outcomes)) => {
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
@@ -218,7 +224,38 @@ impl Writer {
     }
 
     async fn one(&self, request: &Request) -> Result<Appended, StoreError> {
-        let append = queries::append(&self.pool, &request.stream_id, request.expected, &request.events);
-        StoreError::within(self.statement_timeout, append).await
+        one(&self.kept, self.statement_timeout, &request.stream_id, request.expected, &request.events).await
     }
+
+    async fn batch(&self, appends: &[queries::BatchAppend<'_>]) -> Result<Option<Vec<Appended>>, StoreError> {
+        let batch = async {
+            let mut held = self.kept.take().await?;
+            let written = queries::append_batch(held.connection(), appends).await;
+            if written.is_ok() {
+                held.keep();
+            }
+            written
+        };
+        // Cut short, the connection is dropped mid-statement: it goes back to the pool, not kept.
+        StoreError::within(self.statement_timeout, batch).await
+    }
+}
+
+/// One append's statement, on a kept connection.
+async fn one(
+    kept: &Kept,
+    statement_timeout: Duration,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<Appended, StoreError> {
+    let append = async {
+        let mut held = kept.take().await?;
+        let written = queries::append(held.connection(), stream_id, expected, events).await;
+        if written.is_ok() {
+            held.keep();
+        }
+        written
+    };
+    StoreError::within(statement_timeout, append).await
 }

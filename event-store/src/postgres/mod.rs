@@ -21,10 +21,12 @@
 //! every subscriber also polls as a fallback.
 
 mod group;
+mod kept;
 mod notify;
 mod queries;
 
 pub use group::GroupCommitConfig;
+pub use kept::pool_options;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::{AppendResult, EventStore, ExpectedVersion, NewEvent, PgEventStore, StoreError};
@@ -82,7 +82,7 @@ where
         .await
         .expect("cannot create a test database");
 
-    let pool = PgPoolOptions::new()
+    let pool = crate::postgres::pool_options()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(server_options().database(&name))
