@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::kept::Kept;
@@ -89,12 +88,10 @@ impl Drop for InFlight<'_> {
 }
 
 impl GroupCommit {
-    pub fn start(pool: PgPool, config: GroupCommitConfig, statement_timeout: Duration) -> Self {
+    pub fn start(kept: Arc<Kept>, config: GroupCommitConfig, statement_timeout: Duration) -> Self {
         // Room for a burst; beyond it, callers wait to queue (back-pressure).
         let (queue, receiver) = mpsc::channel(config.max_appends.max(1) * 8);
         let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
-        // One connection for each writer, one for the append written by its caller.
-        let kept = Arc::new(Kept::new(pool, config.writers.max(1) + 1));
         let writers = (0..config.writers.max(1))
             .map(|_| {
                 let writer =

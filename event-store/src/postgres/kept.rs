@@ -1,4 +1,5 @@
-//! A few connections kept out of the pool for the appends, and the pool
+//! A few connections kept out of the pool for the store's statements that
+//! run all the time (appends, the log's pages, stream reads), and the pool
 //! settings every service runs with ([`pool_options`]).
 //!
 //! sqlx 0.8 sends a `Sync` to every connection given back to its pool and
@@ -6,7 +7,7 @@
 //! the next user), in a task spawned for it: a round trip, two process
 //! wake-ups on each side and a task, for every statement run through the
 //! pool. An append runs one statement; through the pool it costs two round
-//! trips. A connection kept here between appends pays for neither.
+//! trips. A connection kept here between statements pays for neither.
 //!
 //! A connection is kept again only after a statement that ended normally
 //! (answered, or refused by the database, which leaves the connection ready).

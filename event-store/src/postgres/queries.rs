@@ -274,19 +274,20 @@ pub(super) async fn events_by_id(
 }
 
 pub(super) async fn read_stream(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     stream_id: &str,
     from_version: u64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
     );
-    let rows: Vec<EventRow> = sqlx::query_as(&sql).bind(stream_id).bind(to_i64(from_version)).fetch_all(pool).await?;
+    let rows: Vec<EventRow> =
+        sqlx::query_as(&sql).bind(stream_id).bind(to_i64(from_version)).fetch_all(executor).await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
 pub(super) async fn read_stream_page(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     stream_id: &str,
     from_version: u64,
     limit: usize,
@@ -299,7 +300,7 @@ pub(super) async fn read_stream_page(
         .bind(stream_id)
         .bind(to_i64(from_version))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
@@ -340,7 +341,7 @@ const ANYTHING_AFTER: &str = "SELECT 1 FROM es_events \
      LIMIT 1";
 
 pub(super) async fn read_all(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     after: Option<LogPosition>,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -349,7 +350,7 @@ pub(super) async fn read_all(
         .bind(after.commit.to_string())
         .bind(to_i64(after.position))
         .bind(to_i64(limit as u64))
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
@@ -373,12 +374,15 @@ pub(super) async fn count_after(pool: &PgPool, after: Option<LogPosition>, at_mo
 }
 
 /// Whether committed events exist after `after`, readable or not.
-pub(super) async fn anything_after(pool: &PgPool, after: Option<LogPosition>) -> Result<bool, StoreError> {
+pub(super) async fn anything_after(
+    executor: impl sqlx::PgExecutor<'_>,
+    after: Option<LogPosition>,
+) -> Result<bool, StoreError> {
     let after = after.unwrap_or(LogPosition::START);
     let found: Option<i32> = sqlx::query_scalar(ANYTHING_AFTER)
         .bind(after.commit.to_string())
         .bind(to_i64(after.position))
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await?;
     Ok(found.is_some())
 }
@@ -423,11 +427,14 @@ pub(super) async fn stats(pool: &PgPool) -> Result<LogStats, StoreError> {
     Ok(LogStats { readable_head, held_back_events: held_back as u64, held_back_ms: waited_ms.max(0) as u64, blocker })
 }
 
-pub(super) async fn read_snapshot(pool: &PgPool, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+pub(super) async fn read_snapshot(
+    executor: impl sqlx::PgExecutor<'_>,
+    stream_id: &str,
+) -> Result<Option<Snapshot>, StoreError> {
     let row: Option<(i64, i64, i32, serde_json::Value)> =
         sqlx::query_as("SELECT stream_version, position, schema_version, state FROM es_snapshots WHERE stream_id = $1")
             .bind(stream_id)
-            .fetch_optional(pool)
+            .fetch_optional(executor)
             .await?;
     Ok(row.map(|(stream_version, position, schema_version, state)| Snapshot {
         stream_id: stream_id.to_owned(),
