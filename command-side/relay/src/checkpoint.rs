@@ -19,6 +19,13 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<LogPosition
 }
 
 /// Moves the checkpoint from `from` to `to`; `false` if it was not at `from`.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit` off for
+/// this statement's transaction; the relay writes its checkpoint hundreds of
+/// times a second under load, and each flush is a disk write): a checkpoint
+/// lost in a database crash only makes the relay publish its last events
+/// again, which JetStream drops as duplicates (their message ids) and the
+/// consumers would recognise anyway.
 pub(crate) async fn advance(
     pool: &PgPool,
     name: &str,
@@ -28,8 +35,10 @@ pub(crate) async fn advance(
 ) -> Result<bool, sqlx::Error> {
     let from = from.unwrap_or(LogPosition::START);
     let moved = sqlx::query(
-        "UPDATE relay_checkpoints SET commit_id = $4, position = $5, events_published = events_published + $6, \
+        "WITH no_flush_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
+         UPDATE relay_checkpoints SET commit_id = $4, position = $5, events_published = events_published + $6, \
              updated_at = now() \
+         FROM no_flush_wait \
          WHERE name = $1 AND commit_id = $2 AND position = $3",
     )
     .bind(name)
