@@ -585,6 +585,22 @@ mod postgres {
         .await;
     }
 
+    /// Closing the pool waits for every connection to come back: the ones a
+    /// live store keeps come back at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_the_pool_takes_back_the_connections_a_live_store_keeps() {
+        with_database(8, |pool| async move {
+            let own = PgPoolOptions::new().max_connections(8).connect_with((*pool.connect_options()).clone());
+            let own = own.await.unwrap();
+            let store = PgEventStore::new(own.clone());
+            store.append("order-kept", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+            tokio::time::timeout(Duration::from_secs(10), own.close()).await.expect("the pool closes");
+            drop(store);
+        })
+        .await;
+    }
+
     /// With the database unreachable every operation fails fast with a typed
     /// error, and a subscription yields the error instead of hanging.
     #[tokio::test]

@@ -17,15 +17,18 @@
 //! pooled connection's would without a check before use). Kept connections
 //! are given back after [`MAX_KEPT`], so the pool's own renewal still turns
 //! them over, and never more than a quarter of the pool is kept, so the
-//! process's other queries always find connections.
+//! process's other queries always find connections. When the pool is closed
+//! (`PgPool::close` waits for every connection to come back), the kept ones
+//! go back at once.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
+use super::notify::TaskGuard;
 use crate::StoreError;
 
 /// A pooled connection idle longer than this is checked (a round trip)
@@ -54,10 +57,14 @@ pub fn pool_options() -> PgPoolOptions {
 /// How long a connection is kept before it goes back to the pool.
 const MAX_KEPT: Duration = Duration::from_secs(600);
 
+type Idle = Mutex<Vec<(PoolConnection<Postgres>, Instant)>>;
+
 pub(super) struct Kept {
     pool: PgPool,
-    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    idle: Arc<Idle>,
     capacity: usize,
+    /// Gives the kept connections back when the pool closes (started with the first one taken).
+    on_close: OnceLock<TaskGuard>,
 }
 
 /// A connection taken for one statement: [`Held::keep`] puts it back among
@@ -72,12 +79,21 @@ impl Kept {
     /// Keeps up to `wanted` connections, at most a quarter of the pool's.
     pub fn new(pool: PgPool, wanted: usize) -> Self {
         let capacity = wanted.min(pool.options().get_max_connections() as usize / 4);
-        Self { pool, idle: Mutex::new(Vec::new()), capacity }
+        Self { pool, idle: Arc::default(), capacity, on_close: OnceLock::new() }
     }
 
     /// A kept connection, or one from the pool.
     pub async fn take(&self) -> Result<Held<'_>, StoreError> {
-        let kept = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        self.on_close.get_or_init(|| {
+            let (closed, idle) = (self.pool.close_event(), Arc::downgrade(&self.idle));
+            TaskGuard(tokio::spawn(async move {
+                closed.await;
+                if let Some(idle) = idle.upgrade() {
+                    idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                }
+            }))
+        });
+        let kept = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let (connection, since) = match kept {
             Some((connection, since)) if since.elapsed() < MAX_KEPT => (connection, since),
             _ => (self.pool.acquire().await?, Instant::now()),
@@ -93,8 +109,8 @@ impl Held<'_> {
 
     /// After a statement that ended normally: kept for the next append, if there is room.
     pub fn keep(self) {
-        let mut idle = self.home.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < self.home.capacity {
+        let mut idle = self.home.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.home.capacity && !self.home.pool.is_closed() {
             idle.push((self.connection, self.since));
         }
     }
