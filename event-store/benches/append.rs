@@ -227,7 +227,7 @@ async fn main() {
          `cargo bench -p event-store --bench append` — {} — {}.\n\n\
          Each figure is the median of {ROUNDS} rounds of {}s; store and baseline alternate, each after a \
          `CHECKPOINT`. The baseline inserts the same rows with one plain `INSERT` per append into a table \
-         `LIKE es_events INCLUDING ALL`. Latency is per append. On 2 cores shared by the benchmark and the server, \
+         `LIKE es_events INCLUDING ALL`, each writer on a connection of its own (as pgbench). Latency is per append. On 2 cores shared by the benchmark and the server, \
          single rounds vary by about ten points.\n\n\
          | configuration | store events/s | raw INSERT events/s | store / raw | store p50 / p99 ms | raw p50 / p99 ms |\n\
          |---|---:|---:|---:|---:|---:|\n{}\n\n",
