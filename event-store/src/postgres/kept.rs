@@ -9,18 +9,20 @@
 //! pool. An append runs one statement; through the pool it costs two round
 //! trips. A connection kept here between statements pays for neither.
 //!
-//! A connection is kept again only after a statement that ended normally
-//! (answered, or refused by the database, which leaves the connection ready).
-//! One whose statement failed otherwise or was cut short by a timeout goes
-//! back to the pool, whose check closes it if it is broken (after a database
-//! restart, the next append on each kept connection fails once, as any
-//! pooled connection's would without a check before use). Kept connections
-//! are given back after [`MAX_KEPT`], so the pool's own renewal still turns
-//! them over, and never more than a quarter of the pool is kept, so the
-//! process's other queries always find connections. When the pool is closed
-//! (`PgPool::close` waits for every connection to come back), the kept ones
-//! go back at once.
+//! Kept connections also plan the store's statements once (their session
+//! has [`KEPT_SESSION`]), so they never go back to the pool: a kept
+//! connection leaves it for good (`PoolConnection::detach`, the pool may open
+//! another in its stead) and is closed when it is done with. A connection is
+//! kept again only after a statement that ended normally (answered, or
+//! refused by the database, which leaves the connection ready); one whose
+//! statement failed otherwise or was cut short is closed (after a database
+//! restart, the next statement on each kept connection fails once, as
+//! unavailable, which callers retry). A kept connection is closed after
+//! [`MAX_KEPT`]; no more than a quarter of the pool's size is kept (when all
+//! are busy, a statement takes a connection from the pool as before); and
+//! when the pool is closed, the idle kept connections are closed with it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,24 +56,66 @@ pub fn pool_options() -> PgPoolOptions {
     })
 }
 
-/// How long a connection is kept before it goes back to the pool.
+/// How long a connection is kept before it is closed (and the pool opens
+/// another in its stead when it needs one).
 const MAX_KEPT: Duration = Duration::from_secs(600);
 
-type Idle = Mutex<Vec<(PoolConnection<Postgres>, Instant)>>;
+/// What a kept connection is set to, once, when it starts being kept.
+///
+/// PostgreSQL plans a prepared statement anew at each execution while it
+/// judges a plan for the parameters' values cheaper than the generic one;
+/// it did so for every group append (a statement of CTEs over arrays) and
+/// the planning cost as much as the execution. The store's statements are
+/// written to be index walks and probes under any parameters
+/// (`the_log_queries_never_scan_the_whole_table`,
+/// `the_batch_append_probes_each_stream_and_event_once`), so their generic
+/// plans are the plans. The setting stays on these connections: one never
+/// goes back to the pool, where other queries could meet it; it is closed
+/// instead.
+const KEPT_SESSION: &str = "SET plan_cache_mode = force_generic_plan";
 
 pub(super) struct Kept {
     pool: PgPool,
-    idle: Arc<Idle>,
+    idle: Arc<Mutex<Vec<Keeping>>>,
+    /// Kept connections open, idle or in use: never more than `capacity`.
+    open: Arc<AtomicUsize>,
     capacity: usize,
-    /// Gives the kept connections back when the pool closes (started with the first one taken).
+    /// Closes the idle kept connections when the pool closes (started with the first one taken).
     on_close: OnceLock<TaskGuard>,
 }
 
-/// A connection taken for one statement: [`Held::keep`] puts it back among
-/// the kept ones; dropped, it goes back to the pool.
-pub(super) struct Held<'a> {
-    connection: PoolConnection<Postgres>,
+/// A kept connection. Dropped, it is detached from the pool and closed,
+/// never given back (its session has [`KEPT_SESSION`]).
+struct Keeping {
+    connection: Option<PoolConnection<Postgres>>,
     since: Instant,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Keeping {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(connection) = self.connection.take() else { return };
+        let connection = connection.detach();
+        // A polite goodbye when a runtime is there to send it; else the socket just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sqlx::Connection::close(connection));
+        }
+    }
+}
+
+enum Taken {
+    Kept(Keeping),
+    /// From the pool, when every kept connection is in use: given back after the statement.
+    Pooled(PoolConnection<Postgres>),
+}
+
+/// A connection taken for one statement: [`Held::keep`] keeps it for the
+/// next; dropped (the statement failed or was cut short), a kept connection
+/// is closed and a pooled one goes back to the pool, whose check closes it
+/// if it is broken.
+pub(super) struct Held<'a> {
+    taken: Taken,
     home: &'a Kept,
 }
 
@@ -79,10 +123,12 @@ impl Kept {
     /// Keeps up to `wanted` connections, at most a quarter of the pool's.
     pub fn new(pool: PgPool, wanted: usize) -> Self {
         let capacity = wanted.min(pool.options().get_max_connections() as usize / 4);
-        Self { pool, idle: Arc::default(), capacity, on_close: OnceLock::new() }
+        let open = Arc::new(AtomicUsize::new(0));
+        Self { pool, idle: Arc::default(), open, capacity, on_close: OnceLock::new() }
     }
 
-    /// A kept connection, or one from the pool.
+    /// An idle kept connection; else a new one, if fewer than the capacity
+    /// are open; else one from the pool.
     pub async fn take(&self) -> Result<Held<'_>, StoreError> {
         self.on_close.get_or_init(|| {
             let (closed, idle) = (self.pool.close_event(), Arc::downgrade(&self.idle));
@@ -93,25 +139,39 @@ impl Kept {
                 }
             }))
         });
-        let kept = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let (connection, since) = match kept {
-            Some((connection, since)) if since.elapsed() < MAX_KEPT => (connection, since),
-            _ => (self.pool.acquire().await?, Instant::now()),
-        };
-        Ok(Held { connection, since, home: self })
+        loop {
+            let Some(kept) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() else { break };
+            if kept.since.elapsed() < MAX_KEPT {
+                return Ok(Held { taken: Taken::Kept(kept), home: self });
+            }
+        }
+        let room = |open: usize| (open < self.capacity).then_some(open + 1);
+        if !self.pool.is_closed() && self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok() {
+            // Counted from here: a failure below drops it, which counts it out.
+            let mut kept = Keeping { connection: None, since: Instant::now(), open: self.open.clone() };
+            let connection = kept.connection.insert(self.pool.acquire().await?);
+            sqlx::query(KEPT_SESSION).execute(&mut **connection).await?;
+            return Ok(Held { taken: Taken::Kept(kept), home: self });
+        }
+        Ok(Held { taken: Taken::Pooled(self.pool.acquire().await?), home: self })
     }
 }
 
 impl Held<'_> {
     pub fn connection(&mut self) -> &mut PgConnection {
-        &mut self.connection
+        match &mut self.taken {
+            Taken::Kept(kept) => kept.connection.as_mut().expect("a kept connection until dropped"),
+            Taken::Pooled(pooled) => pooled,
+        }
     }
 
-    /// After a statement that ended normally: kept for the next append, if there is room.
+    /// After a statement that ended normally: a kept connection waits for
+    /// the next statement (unless the pool is closing); a pooled one goes back.
     pub fn keep(self) {
-        let mut idle = self.home.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.home.capacity && !self.home.pool.is_closed() {
-            idle.push((self.connection, self.since));
+        if let Taken::Kept(kept) = self.taken {
+            if !self.home.pool.is_closed() {
+                self.home.idle.lock().unwrap_or_else(PoisonError::into_inner).push(kept);
+            }
         }
     }
 }
@@ -120,6 +180,44 @@ impl Held<'_> {
 mod tests {
     use super::*;
     use sqlx::postgres::PgPoolOptions;
+
+    async fn plan_cache_mode(connection: &mut PgConnection) -> String {
+        sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(connection).await.unwrap()
+    }
+
+    async fn backend(connection: &mut PgConnection) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(connection).await.unwrap()
+    }
+
+    /// Kept connections plan once; the pool's connections never see that
+    /// setting, whether a kept one was dropped, or all were busy and one
+    /// came from the pool.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_connections_plan_once_and_never_go_back_to_the_pool() {
+        crate::testing::with_database(8, |pool| async move {
+            let kept = Kept::new(pool.clone(), 2);
+            let (mut first, mut second) = (kept.take().await.unwrap(), kept.take().await.unwrap());
+            let mut third = kept.take().await.unwrap();
+            assert!(matches!(third.taken, Taken::Pooled(_)), "two are kept; the third is pooled");
+            assert_eq!(plan_cache_mode(first.connection()).await, "force_generic_plan");
+            assert_eq!(plan_cache_mode(second.connection()).await, "force_generic_plan");
+            assert_eq!(plan_cache_mode(third.connection()).await, "auto");
+            let first_pid = backend(first.connection()).await;
+            first.keep();
+            third.keep();
+            drop(second); // as after a failed statement: closed, not pooled
+            let mut again = kept.take().await.unwrap();
+            assert_eq!(backend(again.connection()).await, first_pid, "the kept connection is reused");
+            let mut everything_pooled = Vec::new();
+            for _ in 0..(8 - 1) {
+                let mut connection = pool.acquire().await.unwrap();
+                assert_eq!(plan_cache_mode(&mut connection).await, "auto");
+                everything_pooled.push(connection);
+            }
+        })
+        .await;
+    }
 
     #[tokio::test]
     async fn never_more_than_a_quarter_of_the_pool_is_kept() {
