@@ -22,7 +22,8 @@
 //!
 //! Appends run on connections kept out of the pool between statements
 //! (`kept.rs`): through the pool, each would pay sqlx's check of the
-//! connection given back, a second round trip.
+//! connection given back, a second round trip; and there the batch
+//! statement is planned once, not at every execution.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,7 +234,7 @@ impl Writer {
             }
             written
         };
-        // Cut short, the connection is dropped mid-statement: it goes back to the pool, not kept.
+        // Cut short, the connection is dropped mid-statement: closed, not kept (`kept.rs`).
         StoreError::within(self.statement_timeout, batch).await
     }
 }

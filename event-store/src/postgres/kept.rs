@@ -44,7 +44,7 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// last use). After a database restart, a connection used within that second
 /// fails its next query once, a transient error its caller retries, and is
 /// then replaced. (The check of a connection given back cannot be turned off
-/// in sqlx 0.8: the appends avoid it by keeping their connections, [`Kept`].)
+/// in sqlx 0.8: the store's own statements avoid it on connections it keeps.)
 pub fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new().test_before_acquire(false).before_acquire(|connection, meta| {
         Box::pin(async move {
@@ -181,10 +181,12 @@ mod tests {
     use super::*;
     use sqlx::postgres::PgPoolOptions;
 
+    #[cfg(feature = "testing")]
     async fn plan_cache_mode(connection: &mut PgConnection) -> String {
         sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(connection).await.unwrap()
     }
 
+    #[cfg(feature = "testing")]
     async fn backend(connection: &mut PgConnection) -> i32 {
         sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(connection).await.unwrap()
     }
