@@ -94,8 +94,11 @@ struct Keeping {
 
 impl Drop for Keeping {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("event_store_kept_connections").set(open as f64);
         let Some(connection) = self.connection.take() else { return };
+        // A statement failed or was cut short on it, it served its time, or the pool closed.
+        metrics::counter!("event_store_kept_connections_closed_total").increment(1);
         let connection = connection.detach();
         // A polite goodbye when a runtime is there to send it; else the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -149,6 +152,7 @@ impl Kept {
         if !self.pool.is_closed() && self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok() {
             // Counted from here: a failure below drops it, which counts it out.
             let mut kept = Keeping { connection: None, since: Instant::now(), open: self.open.clone() };
+            metrics::gauge!("event_store_kept_connections").set(self.open.load(Ordering::Acquire) as f64);
             let connection = kept.connection.insert(self.pool.acquire().await?);
             sqlx::query(KEPT_SESSION).execute(&mut **connection).await?;
             return Ok(Held { taken: Taken::Kept(kept), home: self });

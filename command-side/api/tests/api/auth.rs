@@ -73,6 +73,9 @@ async fn commands_need_a_token_with_the_scope_and_act_only_for_its_customer() {
             let response = app.client.get(format!("{}{path}", app.ops)).send().await.unwrap();
             assert!(response.status().is_success(), "{path}");
         }
+        // The orders above were appended on a connection the store keeps out of the pool.
+        let metrics = app.client.get(format!("{}/metrics", app.ops)).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("event_store_kept_connections"), "{metrics}");
     })
     .await;
 }
