@@ -28,11 +28,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::kept::Kept;
+use super::kept::{on_kept, Kept};
 use super::notify::TaskGuard;
 use super::queries::{self, Appended};
 use crate::{ExpectedVersion, NewEvent, StoreError};
@@ -75,7 +74,6 @@ pub(super) struct GroupCommit {
     /// Appends queued or being written, by the writers or by their callers.
     in_flight: AtomicUsize,
     kept: Arc<Kept>,
-    statement_timeout: Duration,
     _writers: Vec<TaskGuard>,
 }
 
@@ -89,18 +87,17 @@ impl Drop for InFlight<'_> {
 }
 
 impl GroupCommit {
-    pub fn start(kept: Arc<Kept>, config: GroupCommitConfig, statement_timeout: Duration) -> Self {
+    pub fn start(kept: Arc<Kept>, config: GroupCommitConfig) -> Self {
         // Room for a burst; beyond it, callers wait to queue (back-pressure).
         let (queue, receiver) = mpsc::channel(config.max_appends.max(1) * 8);
         let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
         let writers = (0..config.writers.max(1))
             .map(|_| {
-                let writer =
-                    Writer { kept: kept.clone(), pending: pending.clone(), config: config.clone(), statement_timeout };
+                let writer = Writer { kept: kept.clone(), pending: pending.clone(), config: config.clone() };
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();
-        Self { queue, in_flight: AtomicUsize::new(0), kept, statement_timeout, _writers: writers }
+        Self { queue, in_flight: AtomicUsize::new(0), kept, _writers: writers }
     }
 
     /// Writes the append at once if nothing else is in flight; else queues
@@ -114,7 +111,7 @@ impl GroupCommit {
         if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _counted = InFlight(&self.in_flight);
             metrics::histogram!("event_store_append_batch_size").record(1.0);
-            return one(&self.kept, self.statement_timeout, stream_id, expected, &events).await;
+            return one(&self.kept, stream_id, expected, &events).await;
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
@@ -173,7 +170,6 @@ struct Writer {
     kept: Arc<Kept>,
     pending: Arc<Mutex<Pending>>,
     config: GroupCommitConfig,
-    statement_timeout: Duration,
 }
 
 impl Writer {
@@ -222,38 +218,20 @@ impl Writer {
     }
 
     async fn one(&self, request: &Request) -> Result<Appended, StoreError> {
-        one(&self.kept, self.statement_timeout, &request.stream_id, request.expected, &request.events).await
+        one(&self.kept, &request.stream_id, request.expected, &request.events).await
     }
 
     async fn batch(&self, appends: &[queries::BatchAppend<'_>]) -> Result<Option<Vec<Appended>>, StoreError> {
-        let batch = async {
-            let mut held = self.kept.take().await?;
-            let written = queries::append_batch(held.connection(), appends).await;
-            if written.is_ok() {
-                held.keep();
-            }
-            written
-        };
-        // Cut short, the connection is dropped mid-statement: closed, not kept (`kept.rs`).
-        StoreError::within(self.statement_timeout, batch).await
+        on_kept!(self.kept, |connection| queries::append_batch(connection, appends)).await
     }
 }
 
 /// One append's statement, on a kept connection.
 async fn one(
     kept: &Kept,
-    statement_timeout: Duration,
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<Appended, StoreError> {
-    let append = async {
-        let mut held = kept.take().await?;
-        let written = queries::append(held.connection(), stream_id, expected, events).await;
-        if written.is_ok() {
-            held.keep();
-        }
-        written
-    };
-    StoreError::within(statement_timeout, append).await
+    on_kept!(kept, |connection| queries::append(connection, stream_id, expected, events)).await
 }

@@ -74,12 +74,33 @@ const MAX_KEPT: Duration = Duration::from_secs(600);
 /// instead.
 const KEPT_SESSION: &str = "SET plan_cache_mode = force_generic_plan";
 
+/// `$query` (a future given `$connection`, a `&mut PgConnection`) on a
+/// connection of `$kept` (a [`Kept`]), within the store's operation
+/// timeout: kept for the next statement if it ended normally; else, or if
+/// the timeout cut it short mid-statement, closed.
+macro_rules! on_kept {
+    ($kept:expr, |$connection:ident| $query:expr) => {
+        $crate::StoreError::within($kept.timeout, async {
+            let mut held = $kept.take().await?;
+            let $connection = held.connection();
+            let outcome = $query.await;
+            if outcome.is_ok() {
+                held.keep();
+            }
+            outcome
+        })
+    };
+}
+pub(super) use on_kept;
+
 pub(super) struct Kept {
     pool: PgPool,
     idle: Arc<Mutex<Vec<Keeping>>>,
     /// Kept connections open, idle or in use: never more than `capacity`.
     open: Arc<AtomicUsize>,
     capacity: usize,
+    /// The store's operation timeout: how long a statement on a kept connection may take.
+    pub timeout: Duration,
     /// Closes the idle kept connections when the pool closes (started with the first one taken).
     on_close: OnceLock<TaskGuard>,
 }
@@ -123,11 +144,12 @@ pub(super) struct Held<'a> {
 }
 
 impl Kept {
-    /// Keeps up to `wanted` connections, at most a quarter of the pool's.
-    pub fn new(pool: PgPool, wanted: usize) -> Self {
+    /// Keeps up to `wanted` connections, at most a quarter of the pool's;
+    /// a statement on one may take `timeout`.
+    pub fn new(pool: PgPool, wanted: usize, timeout: Duration) -> Self {
         let capacity = wanted.min(pool.options().get_max_connections() as usize / 4);
         let open = Arc::new(AtomicUsize::new(0));
-        Self { pool, idle: Arc::default(), open, capacity, on_close: OnceLock::new() }
+        Self { pool, idle: Arc::default(), open, capacity, timeout, on_close: OnceLock::new() }
     }
 
     /// An idle kept connection; else a new one, if fewer than the capacity
@@ -202,7 +224,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kept_connections_plan_once_and_never_go_back_to_the_pool() {
         crate::testing::with_database(8, |pool| async move {
-            let kept = Kept::new(pool.clone(), 2);
+            let kept = Kept::new(pool.clone(), 2, Duration::from_secs(10));
             let (mut first, mut second) = (kept.take().await.unwrap(), kept.take().await.unwrap());
             let mut third = kept.take().await.unwrap();
             assert!(matches!(third.taken, Taken::Pooled(_)), "two are kept; the third is pooled");
@@ -228,8 +250,8 @@ mod tests {
     #[tokio::test]
     async fn never_more_than_a_quarter_of_the_pool_is_kept() {
         let pool = |max| PgPoolOptions::new().max_connections(max).connect_lazy("postgres://nowhere/none").unwrap();
-        assert_eq!(Kept::new(pool(40), 3).capacity, 3);
-        assert_eq!(Kept::new(pool(10), 3).capacity, 2);
-        assert_eq!(Kept::new(pool(3), 3).capacity, 0);
+        assert_eq!(Kept::new(pool(40), 3, Duration::from_secs(10)).capacity, 3);
+        assert_eq!(Kept::new(pool(10), 3, Duration::from_secs(10)).capacity, 2);
+        assert_eq!(Kept::new(pool(3), 3, Duration::from_secs(10)).capacity, 0);
     }
 }

@@ -22,6 +22,8 @@
 
 mod group;
 mod kept;
+
+use kept::on_kept;
 mod notify;
 mod queries;
 
@@ -110,7 +112,8 @@ impl PgEventStore {
 
     pub fn with_config(pool: PgPool, config: PgStoreConfig) -> Self {
         // One connection for each append writer, one for an append written by its caller, two for reads.
-        let kept = Arc::new(kept::Kept::new(pool.clone(), config.group_commit.writers.max(1) + 3));
+        let kept =
+            Arc::new(kept::Kept::new(pool.clone(), config.group_commit.writers.max(1) + 3, config.operation_timeout));
         let inner = Inner {
             pool,
             kept,
@@ -135,26 +138,7 @@ impl PgEventStore {
     async fn timed<T>(&self, work: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         StoreError::within(self.inner.config.operation_timeout, work).await
     }
-}
 
-/// `$query` (a future given `$connection`) on a kept connection, within the
-/// operation timeout: the reads that run all the time skip the pool's check
-/// of a connection given back.
-macro_rules! on_kept {
-    ($store:expr, |$connection:ident| $query:expr) => {
-        $store.timed(async {
-            let mut held = $store.inner.kept.take().await?;
-            let $connection = held.connection();
-            let outcome = $query.await;
-            if outcome.is_ok() {
-                held.keep();
-            }
-            outcome
-        })
-    };
-}
-
-impl PgEventStore {
     /// One append (in a batch, see `group.rs`); when it writes nothing,
     /// finds out why: a replay of stored events (the original result), a
     /// version conflict, or, for `Any`, a racing append that took the version
@@ -168,7 +152,7 @@ impl PgEventStore {
         let inner = &self.inner;
         let writers = inner.writers.get_or_init(|| {
             let config = inner.config.group_commit.clone();
-            group::GroupCommit::start(inner.kept.clone(), config, inner.config.operation_timeout)
+            group::GroupCommit::start(inner.kept.clone(), config)
         });
         let mut actual = 0;
         for _ in 0..MAX_APPEND_ATTEMPTS {
@@ -235,7 +219,7 @@ impl EventStore for PgEventStore {
 
     #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err)]
     async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self, |connection| queries::read_stream(connection, stream_id, from_version)).await
+        on_kept!(self.inner.kept, |connection| queries::read_stream(connection, stream_id, from_version)).await
     }
 
     async fn read_stream_page(
@@ -244,11 +228,12 @@ impl EventStore for PgEventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self, |connection| queries::read_stream_page(connection, stream_id, from_version, limit)).await
+        on_kept!(self.inner.kept, |connection| queries::read_stream_page(connection, stream_id, from_version, limit))
+            .await
     }
 
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self, |connection| queries::read_all(connection, after, limit)).await
+        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit)).await
     }
 
     fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
@@ -260,7 +245,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
-        on_kept!(self, |connection| queries::read_snapshot(connection, stream_id)).await
+        on_kept!(self.inner.kept, |connection| queries::read_snapshot(connection, stream_id)).await
     }
 
     async fn write_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
@@ -287,7 +272,7 @@ impl Tail for PgEventStore {
 
     async fn held_back(&self, after: Option<LogPosition>) -> Result<bool, StoreError> {
         // Called at the horizon: anything committed after is held back.
-        on_kept!(self, |connection| queries::anything_after(connection, after)).await
+        on_kept!(self.inner.kept, |connection| queries::anything_after(connection, after)).await
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
