@@ -336,6 +336,32 @@ mod postgres {
         open.rollback().await.unwrap();
     }
 
+    /// Subscriptions stop at `es_follow_horizon()`, which looks the oldest
+    /// open transaction up only once it has held events back for a while:
+    /// one of another database open all along still lets them through, on
+    /// every session that reads (the store's own connections rotate).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_open_in_another_database_does_not_stop_subscribers() {
+        use sqlx::Connection;
+        let url = std::env::var("DATABASE_URL").unwrap();
+        let mut elsewhere = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut open = elsewhere.begin().await.unwrap();
+        let _: i64 =
+            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *open).await.unwrap();
+        with_database(POOL_SIZE, |pool| async move {
+            let store = PgEventStore::new(pool);
+            let mut subscription = store.subscribe(None);
+            for i in 0..3 {
+                let stream = format!("order-{i}");
+                store.append(&stream, ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+                assert_eq!(take(&mut subscription, 1).await[0].stream_id, stream);
+            }
+            assert_quiet(&mut subscription, Duration::from_millis(300)).await;
+        })
+        .await;
+        open.rollback().await.unwrap();
+    }
+
     /// A store with one append writer, for tests that need to know how appends are grouped.
     fn one_writer(pool: sqlx::PgPool) -> PgEventStore {
         let group_commit = GroupCommitConfig { writers: 1, ..GroupCommitConfig::default() };

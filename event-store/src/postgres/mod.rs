@@ -12,7 +12,10 @@
 //! event and writers never wait for each other. The price: a transaction held
 //! open in this database holds the log back until it ends
 //! ([`LogStats::held_back_events`] shows by how much). Transactions in other
-//! databases of the cluster do not.
+//! databases of the cluster do not; subscriptions, which read page after
+//! page, stop at `es_follow_horizon()`, which looks such a transaction up
+//! only once it has held events back for 50 ms (the lookup is dear under
+//! load; see its migration).
 //!
 //! Live tailing wakes on LISTEN/NOTIFY. NOTIFY takes a cluster-wide lock at
 //! commit, so appends never send it themselves: after a commit they signal a
@@ -26,6 +29,8 @@ mod kept;
 use kept::on_kept;
 mod notify;
 mod queries;
+
+use queries::Horizon;
 
 pub use group::GroupCommitConfig;
 pub use kept::pool_options;
@@ -233,7 +238,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit)).await
+        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit, Horizon::Exact)).await
     }
 
     fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
@@ -267,7 +272,7 @@ impl EventStore for PgEventStore {
 
 impl Tail for PgEventStore {
     async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_all(after, limit).await
+        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit, Horizon::Following)).await
     }
 
     async fn held_back(&self, after: Option<LogPosition>) -> Result<bool, StoreError> {

@@ -1,5 +1,7 @@
 //! The SQL of the PostgreSQL event store, beside the code that runs it.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -311,11 +313,33 @@ pub(super) async fn read_stream_page(
 // `(transaction_id, position)` index from the reader's position, never the
 // whole table; `the_log_queries_never_scan_the_whole_table` holds them to it.
 
-fn read_all_sql() -> String {
+/// Which read horizon a read of the log stops at.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Horizon {
+    /// `es_read_horizon()`: exactly the oldest transaction open in this
+    /// database (for `read_all`: what was committed is there to read).
+    Exact,
+    /// `es_follow_horizon()`: the same for transactions of this database, but
+    /// one of another database that holds events back is only looked up once
+    /// it has done so for 50 ms (for subscriptions, which read page after
+    /// page: the lookup is dear under load, see its migration).
+    Following,
+}
+
+fn read_all_sql(horizon: Horizon) -> &'static str {
+    static EXACT: LazyLock<String> = LazyLock::new(|| read_all_up_to("es_read_horizon"));
+    static FOLLOWING: LazyLock<String> = LazyLock::new(|| read_all_up_to("es_follow_horizon"));
+    match horizon {
+        Horizon::Exact => &EXACT,
+        Horizon::Following => &FOLLOWING,
+    }
+}
+
+fn read_all_up_to(horizon: &str) -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM es_events \
          WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-           AND transaction_id < (SELECT es_read_horizon()) \
+           AND transaction_id < (SELECT {horizon}()) \
          ORDER BY transaction_id, position \
          LIMIT $3"
     )
@@ -344,9 +368,10 @@ pub(super) async fn read_all(
     executor: impl sqlx::PgExecutor<'_>,
     after: Option<LogPosition>,
     limit: usize,
+    horizon: Horizon,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let after = after.unwrap_or(LogPosition::START);
-    let rows: Vec<EventRow> = sqlx::query_as(&read_all_sql())
+    let rows: Vec<EventRow> = sqlx::query_as(read_all_sql(horizon))
         .bind(after.commit.to_string())
         .bind(to_i64(after.position))
         .bind(to_i64(limit as u64))
@@ -535,7 +560,15 @@ mod tests {
             let mut conn = pool.acquire().await.unwrap();
             sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
             let queries = [
-                ("read_all", read_all_sql(), "('0', 0, 500)"),
+                ("read_all", read_all_sql(Horizon::Exact).to_owned(), "('0', 0, 500)"),
+                ("follow", read_all_sql(Horizon::Following).to_owned(), "('0', 0, 500)"),
+                // The probe inside es_follow_horizon() (its migration), as PL/pgSQL runs it.
+                (
+                    "follow_probe",
+                    "SELECT 1 FROM es_events WHERE transaction_id >= $1::text::xid8 ORDER BY transaction_id LIMIT 1"
+                        .to_owned(),
+                    "('0')",
+                ),
                 ("count_after", COUNT_AFTER.to_owned(), "('0', 0, 100000)"),
                 ("anything_after", ANYTHING_AFTER.to_owned(), "('0', 0)"),
                 ("locate", LOCATE.to_owned(), "(1)"),
