@@ -31,7 +31,7 @@ impl App {
         let settings =
             Settings { max_attempts: saga.command_max_attempts, kept_states: saga.state_cache, ..Settings::default() };
         let app = Application::new(store, pool.clone(), settings);
-        let reactor = Reactor { app, pool, gateway: Gateway::new(saga.gateway.clone()) };
+        let reactor = Reactor::new(app, pool, Gateway::new(saga.gateway.clone()));
         let outcome = run(reactor, jetstream::new(nats), saga, shutdown).await;
         let _ = ops.await;
         outcome

@@ -6,6 +6,8 @@
 //! order that has moved on, so a late or repeated expiry is harmless. The
 //! database's clock decides what is due and is the command's clock.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,30 +15,25 @@ use domain::order::{Order, OrderCommand, OrderEvent, OrderState, OrderStatus};
 use domain::{Aggregate, DomainError};
 use event_store::Metadata;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::participants::ReactionError;
 use super::trigger::{Fact, Trigger};
 use application::{Application, EventIds, ExecuteError, Invocation};
 use service_kit::Shutdown;
 
-/// Arms or disarms an order's deadline.
-pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> {
+/// Arms or disarms an order's deadline (in the next batch, see [`Deadlines`]).
+pub async fn track(deadlines: &Deadlines, trigger: &Trigger) -> Result<(), ReactionError> {
     let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
     match event {
         OrderEvent::OrderPlaced { deadline, placed_at, .. } => {
-            sqlx::query(
-                "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
-                 VALUES ($1, $2, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(deadline)
-            .bind(&trigger.recorded.metadata.correlation_id)
-            .bind(placed_at)
-            .execute(pool)
-            .await?;
+            let correlation_id = trigger.recorded.metadata.correlation_id.clone();
+            let arm = Arm { order_id: *order_id, deadline: *deadline, correlation_id, placed_at: *placed_at };
+            deadlines.change(|reply| Change::Arm(arm, reply)).await?;
         }
         OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
-            let armed = disarm(pool, *order_id).await?;
+            let armed = deadlines.change(|reply| Change::Disarm(*order_id, reply)).await?;
             // Per delivery: a redelivered final event counts again (rare; a gauge of trends, not a ledger).
             let outcome = match event {
                 OrderEvent::OrderConfirmed { .. } => "confirmed",
@@ -58,20 +55,161 @@ pub async fn track(pool: &PgPool, trigger: &Trigger) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// `Some` if the order had a deadline armed, with when it was placed (if known).
+/// Arms and disarms deadlines in batches. The deadline participant handles
+/// many messages at once, and each order used to cost two statements and
+/// two commits of their own here (with sqlx's check of the connection given
+/// back after each); now the changes that arrive while a batch is written
+/// go in the next, one statement for the arms and one for the disarms.
+/// Each caller is answered after its batch's statement returns (an arm
+/// after its commit is durable), and a batch that fails fails for each of
+/// its callers, whose messages are delivered again.
+#[derive(Clone)]
+pub struct Deadlines {
+    queue: mpsc::Sender<Change>,
+    _writer: Arc<AbortOnDrop>,
+}
+
+/// Most changes in one batch.
+const BATCH_CHANGES: usize = 256;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Arm {
+    order_id: Uuid,
+    deadline: DateTime<Utc>,
+    correlation_id: String,
+    placed_at: DateTime<Utc>,
+}
+
+/// What a disarm answers: `Some` if a deadline was armed, with when the order was placed (if known).
+type Armed = Option<Option<DateTime<Utc>>>;
+
+enum Change {
+    Arm(Arm, oneshot::Sender<Result<(), ReactionError>>),
+    Disarm(Uuid, oneshot::Sender<Result<Armed, ReactionError>>),
+}
+
+impl Deadlines {
+    /// Starts the writer; it stops when the last clone is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (queue, mut receiver) = mpsc::channel(BATCH_CHANGES * 4);
+        let writer = tokio::spawn(async move {
+            while let Some(first) = receiver.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_CHANGES {
+                    let Ok(change) = receiver.try_recv() else { break };
+                    batch.push(change);
+                }
+                write(&pool, batch).await;
+            }
+        });
+        Self { queue, _writer: Arc::new(AbortOnDrop(writer)) }
+    }
+
+    async fn change<T>(
+        &self,
+        change: impl FnOnce(oneshot::Sender<Result<T, ReactionError>>) -> Change,
+    ) -> Result<T, ReactionError> {
+        let gone = || ReactionError::Waiting("the deadline writer has stopped".into());
+        let (reply, outcome) = oneshot::channel();
+        self.queue.send(change(reply)).await.map_err(|_| gone())?;
+        outcome.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+/// Writes one batch: the arms, then the disarms, and answers each caller.
+async fn write(pool: &PgPool, batch: Vec<Change>) {
+    let (mut arms, mut disarms) = (Vec::new(), Vec::new());
+    for change in batch {
+        match change {
+            Change::Arm(arm, reply) => arms.push((arm, reply)),
+            Change::Disarm(order_id, reply) => disarms.push((order_id, reply)),
+        }
+    }
+    if !arms.is_empty() {
+        let outcome = arm_all(pool, arms.iter().map(|(arm, _)| arm)).await;
+        for (_, reply) in arms {
+            let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(reaction_error));
+        }
+    }
+    if !disarms.is_empty() {
+        let ids: Vec<Uuid> = disarms.iter().map(|(order_id, _)| *order_id).collect();
+        match disarm_all(pool, &ids).await {
+            Ok(mut removed) => {
+                for (order_id, reply) in disarms {
+                    // The first to ask for a removed row is told; a repeat in the same batch is not.
+                    let _ = reply.send(Ok(removed.remove(&order_id)));
+                }
+            }
+            Err(error) => {
+                for (_, reply) in disarms {
+                    let _ = reply.send(Err(reaction_error(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// The same for every caller of a failed batch: the database away is a wait.
+fn reaction_error(error: &sqlx::Error) -> ReactionError {
+    if event_store::is_transient(error) {
+        ReactionError::Waiting(format!("the deadlines' database: {error}"))
+    } else {
+        ReactionError::Failed(format!("the deadlines' database: {error}"))
+    }
+}
+
+async fn arm_all(pool: &PgPool, arms: impl Iterator<Item = &Arm>) -> Result<(), sqlx::Error> {
+    let (mut ids, mut deadlines, mut correlations, mut placed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for arm in arms.filter(|arm| seen.insert(arm.order_id)) {
+        ids.push(arm.order_id);
+        deadlines.push(arm.deadline);
+        correlations.push(arm.correlation_id.as_str());
+        placed.push(arm.placed_at);
+    }
+    sqlx::query(
+        "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
+         SELECT order_id, deadline, deadline, correlation_id, placed_at \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
+           AS a (order_id, deadline, correlation_id, placed_at) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&deadlines)
+    .bind(&correlations)
+    .bind(&placed)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The deadlines removed, by order, with when each order was placed (if known).
 ///
 /// Committed without waiting for the WAL flush (`synchronous_commit` off for
 /// this statement's transaction): a disarm lost in a database crash only
 /// leaves a deadline that expires a finished order, which changes nothing.
 /// Arming, whose loss would leave a stuck order pending for ever, waits.
-async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<Option<Option<DateTime<Utc>>>, sqlx::Error> {
-    sqlx::query_scalar(
+async fn disarm_all(pool: &PgPool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Option<DateTime<Utc>>>, sqlx::Error> {
+    let removed: Vec<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
         "WITH no_flush_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
-         DELETE FROM saga_deadlines USING no_flush_wait WHERE order_id = $1 RETURNING placed_at",
+         DELETE FROM saga_deadlines USING no_flush_wait WHERE order_id = ANY($1) RETURNING order_id, placed_at",
     )
-    .bind(order_id)
-    .fetch_optional(pool)
-    .await
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(removed.into_iter().collect())
+}
+
+/// `Some` if the order had a deadline armed, with when it was placed (if known).
+async fn disarm(pool: &PgPool, order_id: Uuid) -> Result<Armed, sqlx::Error> {
+    Ok(disarm_all(pool, &[order_id]).await?.remove(&order_id))
 }
 
 /// Expires due orders every `poll` until `shutdown`.
@@ -187,6 +325,67 @@ fn retry_delay(attempts: i32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arm_of(order_id: Uuid) -> Arm {
+        let now = Utc::now();
+        Arm {
+            order_id,
+            deadline: now + chrono::Duration::minutes(15),
+            correlation_id: order_id.to_string(),
+            placed_at: now,
+        }
+    }
+
+    /// Many orders at once: each arm is written and answered, each disarm
+    /// removes its row, and of two disarms of one order in the same batch
+    /// only the first is told the order was armed (the metric of how long
+    /// orders take counts each order once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_that_arrive_together_share_a_batch_and_each_gets_its_answer() {
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            let orders: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+            let arming = orders.iter().map(|id| deadlines.change(|reply| Change::Arm(arm_of(*id), reply)));
+            for armed in futures_util::future::join_all(arming).await {
+                armed.unwrap();
+            }
+            let rows: Vec<(Uuid, String)> =
+                sqlx::query_as("SELECT order_id, correlation_id FROM saga_deadlines").fetch_all(&pool).await.unwrap();
+            assert_eq!(rows.len(), orders.len());
+            assert!(rows.iter().all(|(id, correlation)| *correlation == id.to_string()));
+
+            let twice = orders.iter().flat_map(|id| [*id, *id]);
+            let disarming = twice.map(|id| deadlines.change(move |reply| Change::Disarm(id, reply)));
+            let answers: Vec<Armed> =
+                futures_util::future::join_all(disarming).await.into_iter().map(Result::unwrap).collect();
+            let told = answers.iter().filter(|armed| armed.is_some()).count();
+            assert_eq!(told, orders.len(), "each order told once that it was armed");
+            assert!(answers.iter().flatten().all(Option::is_some), "with when it was placed");
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_deadlines").fetch_one(&pool).await.unwrap();
+            assert_eq!(left, 0);
+        })
+        .await;
+    }
+
+    /// A batch that fails fails for each of its callers, and nothing of it
+    /// is written; the next batch works again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_fails_every_caller_and_the_next_one_works() {
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            sqlx::query("ALTER TABLE saga_deadlines RENAME TO saga_deadlines_away").execute(&pool).await.unwrap();
+            let arming = (0..20).map(|_| deadlines.change(|reply| Change::Arm(arm_of(Uuid::new_v4()), reply)));
+            for armed in futures_util::future::join_all(arming).await {
+                assert!(matches!(armed, Err(ReactionError::Failed(_))), "{armed:?}");
+            }
+            sqlx::query("ALTER TABLE saga_deadlines_away RENAME TO saga_deadlines").execute(&pool).await.unwrap();
+            let order_id = Uuid::new_v4();
+            deadlines.change(|reply| Change::Arm(arm_of(order_id), reply)).await.unwrap();
+            let armed = deadlines.change(|reply| Change::Disarm(order_id, reply)).await.unwrap();
+            assert!(matches!(armed, Some(Some(_))), "{armed:?}");
+        })
+        .await;
+    }
 
     #[test]
     fn a_failing_row_waits_longer_each_time_up_to_five_minutes() {

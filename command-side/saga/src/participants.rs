@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::consumer::Reaction;
-use super::deadline;
+use super::deadline::{self, Deadlines};
 use super::gateway::{ChargeOutcome, Gateway, GatewayError};
 use super::trigger::{Fact, Malformed, Trigger};
 use application::{Application, ExecuteError};
@@ -82,7 +82,7 @@ impl Participant {
             Self::Inventory => ctx.inventory(trigger).await,
             Self::Order => ctx.order(trigger).await,
             Self::Payment => ctx.payment(trigger).await,
-            Self::Deadline => deadline::track(&ctx.pool, trigger).await.map_err(ReactionError::from_database),
+            Self::Deadline => deadline::track(&ctx.deadlines, trigger).await,
         }
     }
 }
@@ -118,12 +118,6 @@ pub enum ReactionError {
     Failed(String),
 }
 
-impl ReactionError {
-    fn from_database(error: sqlx::Error) -> Self {
-        Self::from(ExecuteError::Store(StoreError::from(error)))
-    }
-}
-
 impl From<ExecuteError> for ReactionError {
     fn from(error: ExecuteError) -> Self {
         match error {
@@ -143,15 +137,21 @@ impl From<GatewayError> for ReactionError {
 }
 
 /// What the participants need to act: the application layer (whose kept
-/// states they command), the deadlines' database, the payment gateway.
+/// states they command), the deadlines, the payment gateway.
 #[derive(Clone)]
 pub struct Reactor {
     pub app: Application,
     pub pool: PgPool,
     pub gateway: Gateway,
+    deadlines: Deadlines,
 }
 
 impl Reactor {
+    /// Starts the deadlines' writer on `pool` (see [`Deadlines`]).
+    pub fn new(app: Application, pool: PgPool, gateway: Gateway) -> Self {
+        Self { app, deadlines: Deadlines::start(pool.clone()), pool, gateway }
+    }
+
     async fn run<A>(
         &self,
         trigger: &Trigger,

@@ -161,7 +161,7 @@ impl Shop {
             ..Settings::default()
         };
         let application = Application::new(std::sync::Arc::new(store.clone()), pool.clone(), settings);
-        let reactor = Reactor { app: application, pool: pool.clone(), gateway: gateway.clone() };
+        let reactor = Reactor::new(application, pool.clone(), gateway.clone());
         let tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
