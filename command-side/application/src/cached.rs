@@ -99,6 +99,27 @@ impl StateCache {
         }
     }
 
+    /// Keeps what this process was told of a stream's event (a message it
+    /// handles): the stream's first event starts a state, the event right
+    /// after a kept state advances it; any other changes nothing. A state
+    /// kept this way is like any other: a decision on it that turns out
+    /// stale fails its expected version and is taken again after a read. It
+    /// saves the read (a snapshot probe and the stream) that the first
+    /// command of this process on the stream would otherwise start with.
+    pub async fn observe<A: Aggregate>(&self, stream_id: &str, at: Appended, event: &A::Event)
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let _turn = self.turn(stream_id).await;
+        let (appended, state) = match self.take::<A>(stream_id) {
+            None if at.stream_version == 1 => (at, A::evolve(A::State::default(), event)),
+            None => return,
+            Some((kept, state)) if at.stream_version == kept.stream_version + 1 => (at, A::evolve(state, event)),
+            Some(kept) => kept,
+        };
+        self.put::<A>(stream_id, appended, Arc::new(state));
+    }
+
     pub fn len(&self) -> usize {
         let generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
         generations.recent.len() + generations.older.len()
@@ -317,6 +338,69 @@ mod tests {
             execute::<Inventory>(&store, &cache, "inventory-SKU-9", &invocation(), receive).await.unwrap();
         assert_eq!(appended.stream_version, 1);
         assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// Receives stock on an item through another process (nothing kept
+    /// here); answers the stream's events as this process would be told of them.
+    async fn received_elsewhere(store: &MemoryEventStore) -> Vec<(Appended, <Inventory as Aggregate>::Event)> {
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
+        commands::execute::<Inventory>(store, "inventory-SKU-1", &invocation(), receive).await.unwrap();
+        let recorded = store.read_stream("inventory-SKU-1", 1).await.unwrap();
+        recorded
+            .iter()
+            .map(|e| {
+                let at = Appended { stream_version: e.stream_version, position: e.log_position.position };
+                (at, commands::decode::<Inventory>(e).unwrap())
+            })
+            .collect()
+    }
+
+    /// Told of a stream's first event (a saga message), the process keeps
+    /// the state after it: its first command there decides at once and
+    /// appends without a read.
+    #[tokio::test]
+    async fn a_stream_observed_from_its_first_event_is_commanded_without_a_read() {
+        let store = crate::commands::tests::CountingReads::default();
+        let told = received_elsewhere(&store.store).await;
+        let cache = StateCache::new(10);
+        cache.observe::<Inventory>("inventory-SKU-1", told[0].0, &told[0].1).await;
+        let (appended, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved, state.available()), (2, 1, 4));
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// An observed state is a kept state like any other: if the stream has
+    /// moved on, the decision on it fails its expected version and is taken
+    /// again on what the store holds.
+    #[tokio::test]
+    async fn an_observed_state_that_is_behind_the_stream_is_read_before_it_counts() {
+        let store = MemoryEventStore::new();
+        let told = received_elsewhere(&store).await;
+        commands::execute::<Inventory>(&store, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        let cache = StateCache::new(10);
+        cache.observe::<Inventory>("inventory-SKU-1", told[0].0, &told[0].1).await;
+        let (appended, state) =
+            execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved, state.available()), (3, 2, 3));
+    }
+
+    /// Only a stream's first event starts a state, and only the event right
+    /// after a kept state advances it: a later event with nothing kept, or
+    /// one the kept state already holds, changes nothing.
+    #[tokio::test]
+    async fn only_a_first_event_or_the_next_one_is_kept() {
+        let store = MemoryEventStore::new();
+        let told = received_elsewhere(&store).await;
+        let cache = StateCache::new(10);
+        let (at, event) = &told[0];
+        let later = Appended { stream_version: 2, ..*at };
+        cache.observe::<Inventory>("inventory-SKU-1", later, event).await;
+        assert!(cache.is_empty(), "a state from the middle of a stream would be wrong");
+        execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(1)).await.unwrap();
+        cache.observe::<Inventory>("inventory-SKU-1", *at, event).await;
+        let kept = cache.take::<Inventory>("inventory-SKU-1").expect("kept");
+        assert_eq!((kept.0.stream_version, kept.1.reserved), (2, 1), "the newer state stays");
     }
 
     #[tokio::test]

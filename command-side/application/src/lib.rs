@@ -163,6 +163,17 @@ impl Application {
         Ok(state)
     }
 
+    /// Keeps the state after an event this process was told of (a saga
+    /// participant's message), where it can: see [`cached::StateCache::observe`].
+    pub async fn observe<A>(&self, event: &event_store::RecordedEvent, decoded: &A::Event)
+    where
+        A: Aggregate,
+        A::State: Send + Sync + 'static,
+    {
+        let at = Appended { stream_version: event.stream_version, position: event.log_position.position };
+        self.states.observe::<A>(&event.stream_id, at, decoded).await;
+    }
+
     /// The current state of the aggregate in `stream_id`, read from the store.
     pub async fn load<A: Aggregate>(&self, stream_id: &str) -> Result<A::State, ExecuteError> {
         commands::load::<A>(&*self.store, stream_id).await

@@ -173,7 +173,12 @@ impl Reactor {
         let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
         let order_id = *order_id;
         let lines = match event {
-            OrderEvent::OrderPlaced { lines, .. } => lines.clone(),
+            OrderEvent::OrderPlaced { lines, .. } => {
+                // The order's first event: its state is known without a read,
+                // for when the lines come back reserved (same process).
+                self.app.observe::<Order>(&trigger.recorded, event).await;
+                lines.clone()
+            }
             OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } | OrderEvent::OrderShipped { .. } => {
                 match self.app.load::<Order>(&Order::stream_id(order_id)).await? {
                     OrderState::Placed(order) => order.lines,
