@@ -132,10 +132,20 @@ async fn write(pool: &PgPool, batch: Vec<Change>) {
             Change::Disarm(order_id, reply) => disarms.push((order_id, reply)),
         }
     }
-    if !arms.is_empty() {
-        let outcome = arm_all(pool, arms.iter().map(|(arm, _)| arm)).await;
-        for (_, reply) in arms {
-            let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(reaction_error));
+    let rows: Vec<&Arm> = arms.iter().map(|(arm, _)| arm).collect();
+    match arm_all(pool, &rows).await {
+        // A row the database refuses (not the database away) must not fail
+        // the others with it: each is written alone, and answered on its own.
+        Err(error) if arms.len() > 1 && !event_store::is_transient(&error) => {
+            tracing::warn!(%error, arms = arms.len(), "a batch of deadlines was refused; writing them one by one");
+            for (arm, reply) in arms {
+                let _ = reply.send(arm_all(pool, &[&arm]).await.map_err(|e| reaction_error(&e)));
+            }
+        }
+        outcome => {
+            for (_, reply) in arms {
+                let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(reaction_error));
+            }
         }
     }
     if !disarms.is_empty() {
@@ -165,10 +175,13 @@ fn reaction_error(error: &sqlx::Error) -> ReactionError {
     }
 }
 
-async fn arm_all(pool: &PgPool, arms: impl Iterator<Item = &Arm>) -> Result<(), sqlx::Error> {
+async fn arm_all(pool: &PgPool, arms: &[&Arm]) -> Result<(), sqlx::Error> {
+    if arms.is_empty() {
+        return Ok(());
+    }
     let (mut ids, mut deadlines, mut correlations, mut placed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut seen = HashSet::new();
-    for arm in arms.filter(|arm| seen.insert(arm.order_id)) {
+    for arm in arms.iter().filter(|arm| seen.insert(arm.order_id)) {
         ids.push(arm.order_id);
         deadlines.push(arm.deadline);
         correlations.push(arm.correlation_id.as_str());
@@ -383,6 +396,26 @@ mod tests {
             deadlines.change(|reply| Change::Arm(arm_of(order_id), reply)).await.unwrap();
             let armed = deadlines.change(|reply| Change::Disarm(order_id, reply)).await.unwrap();
             assert!(matches!(armed, Some(Some(_))), "{armed:?}");
+        })
+        .await;
+    }
+
+    /// A row the database refuses (here a correlation id PostgreSQL cannot
+    /// store) fails its own caller only: the rest of its batch is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_the_database_refuses_fails_only_its_own_caller() {
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            let poison = Arm { correlation_id: "nul\0here".into(), ..arm_of(Uuid::new_v4()) };
+            let mut arms: Vec<Arm> = (0..20).map(|_| arm_of(Uuid::new_v4())).collect();
+            arms.insert(10, poison);
+            let arming = arms.into_iter().map(|arm| deadlines.change(|reply| Change::Arm(arm, reply)));
+            let outcomes = futures_util::future::join_all(arming).await;
+            let refused: Vec<usize> = outcomes.iter().enumerate().filter(|(_, o)| o.is_err()).map(|(n, _)| n).collect();
+            assert_eq!(refused, [10], "{outcomes:?}");
+            assert!(matches!(outcomes[10], Err(ReactionError::Failed(_))));
+            let armed: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_deadlines").fetch_one(&pool).await.unwrap();
+            assert_eq!(armed, 20);
         })
         .await;
     }
