@@ -1,7 +1,9 @@
 //! Saga completion: how long an order takes from placed to confirmed, at a
 //! steady 200 orders/s, with everything running: the command API over HTTP,
 //! the relay, the saga participants and the payment gateway simulator (no
-//! injected latency), on the real PostgreSQL and NATS.
+//! injected latency), on the real PostgreSQL and NATS. The orders are placed
+//! by a load generator in a process of its own (this binary again), so it
+//! shares neither the services' runtime nor their threads.
 //!
 //! Run: `cargo bench -p saga --bench saga` (needs DATABASE_URL and
 //! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
@@ -61,8 +63,14 @@ struct Run {
     facts: String,
 }
 
+/// Set in the load generator's process (see [`place_in_own_process`]): the command API to place orders with.
+const LOAD_API: &str = "BENCH_LOAD_API";
+
 #[tokio::main]
 async fn main() {
+    if let Ok(api) = std::env::var(LOAD_API) {
+        return generate_load(&api).await;
+    }
     let seconds = std::env::var("BENCH_SECONDS")
         .map_or(if quick() { 10 } else { 30 }, |s| s.parse().expect("BENCH_SECONDS: seconds of load"));
     if std::env::var_os("BENCH_CAPACITY").is_some_and(|v| v != "0") {
@@ -78,8 +86,9 @@ async fn main() {
         "## Saga completion\n\n\
          `cargo bench -p saga --bench saga` — {facts} — {}.\n\n\
          Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
-         achieved), with the command API, the relay, the saga participants and the payment gateway simulator \
-         (no injected latency) running in one process; the first {} s are warm-up and not counted. \
+         achieved) by a load generator in a process of its own, with the command API, the relay, the saga \
+         participants and the payment gateway simulator (no injected latency) running in the benchmark's \
+         process; the first {} s are warm-up and not counted. \
          Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \
          appends. Baseline, same run: one trip, an `OrderPlaced` committed -> a JetStream consumer holding it. \
          Target: p99 under 100 ms.\n\n\
@@ -131,7 +140,8 @@ async fn capacity_search(seconds: usize) {
     let section = format!(
         "## Saga capacity\n\n\
          `BENCH_CAPACITY=1 cargo bench -p saga --bench saga` — {facts} — {}.\n\n\
-         The saga benchmark's shop (every service in the benchmark's process) at steady rates of {seconds} s each, \
+         The saga benchmark's shop (every service in the benchmark's process, the load generator in one of its \
+         own) at steady rates of {seconds} s each, \
          a fresh shop per rate: the rate grows by half while placed -> confirmed p99 stays under {TARGET_P99_MS} ms \
          (and the rate is achieved), then the gap to the first rate that fails is halved.\n\n\
          | orders/s asked | achieved | orders measured | p50 ms | p99 ms | p99 under {TARGET_P99_MS} ms |\n\
@@ -164,29 +174,8 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
         let hops = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
 
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-        let mut placing = Vec::new();
-        for n in 0..rate as usize * seconds {
-            tick.tick().await;
-            let shop = shop.clone();
-            placing.push(tokio::spawn(async move {
-                let lines = [
-                    (format!("SKU-{}", n % SKUS), 1 + (n % 3) as u32, 1000),
-                    (format!("SKU-{}", (n + 7) % SKUS), 1, 250),
-                ];
-                let lines: Vec<(&str, u32, u64)> =
-                    lines.iter().take(1 + n % 2).map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
-                (Instant::now(), shop.place(&lines, "tok_visa").await)
-            }));
-        }
-        let mut orders: Vec<(Instant, Uuid)> = Vec::new();
-        for task in placing {
-            orders.push(task.await.unwrap());
-        }
-        let offered = orders.len() as f64 / started.elapsed().as_secs_f64();
-        let measured: Vec<(Instant, Uuid)> =
-            orders.iter().filter(|(at, _)| at.duration_since(started) >= WARM_UP).copied().collect();
+        let (orders, offered) = place_in_own_process(&shop.api, rate, seconds).await;
+        let measured: Vec<(Duration, Uuid)> = orders.iter().filter(|(at, _)| *at >= WARM_UP).copied().collect();
 
         let mut latencies = Vec::with_capacity(measured.len());
         // The saga's latencies by the 10-second window the order was placed in: is the p99 steady?
@@ -202,7 +191,7 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
                 ["OrderPlaced", "OrderReadyForPayment", "PaymentRequested", "PaymentCaptured", "OrderConfirmed"];
             let latency = millis(at(marks[4]) - at(marks[0]));
             latencies.push(latency);
-            let window = (placed_at.duration_since(started) - WARM_UP).as_secs() as usize / WINDOW_SECONDS;
+            let window = (*placed_at - WARM_UP).as_secs() as usize / WINDOW_SECONDS;
             windows.resize_with(windows.len().max(window + 1), Vec::new);
             windows[window].push(latency);
             for (stage, pair) in stages.iter_mut().zip(marks.windows(2)) {
@@ -236,6 +225,67 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
     .await;
     let run = report.lock().unwrap().take();
     run.expect("the run reported")
+}
+
+/// Runs the load generator in a process of its own (this binary again,
+/// with [`LOAD_API`] set), so that placing orders does not share the
+/// services' runtime or compete with them for its threads; answers each
+/// order with when it was placed (after the load began), and the rate achieved.
+async fn place_in_own_process(api: &str, rate: u64, seconds: usize) -> (Vec<(Duration, Uuid)>, f64) {
+    let mut generator = std::process::Command::new(std::env::current_exe().expect("this benchmark's binary"));
+    generator
+        .env(LOAD_API, api)
+        .env("BENCH_LOAD_RATE", rate.to_string())
+        .env("BENCH_LOAD_SECONDS", seconds.to_string())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    let output = tokio::task::spawn_blocking(move || generator.output()).await.unwrap().expect("the load generator");
+    assert!(output.status.success(), "the load generator failed: {}", output.status);
+    let report = String::from_utf8(output.stdout).expect("the load generator's report");
+    let mut lines = report.lines();
+    let elapsed: f64 = lines.next().and_then(|l| l.strip_prefix("elapsed_s ")).expect("elapsed_s").parse().unwrap();
+    let orders: Vec<(Duration, Uuid)> = lines
+        .map(|line| {
+            let (micros, id) = line.split_once(' ').expect("<micros> <order id>");
+            (Duration::from_micros(micros.parse().unwrap()), id.parse().unwrap())
+        })
+        .collect();
+    let offered = orders.len() as f64 / elapsed;
+    (orders, offered)
+}
+
+/// The load generator's process: places orders of one or two lines at the
+/// steady `BENCH_LOAD_RATE` for `BENCH_LOAD_SECONDS`, then prints how long
+/// that took and, per order, when it was placed (microseconds after the
+/// first) and its id.
+async fn generate_load(api: &str) {
+    let number = |name: &str| -> u64 { std::env::var(name).ok().and_then(|v| v.parse().ok()).expect(name) };
+    let (rate, seconds) = (number("BENCH_LOAD_RATE"), number("BENCH_LOAD_SECONDS"));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut placing = Vec::new();
+    for n in 0..(rate * seconds) as usize {
+        tick.tick().await;
+        let (http, api) = (http.clone(), api.to_owned());
+        placing.push(tokio::spawn(async move {
+            let lines =
+                [(format!("SKU-{}", n % SKUS), 1 + (n % 3) as u32, 1000), (format!("SKU-{}", (n + 7) % SKUS), 1, 250)];
+            let lines: Vec<(&str, u32, u64)> =
+                lines.iter().take(1 + n % 2).map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
+            let at = started.elapsed();
+            (at, shop::place(&http, &api, &lines, "tok_visa", None).await)
+        }));
+    }
+    let mut report = Vec::with_capacity(placing.len());
+    for task in placing {
+        report.push(task.await.unwrap());
+    }
+    let mut out = format!("elapsed_s {}\n", started.elapsed().as_secs_f64());
+    for (at, order_id) in report {
+        out.push_str(&format!("{} {order_id}\n", at.as_micros()));
+    }
+    print!("{out}");
 }
 
 /// Latency of one trip: each `OrderPlaced`, from its commit to a JetStream consumer.

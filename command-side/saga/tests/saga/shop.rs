@@ -193,13 +193,7 @@ impl Shop {
     }
 
     pub async fn post(&self, path: &str, body: Value, correlation_id: Option<&str>) -> Value {
-        let mut request = self.http.post(format!("{}{path}", self.api)).json(&body);
-        if let Some(id) = correlation_id {
-            request = request.header("x-correlation-id", id);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 202, "POST {path}: {}", response.text().await.unwrap());
-        response.json().await.unwrap()
+        post(&self.http, &self.api, path, body, correlation_id).await
     }
 
     pub async fn receive(&self, sku: &str, quantity: u64) {
@@ -217,11 +211,7 @@ impl Shop {
         token: &str,
         correlation_id: Option<&str>,
     ) -> Uuid {
-        let lines: Vec<Value> =
-            lines.iter().map(|(sku, q, p)| json!({"sku": sku, "quantity": q, "unit_price_cents": p})).collect();
-        let body = json!({"customer_id": "c-1", "currency": "EUR", "payment_token": token, "lines": lines});
-        let accepted = self.post("/v1/orders", body, correlation_id).await;
-        accepted["order_id"].as_str().unwrap().parse().unwrap()
+        place(&self.http, &self.api, lines, token, correlation_id).await
     }
 
     pub async fn cancel(&self, order_id: Uuid) {
@@ -288,4 +278,32 @@ impl Shop {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// POSTs to the command API at `api`; answers the 202's body.
+async fn post(http: &reqwest::Client, api: &str, path: &str, body: Value, correlation_id: Option<&str>) -> Value {
+    let mut request = http.post(format!("{api}{path}")).json(&body);
+    if let Some(id) = correlation_id {
+        request = request.header("x-correlation-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202, "POST {path}: {}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+/// Places an order of `(sku, quantity, unit price)` lines through the
+/// command API at `api` (no shop needed: the saga benchmark's load generator
+/// runs in a process of its own); answers its id.
+pub async fn place(
+    http: &reqwest::Client,
+    api: &str,
+    lines: &[(&str, u32, u64)],
+    token: &str,
+    correlation_id: Option<&str>,
+) -> Uuid {
+    let lines: Vec<Value> =
+        lines.iter().map(|(sku, q, p)| json!({"sku": sku, "quantity": q, "unit_price_cents": p})).collect();
+    let body = json!({"customer_id": "c-1", "currency": "EUR", "payment_token": token, "lines": lines});
+    let accepted = post(http, api, "/v1/orders", body, correlation_id).await;
+    accepted["order_id"].as_str().unwrap().parse().unwrap()
 }
