@@ -320,12 +320,7 @@ mod postgres {
     /// write to this event store, so it holds nothing back.
     #[tokio::test]
     async fn a_transaction_open_in_another_database_holds_nothing_back() {
-        use sqlx::Connection;
-        let url = std::env::var("DATABASE_URL").unwrap();
-        let mut elsewhere = sqlx::PgConnection::connect(&url).await.unwrap();
-        let mut open = elsewhere.begin().await.unwrap();
-        let _: i64 =
-            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *open).await.unwrap();
+        let mut elsewhere = transaction_open_elsewhere().await;
         with_database(4, |pool| async move {
             let store = PgEventStore::new(pool);
             store.append("order-1", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
@@ -333,7 +328,7 @@ mod postgres {
             assert_eq!(store.stats().await.unwrap().held_back_events, 0);
         })
         .await;
-        open.rollback().await.unwrap();
+        sqlx::query("ROLLBACK").execute(&mut elsewhere).await.unwrap();
     }
 
     /// Subscriptions stop at `es_follow_horizon()`, which looks the oldest
@@ -342,12 +337,7 @@ mod postgres {
     /// every session that reads (the store's own connections rotate).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_open_in_another_database_does_not_stop_subscribers() {
-        use sqlx::Connection;
-        let url = std::env::var("DATABASE_URL").unwrap();
-        let mut elsewhere = sqlx::PgConnection::connect(&url).await.unwrap();
-        let mut open = elsewhere.begin().await.unwrap();
-        let _: i64 =
-            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *open).await.unwrap();
+        let mut elsewhere = transaction_open_elsewhere().await;
         with_database(POOL_SIZE, |pool| async move {
             let store = PgEventStore::new(pool);
             let mut subscription = store.subscribe(None);
@@ -359,7 +349,19 @@ mod postgres {
             assert_quiet(&mut subscription, Duration::from_millis(300)).await;
         })
         .await;
-        open.rollback().await.unwrap();
+        sqlx::query("ROLLBACK").execute(&mut elsewhere).await.unwrap();
+    }
+
+    /// A session of the shared database (not the test's own) in a
+    /// transaction that holds an xid, open until the caller rolls it back.
+    async fn transaction_open_elsewhere() -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let url = std::env::var("DATABASE_URL").unwrap();
+        let mut elsewhere = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut elsewhere).await.unwrap();
+        let _: i64 =
+            sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut elsewhere).await.unwrap();
+        elsewhere
     }
 
     /// A store with one append writer, for tests that need to know how appends are grouped.
