@@ -575,53 +575,6 @@ mod postgres {
         .await;
     }
 
-    /// Other processes hear of appends through at most one NOTIFY per
-    /// interval. The first append after a quiet interval carries it in its
-    /// own statement; appends right after it share one that the store's
-    /// background task sends once the interval is over.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appends_carry_the_notify_and_the_ones_after_it_share_one_sent_later() {
-        with_database(8, |pool| async move {
-            let interval = Duration::from_millis(500);
-            let writer = PgEventStore::with_config(
-                pool.clone(),
-                PgStoreConfig { notify_interval: interval, ..Default::default() },
-            );
-            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
-            listener.listen(event_store::postgres::CHANNEL).await.unwrap();
-
-            let started = Instant::now();
-            for n in 0..3 {
-                writer
-                    .append(&format!("order-n{n}"), ExpectedVersion::NoStream, vec![event("Happened", json!({}))])
-                    .await
-                    .unwrap();
-            }
-            let mut heard = Vec::new();
-            while let Ok(Ok(notification)) = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await {
-                heard.push((notification.process_id() as i32, started.elapsed()));
-            }
-            assert_eq!(heard.len(), 2, "one NOTIFY with the first append, one for the two after it: {heard:?}");
-            assert!(heard[1].1 >= interval, "the second waited for the interval: {heard:?}");
-            // Who sent each: the session that wrote the first append, then the task's own.
-            let last_statement = |pid: i32| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query_scalar::<_, String>("SELECT query FROM pg_stat_activity WHERE pid = $1")
-                        .bind(pid)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap()
-                }
-            };
-            let carried_by = last_statement(heard[0].0).await;
-            assert!(carried_by.contains("INSERT INTO es_events"), "carried by an append: {carried_by}");
-            let sent_by = last_statement(heard[1].0).await;
-            assert!(sent_by.contains("pg_notify($1"), "sent on its own: {sent_by}");
-        })
-        .await;
-    }
-
     /// Appends keep their connection out of the pool between statements (no
     /// check of a connection given back: half the round trips). When the
     /// database drops those connections (a restart, an administrator), the

@@ -20,9 +20,6 @@
 //! its caller at once, so a lone client pays nothing for the grouping (not
 //! even the hand-off to a writer task and back: two task wake-ups).
 //!
-//! Each statement that writes something is announced to other processes
-//! (`notify.rs`); now and then it carries the NOTIFY itself.
-//!
 //! Appends run on connections kept out of the pool between statements
 //! (`kept.rs`): through the pool, each would pay sqlx's check of the
 //! connection given back, a second round trip; and there the batch
@@ -35,7 +32,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::kept::{on_kept, Kept};
-use super::notify::{Announcer, TaskGuard};
+use super::notify::TaskGuard;
 use super::queries::{self, Appended};
 use crate::{ExpectedVersion, NewEvent, StoreError};
 
@@ -77,7 +74,6 @@ pub(super) struct GroupCommit {
     /// Appends queued or being written, by the writers or by their callers.
     in_flight: AtomicUsize,
     kept: Arc<Kept>,
-    announcer: Arc<Announcer>,
     _writers: Vec<TaskGuard>,
 }
 
@@ -91,23 +87,17 @@ impl Drop for InFlight<'_> {
 }
 
 impl GroupCommit {
-    pub fn start(kept: Arc<Kept>, announcer: Announcer, config: GroupCommitConfig) -> Self {
-        let announcer = Arc::new(announcer);
+    pub fn start(kept: Arc<Kept>, config: GroupCommitConfig) -> Self {
         // Room for a burst; beyond it, callers wait to queue (back-pressure).
         let (queue, receiver) = mpsc::channel(config.max_appends.max(1) * 8);
         let pending = Arc::new(Mutex::new(Pending { receiver, deferred: VecDeque::new() }));
         let writers = (0..config.writers.max(1))
             .map(|_| {
-                let writer = Writer {
-                    kept: kept.clone(),
-                    announcer: announcer.clone(),
-                    pending: pending.clone(),
-                    config: config.clone(),
-                };
+                let writer = Writer { kept: kept.clone(), pending: pending.clone(), config: config.clone() };
                 TaskGuard(tokio::spawn(writer.run()))
             })
             .collect();
-        Self { queue, in_flight: AtomicUsize::new(0), kept, announcer, _writers: writers }
+        Self { queue, in_flight: AtomicUsize::new(0), kept, _writers: writers }
     }
 
     /// Writes the append at once if nothing else is in flight; else queues
@@ -121,7 +111,7 @@ impl GroupCommit {
         if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _counted = InFlight(&self.in_flight);
             metrics::histogram!("event_store_append_batch_size").record(1.0);
-            return one(&self.kept, &self.announcer, stream_id, expected, &events).await;
+            return one(&self.kept, stream_id, expected, &events).await;
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
@@ -178,7 +168,6 @@ impl Pending {
 
 struct Writer {
     kept: Arc<Kept>,
-    announcer: Arc<Announcer>,
     pending: Arc<Mutex<Pending>>,
     config: GroupCommitConfig,
 }
@@ -229,35 +218,20 @@ impl Writer {
     }
 
     async fn one(&self, request: &Request) -> Result<Appended, StoreError> {
-        one(&self.kept, &self.announcer, &request.stream_id, request.expected, &request.events).await
+        one(&self.kept, &request.stream_id, request.expected, &request.events).await
     }
 
     async fn batch(&self, appends: &[queries::BatchAppend<'_>]) -> Result<Option<Vec<Appended>>, StoreError> {
-        let carry = self.announcer.claim();
-        let notify = carry.is_some();
-        let written = on_kept!(self.kept, |connection| queries::append_batch(connection, appends, notify)).await;
-        if let Ok(Some(outcomes)) = &written {
-            if outcomes.iter().any(|outcome| matches!(outcome, Appended::Done(_))) {
-                self.announcer.written(carry);
-            }
-        }
-        written
+        on_kept!(self.kept, |connection| queries::append_batch(connection, appends)).await
     }
 }
 
-/// One append's statement, on a kept connection, announced to other processes.
+/// One append's statement, on a kept connection.
 async fn one(
     kept: &Kept,
-    announcer: &Announcer,
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<Appended, StoreError> {
-    let carry = announcer.claim();
-    let notify = carry.is_some();
-    let appended = on_kept!(kept, |connection| queries::append(connection, stream_id, expected, events, notify)).await;
-    if let Ok(Appended::Done(_)) = &appended {
-        announcer.written(carry);
-    }
-    appended
+    on_kept!(kept, |connection| queries::append(connection, stream_id, expected, events)).await
 }

@@ -17,13 +17,11 @@
 //! only once it has held events back for 50 ms (the lookup is dear under
 //! load; see its migration).
 //!
-//! Live tailing wakes on LISTEN/NOTIFY, at most one NOTIFY per interval for
-//! all of the process's appends: the first append statement after an
-//! interval without one carries it, and a background task sends one for
-//! appends that no carried NOTIFY covered (`notify.rs`). NOTIFY takes a
-//! cluster-wide lock until its transaction ends, which is why appends do not
-//! all send it. Subscribers in this process are woken directly, and every
-//! subscriber also polls as a fallback.
+//! Live tailing wakes on LISTEN/NOTIFY. NOTIFY takes a cluster-wide lock at
+//! commit, so appends never send it themselves: after a commit they signal a
+//! background task that sends one coalesced `pg_notify` for all the appends
+//! since its last one. Subscribers in this process are woken directly, and
+//! every subscriber also polls as a fallback.
 
 mod group;
 mod kept;
@@ -76,8 +74,7 @@ pub struct PgStoreConfig {
     /// Longest time one store operation may take before it fails as unavailable.
     pub operation_timeout: Duration,
     /// Shortest time between two NOTIFYs: appends in between share one.
-    /// Subscribers in other processes learn of an append up to one and a
-    /// half times this late (see `notify.rs`).
+    /// Subscribers in other processes learn of an append up to this late.
     pub notify_interval: Duration,
     pub subscription: SubscriptionConfig,
     pub group_commit: GroupCommitConfig,
@@ -107,6 +104,7 @@ struct Inner {
     config: PgStoreConfig,
     /// Bumped when new events may be readable; subscriptions wait on it.
     wake: Arc<watch::Sender<u64>>,
+    notifier: OnceLock<notify::Notifier>,
     listener: OnceLock<notify::Listener>,
     /// Started with the first append (it needs the runtime).
     writers: OnceLock<group::GroupCommit>,
@@ -126,6 +124,7 @@ impl PgEventStore {
             kept,
             config,
             wake: Arc::new(watch::Sender::new(0)),
+            notifier: OnceLock::new(),
             listener: OnceLock::new(),
             writers: OnceLock::new(),
         };
@@ -158,8 +157,7 @@ impl PgEventStore {
         let inner = &self.inner;
         let writers = inner.writers.get_or_init(|| {
             let config = inner.config.group_commit.clone();
-            let announcer = notify::Announcer::start(inner.pool.clone(), inner.config.notify_interval);
-            group::GroupCommit::start(inner.kept.clone(), announcer, config)
+            group::GroupCommit::start(inner.kept.clone(), config)
         });
         let mut actual = 0;
         for _ in 0..MAX_APPEND_ATTEMPTS {
@@ -179,10 +177,13 @@ impl PgEventStore {
         Err(StoreError::WrongExpectedVersion { stream_id: stream_id.to_owned(), expected, actual })
     }
 
-    /// Wakes this process's subscriptions (other processes are told by the
-    /// group commit, see `notify.rs`).
     fn announce_append(&self) {
         self.inner.wake.send_modify(|n| *n += 1);
+        let inner = &self.inner;
+        inner
+            .notifier
+            .get_or_init(|| notify::Notifier::start(inner.pool.clone(), inner.config.notify_interval))
+            .signal();
     }
 }
 
@@ -198,7 +199,7 @@ pub(crate) async fn append_within(
     events: &[NewEvent],
 ) -> Result<Option<AppendResult>, StoreError> {
     append::validate(stream_id, events)?;
-    Ok(match queries::append(&mut *conn, stream_id, expected, events, false).await? {
+    Ok(match queries::append(&mut *conn, stream_id, expected, events).await? {
         queries::Appended::Done(result) => Some(result),
         queries::Appended::Rejected => None,
     })

@@ -1,11 +1,9 @@
-//! Live tailing across processes: the NOTIFYs that announce appends (carried
-//! by append statements, or sent by a background task), and the task that
-//! LISTENs and wakes this process's subscriptions.
+//! The background tasks behind live tailing: one sends coalesced NOTIFYs
+//! after appends, one LISTENs and wakes this process's subscriptions.
 //! Both stop when the store is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
@@ -23,129 +21,43 @@ impl Drop for TaskGuard {
     }
 }
 
-/// Tells other processes of this process's appends (their subscriptions
-/// LISTEN), with at most one NOTIFY per interval for all of them.
-///
-/// The first append statement after an interval without one carries the
-/// NOTIFY itself: it commits with the events, so it costs no transaction and
-/// no round trip of its own. An append statement that does not carry one
-/// signals a background task, which sends a NOTIFY on a connection of its own
-/// (`synchronous_commit` off) once the interval is over, unless a carried
-/// NOTIFY committed meanwhile that covers the append. It waits half an
-/// interval more than the appends do, so under steady load the appends carry
-/// every NOTIFY; after the last append of a burst, other processes hear of it
-/// within one and a half intervals.
-///
-/// A carried NOTIFY holds PostgreSQL's NOTIFY lock (one for the cluster)
-/// through its statement's commit, so carrying statements of different
-/// processes commit one after the other; one per interval per process keeps
-/// that rare.
-pub(super) struct Announcer {
-    state: Arc<State>,
+pub(super) struct Notifier {
     pending: Arc<Notify>,
     _task: TaskGuard,
 }
 
-/// What the appends and the task share. Times are microseconds since `epoch`.
-struct State {
-    epoch: Instant,
-    interval: u64,
-    /// When the next NOTIFY may be sent.
-    next_at: AtomicU64,
-    /// Append statements that wrote something without carrying a NOTIFY, counted.
-    announced: AtomicU64,
-    /// How many of those a committed NOTIFY was sent after.
-    covered: AtomicU64,
-}
-
-impl State {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    /// Takes the next NOTIFY if it is due (`next_at` as read before), making
-    /// the one after it due an interval from now.
-    fn take_turn(&self, next_at: u64, now: u64) -> bool {
-        now >= next_at
-            && self.next_at.compare_exchange(next_at, now + self.interval, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-}
-
-/// An append statement's turn to carry the NOTIFY: it covers the statements
-/// announced before it was sent.
-pub(super) struct Carry {
-    seen: u64,
-}
-
-impl Announcer {
-    pub fn start(pool: PgPool, interval: Duration) -> Self {
-        let state = Arc::new(State {
-            epoch: Instant::now(),
-            interval: interval.as_micros() as u64,
-            next_at: AtomicU64::new(0),
-            announced: AtomicU64::new(0),
-            covered: AtomicU64::new(0),
-        });
+impl Notifier {
+    pub fn start(pool: PgPool, min_interval: Duration) -> Self {
         let pending = Arc::new(Notify::new());
-        let task = tokio::spawn(notify_loop(pool, state.clone(), pending.clone()));
-        Self { state, pending, _task: TaskGuard(task) }
+        let task = tokio::spawn(notify_loop(pool, pending.clone(), min_interval));
+        Self { pending, _task: TaskGuard(task) }
     }
 
-    /// Called before an append statement is sent: `Some` if it is to carry the NOTIFY.
-    pub fn claim(&self) -> Option<Carry> {
-        let state = &self.state;
-        let next_at = state.next_at.load(Ordering::Acquire);
-        state.take_turn(next_at, state.now()).then(|| Carry { seen: state.announced.load(Ordering::Acquire) })
-    }
-
-    /// Called after an append statement committed, if it wrote anything.
-    pub fn written(&self, carry: Option<Carry>) {
-        match carry {
-            Some(Carry { seen }) => {
-                self.state.covered.fetch_max(seen, Ordering::AcqRel);
-            }
-            None => {
-                self.state.announced.fetch_add(1, Ordering::AcqRel);
-                self.pending.notify_one();
-            }
-        }
+    /// Asks for a NOTIFY; signals that arrive while one is being sent share the next one.
+    pub fn signal(&self) {
+        self.pending.notify_one();
     }
 }
 
-/// Sends the NOTIFYs the appends did not carry: after an announcement, waits
-/// until the appends have had their turn, then sends one unless a carried
-/// NOTIFY covered it meanwhile.
-async fn notify_loop(pool: PgPool, state: Arc<State>, pending: Arc<Notify>) {
+/// Sends the NOTIFYs, at most one per `min_interval`, on a connection of its
+/// own with `synchronous_commit` off: a NOTIFY transaction takes a
+/// transaction id, and its commit need not wait for a disk flush (a lost
+/// notification is covered by polling).
+async fn notify_loop(pool: PgPool, pending: Arc<Notify>, min_interval: Duration) {
     let mut connection: Option<PgConnection> = None;
     loop {
         pending.notified().await;
-        loop {
-            let next_at = state.next_at.load(Ordering::Acquire);
-            let ours = next_at + state.interval / 2;
-            tokio::time::sleep_until((state.epoch + Duration::from_micros(ours)).into()).await;
-            let target = state.announced.load(Ordering::Acquire);
-            if state.covered.load(Ordering::Acquire) >= target {
-                break;
-            }
-            if !state.take_turn(next_at, state.now()) {
-                continue; // an append statement carries one: wait for it, then look again
-            }
-            if connection.is_none() {
-                connection = connect_for_notify(&pool).await;
-            }
-            let Some(conn) = connection.as_mut() else { break };
-            match sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await {
-                Ok(_) => {
-                    state.covered.fetch_max(target, Ordering::AcqRel);
-                }
-                Err(error) => {
-                    // Subscribers elsewhere fall back to polling; nothing is lost.
-                    tracing::debug!(%error, "could not send the append notification");
-                    connection = None;
-                }
-            }
-            break;
+        if connection.is_none() {
+            connection = connect_for_notify(&pool).await;
         }
+        let Some(conn) = connection.as_mut() else { continue };
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await {
+            // Subscribers elsewhere fall back to polling; nothing is lost.
+            tracing::debug!(%error, "could not send the append notification");
+            connection = None;
+        }
+        // Appends during the pause share the next notification.
+        tokio::time::sleep(min_interval).await;
     }
 }
 

@@ -58,30 +58,15 @@ WITH current AS (
 )
 SELECT stream_version, position, transaction_id::text::bigint FROM inserted";
 
-/// An append statement that also sends the NOTIFY announcing appends
-/// (`notify.rs`): joined to the statement's final rows, so that it is sent
-/// only when something was written, and commits with the events.
-fn carrying_notify(statement: &str) -> String {
-    const FROM: &str = "FROM inserted";
-    assert_eq!(statement.matches(FROM).count(), 1, "an append statement selects from `inserted` once");
-    statement.replacen(FROM, &format!("{FROM}, (SELECT pg_notify('{}', '')) AS notified", super::CHANNEL), 1)
-}
-
-static APPEND_ONE_NOTIFYING: LazyLock<String> = LazyLock::new(|| carrying_notify(APPEND_ONE));
-static APPEND_MANY_NOTIFYING: LazyLock<String> = LazyLock::new(|| carrying_notify(APPEND_MANY));
-static APPEND_BATCH_NOTIFYING: LazyLock<String> = LazyLock::new(|| carrying_notify(APPEND_BATCH));
-
-/// One append; with `notify`, its statement carries the NOTIFY.
 pub(super) async fn append(
     executor: impl sqlx::PgExecutor<'_>,
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
-    notify: bool,
 ) -> Result<Appended, StoreError> {
     let expected = expected.required().map(to_i64);
     let row: Result<Option<(i64, i64, i64)>, _> = if let [event] = events {
-        sqlx::query_as(if notify { APPEND_ONE_NOTIFYING.as_str() } else { APPEND_ONE })
+        sqlx::query_as(APPEND_ONE)
             .bind(stream_id)
             .bind(expected)
             .bind(event.event_id)
@@ -97,7 +82,7 @@ pub(super) async fn append(
         let versions: Vec<i32> = events.iter().map(|e| i32::from(e.schema_version)).collect();
         let payloads: Vec<_> = events.iter().map(|e| Json(&e.payload)).collect();
         let metadata: Vec<_> = events.iter().map(|e| Json(&e.metadata)).collect();
-        sqlx::query_as(if notify { APPEND_MANY_NOTIFYING.as_str() } else { APPEND_MANY })
+        sqlx::query_as(APPEND_MANY)
             .bind(stream_id)
             .bind(expected)
             .bind(&ids)
@@ -167,7 +152,6 @@ GROUP BY stream_id";
 pub(super) async fn append_batch(
     executor: impl sqlx::PgExecutor<'_>,
     appends: &[BatchAppend<'_>],
-    notify: bool,
 ) -> Result<Option<Vec<Appended>>, StoreError> {
     let numbers: Vec<i32> = (0..appends.len() as i32).collect();
     let streams: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
@@ -181,20 +165,19 @@ pub(super) async fn append_batch(
     let versions: Vec<i32> = events().map(|(_, _, e)| i32::from(e.schema_version)).collect();
     let payloads: Vec<_> = events().map(|(_, _, e)| Json(&e.payload)).collect();
     let metadata: Vec<_> = events().map(|(_, _, e)| Json(&e.metadata)).collect();
-    let rows: Result<Vec<(String, i64, i64, i64)>, _> =
-        sqlx::query_as(if notify { APPEND_BATCH_NOTIFYING.as_str() } else { APPEND_BATCH })
-            .bind(&numbers)
-            .bind(&streams)
-            .bind(&expected)
-            .bind(&event_appends)
-            .bind(&ordinals)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .fetch_all(executor)
-            .await;
+    let rows: Result<Vec<(String, i64, i64, i64)>, _> = sqlx::query_as(APPEND_BATCH)
+        .bind(&numbers)
+        .bind(&streams)
+        .bind(&expected)
+        .bind(&event_appends)
+        .bind(&ordinals)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(executor)
+        .await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(error) if is_append_race(&error) => return Ok(None),
