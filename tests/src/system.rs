@@ -94,11 +94,36 @@ pub struct System {
     processes: BTreeMap<Kind, Process>,
     env: Vec<(String, String)>,
     pool: Option<PgPool>,
+    _ports: Ports,
 }
 
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("127.0.0.1:{port}")
+/// The ports of a system's services, held for as long as the system lives.
+///
+/// They are picked below the kernel's ephemeral range (32768 and up, where
+/// `bind(0)` and outgoing connections take theirs), so the machine hands none
+/// of them to anyone else, and held by a listener on the same port of
+/// 127.0.0.2, which every system tries to bind first, so no two systems
+/// running at once share one. (A port taken with `bind(0)` and let go could
+/// be handed to another test before the service bound it: that test's
+/// service then answered this system's readiness checks, and this one's
+/// exited unseen.)
+#[derive(Default)]
+pub struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    /// A free `127.0.0.1:<port>` that no other holder of `Ports` is given
+    /// while this one lives.
+    pub fn reserve(&mut self) -> String {
+        loop {
+            let port = fastrand::u16(20_000..32_000);
+            let Ok(held) = std::net::TcpListener::bind(("127.0.0.2", port)) else { continue };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                continue; // something else listens there
+            }
+            self.0.push(held);
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 impl System {
@@ -110,11 +135,12 @@ impl System {
         let pg = PgServer::start();
         let nats = NatsServer::start();
         let database_url = pg.url("orders");
-        let addrs: BTreeMap<Kind, String> = Kind::ALL.iter().map(|kind| (*kind, free_addr())).collect();
+        let mut ports = Ports::default();
+        let addrs: BTreeMap<Kind, String> = Kind::ALL.iter().map(|kind| (*kind, ports.reserve())).collect();
         // The APIs serve `/metrics` and readiness with reasons on an ops address of their own.
         let mut ops = addrs.clone();
-        ops.insert(Kind::Api, free_addr());
-        ops.insert(Kind::Query, free_addr());
+        ops.insert(Kind::Api, ports.reserve());
+        ops.insert(Kind::Query, ports.reserve());
         let (stream, dead_letter_stream) = (format!("EVENTS_{id}"), format!("DEADLETTER_{id}"));
         let smtp = SmtpSink::start().await;
         let env: Vec<(String, String)> = [
@@ -197,6 +223,7 @@ impl System {
             processes,
             env,
             pool: None,
+            _ports: ports,
         };
         for kind in Kind::ALL {
             system.process(kind).start();

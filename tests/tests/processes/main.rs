@@ -18,6 +18,7 @@ use serde_json::json;
 use service_kit::auth::{self, Claims};
 use system_tests::binaries;
 use system_tests::books::state_of;
+use system_tests::system::Ports;
 use uuid::Uuid;
 
 const SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
@@ -58,10 +59,6 @@ async fn collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     (url, exports)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts the binary `name` with `env`, its JSON logs written to `log`.
 fn start(name: &str, env: &[(String, String)], log: &std::path::Path) -> Service {
     start_binary(&binaries::path(name), &[], env, log)
@@ -94,11 +91,11 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let id = Uuid::new_v4().simple().to_string();
         let (collector_url, exports) = collector().await;
         let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
-        let api_addr = format!("127.0.0.1:{}", free_port());
-        let (relay_ops, saga_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-        let (projections_ops, query_addr) =
-            (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-        let (api_ops, query_ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let mut ports = Ports::default();
+        let api_addr = ports.reserve();
+        let (relay_ops, saga_ops) = (ports.reserve(), ports.reserve());
+        let (projections_ops, query_addr) = (ports.reserve(), ports.reserve());
+        let (api_ops, query_ops) = (ports.reserve(), ports.reserve());
         let env: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "5"),
