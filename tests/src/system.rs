@@ -99,7 +99,7 @@ pub struct System {
 
 /// The ports of a system's services, held for as long as the system lives.
 ///
-/// They are picked below the kernel's ephemeral range (32768 and up, where
+/// They are picked below the kernel's usual ephemeral range (32768 and up, where
 /// `bind(0)` and outgoing connections take theirs), so the machine hands none
 /// of them to anyone else, and held by a listener on the same port of
 /// 127.0.0.2, which every system tries to bind first, so no two systems
