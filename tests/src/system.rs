@@ -114,7 +114,7 @@ impl Ports {
     /// A free `127.0.0.1:<port>` that no other holder of `Ports` is given
     /// while this one lives.
     pub fn reserve(&mut self) -> String {
-        loop {
+        for _ in 0..1_000 {
             let port = fastrand::u16(20_000..32_000);
             let Ok(held) = std::net::TcpListener::bind(("127.0.0.2", port)) else { continue };
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -123,6 +123,7 @@ impl Ports {
             self.0.push(held);
             return format!("127.0.0.1:{port}");
         }
+        panic!("no port of 20000-31999 could be held on both 127.0.0.1 and 127.0.0.2 (is 127.0.0.2 on the loopback?)");
     }
 }
 
