@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::subscription::{self, SubscriptionConfig, Tail};
+use crate::subscription::{self, Page, SubscriptionConfig, Tail};
 use crate::{
     append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent,
     RecordedEvent, Snapshot, StoreError,
@@ -161,12 +161,9 @@ impl EventStore for MemoryEventStore {
 }
 
 impl Tail for MemoryEventStore {
-    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(self.read_after(after, limit))
-    }
-
-    async fn held_back(&self, _after: Option<LogPosition>) -> Result<bool, StoreError> {
-        Ok(false) // appends are visible when they return
+    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
+        // Appends are visible when they return: nothing is ever held back.
+        Ok(Page { events: self.read_after(after, limit), held_back: false })
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {

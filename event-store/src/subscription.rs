@@ -42,18 +42,21 @@ impl Default for SubscriptionConfig {
     }
 }
 
+/// One read of the log.
+pub(crate) struct Page {
+    /// At most the limit asked for, readable, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// Committed events after these cannot be read yet (held back behind an
+    /// older transaction still open): poll again soon rather than wait for a
+    /// wake-up. Told only when the page came back short.
+    pub held_back: bool,
+}
+
 /// What a backend provides to be followed.
 pub(crate) trait Tail: Clone + Send + Sync + 'static {
-    /// At most `limit` readable events after `after`.
-    fn fetch(
-        &self,
-        after: Option<LogPosition>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
-
-    /// Whether committed events after `after` cannot be read yet (held back
-    /// behind an older transaction still open).
-    fn held_back(&self, after: Option<LogPosition>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// At most `limit` readable events after `after`, and whether more are
+    /// held back, in one read.
+    fn fetch(&self, after: Option<LogPosition>, limit: usize) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
     /// A counter bumped whenever new events may be readable.
     fn wakeups(&self) -> watch::Receiver<u64>;
@@ -65,14 +68,15 @@ struct Follower<T> {
     after: Option<LogPosition>,
     buffer: VecDeque<RecordedEvent>,
     wake: Option<watch::Receiver<u64>>,
-    /// The last page came back short: it reached the horizon.
-    at_horizon: bool,
+    /// The last page came back short: it reached the horizon; and whether
+    /// committed events were held back behind it then.
+    at_horizon: Option<Horizon>,
     backoff: Option<Duration>,
 }
 
 pub(crate) fn follow<T: Tail>(tail: T, after: Option<LogPosition>, config: SubscriptionConfig) -> EventStream {
     let follower =
-        Follower { tail, config, after, buffer: VecDeque::new(), wake: None, at_horizon: false, backoff: None };
+        Follower { tail, config, after, buffer: VecDeque::new(), wake: None, at_horizon: None, backoff: None };
     Box::pin(futures_util::stream::unfold(follower, |mut f| async move {
         let item = f.next().await;
         Some((item, f))
@@ -91,6 +95,13 @@ async fn spawned<R: Send + 'static>(
     }
 }
 
+/// What a short page found behind the horizon.
+#[derive(Debug, Clone, Copy)]
+enum Horizon {
+    Clear,
+    HeldBack,
+}
+
 impl<T: Tail> Follower<T> {
     async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
         loop {
@@ -102,17 +113,14 @@ impl<T: Tail> Follower<T> {
                 tokio::time::sleep(backoff).await;
             }
             let wake = self.wake.get_or_insert_with(|| self.tail.wakeups());
-            if self.at_horizon {
-                // The events read were handed out first; now, before waiting,
-                // is something committed held back (poll soon) or not (wait
-                // for a wake-up: an append, a NOTIFY)?
-                let (tail, after) = (self.tail.clone(), self.after);
-                let held_back = match spawned(async move { tail.held_back(after).await }).await {
-                    Ok(held_back) => held_back,
-                    Err(error) => return Err(self.failed(error)),
+            if let Some(horizon) = self.at_horizon.take() {
+                // The events read were handed out first; now wait: briefly if
+                // something committed was held back, else for a wake-up (an
+                // append, a NOTIFY).
+                let poll = match horizon {
+                    Horizon::HeldBack => self.config.held_back_poll.max(self.config.gather),
+                    Horizon::Clear => self.config.idle_poll,
                 };
-                let poll =
-                    if held_back { self.config.held_back_poll.max(self.config.gather) } else { self.config.idle_poll };
                 tokio::select! {
                     // An error means the sender is gone: fall back to polling.
                     changed = wake.changed() => match changed {
@@ -121,15 +129,15 @@ impl<T: Tail> Follower<T> {
                     },
                     () = tokio::time::sleep(poll) => {}
                 }
-                self.at_horizon = false;
             }
             // Wake-ups from here on are for events this read may not see.
             wake.borrow_and_update();
             let (tail, after, limit) = (self.tail.clone(), self.after, self.config.batch_size);
             match spawned(async move { tail.fetch(after, limit).await }).await {
-                Ok(events) => {
+                Ok(Page { events, held_back }) => {
                     self.backoff = None;
-                    self.at_horizon = events.len() < limit;
+                    self.at_horizon =
+                        (events.len() < limit).then_some(if held_back { Horizon::HeldBack } else { Horizon::Clear });
                     self.buffer.extend(events);
                 }
                 Err(error) => return Err(self.failed(error)),
@@ -188,14 +196,11 @@ mod tests {
     }
 
     impl Tail for CountingTail {
-        async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             let events = self.events.lock().unwrap();
-            Ok(events.iter().filter(|e| Some(e.log_position) > after).take(limit).cloned().collect())
-        }
-
-        async fn held_back(&self, _after: Option<LogPosition>) -> Result<bool, StoreError> {
-            Ok(false)
+            let events = events.iter().filter(|e| Some(e.log_position) > after).take(limit).cloned().collect();
+            Ok(Page { events, held_back: false })
         }
 
         fn wakeups(&self) -> watch::Receiver<u64> {

@@ -30,8 +30,6 @@ use kept::on_kept;
 mod notify;
 mod queries;
 
-use queries::Horizon;
-
 pub use group::GroupCommitConfig;
 pub use kept::pool_options;
 
@@ -42,7 +40,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::subscription::{self, SubscriptionConfig, Tail};
+use crate::subscription::{self, Page, SubscriptionConfig, Tail};
 use crate::{
     append, snapshot, AppendResult, EventStore, EventStream, ExpectedVersion, LogPosition, LogStats, NewEvent,
     RecordedEvent, Snapshot, StoreError,
@@ -238,7 +236,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit, Horizon::Exact)).await
+        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit)).await
     }
 
     fn subscribe(&self, after: Option<LogPosition>) -> EventStream {
@@ -271,13 +269,8 @@ impl EventStore for PgEventStore {
 }
 
 impl Tail for PgEventStore {
-    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        on_kept!(self.inner.kept, |connection| queries::read_all(connection, after, limit, Horizon::Following)).await
-    }
-
-    async fn held_back(&self, after: Option<LogPosition>) -> Result<bool, StoreError> {
-        // Called at the horizon: anything committed after is held back.
-        on_kept!(self.inner.kept, |connection| queries::anything_after(connection, after)).await
+    async fn fetch(&self, after: Option<LogPosition>, limit: usize) -> Result<Page, StoreError> {
+        on_kept!(self.inner.kept, |connection| queries::follow_page(connection, after, limit)).await
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
