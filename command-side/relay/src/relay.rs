@@ -21,6 +21,11 @@ const LOCK_CLASS: i32 = 0x524c_4159; // "RLAY"
 /// Pause before a failed relay starts again.
 const RESTART_PAUSE: Duration = Duration::from_secs(2);
 
+/// The checkpoint is written at most this often: under load each write would
+/// otherwise cover a batch or two (a transaction per few events), and what a
+/// crash loses is only republished, which JetStream drops as duplicates.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("cannot create the JetStream stream: {0}")]
@@ -67,9 +72,10 @@ pub async fn run(
     tracing::info!(stream = %config.stream, "relay live");
     let checkpoint = checkpoint::load(&pool, &config.stream).await?;
     // The checkpoint is written beside the publishing, not in its way: the
-    // next batch goes out while the last one's position commits. What a crash
-    // loses is at most the positions not yet written, and JetStream drops
-    // those events as duplicates when they are published again.
+    // next batches go out while the last position commits. What a crash loses
+    // is at most the positions not yet written (up to CHECKPOINT_EVERY of
+    // them), and JetStream drops those events as duplicates when they are
+    // published again.
     let (progress, reports) = watch::channel(Progress { at: checkpoint, published: 0 });
     let mut keeper = tokio::spawn(keep_checkpoint(pool.clone(), config.stream.clone(), checkpoint, reports));
     let mut keeper_ended = None;
@@ -122,8 +128,9 @@ struct Progress {
     published: u64,
 }
 
-/// Writes the newest acknowledged position whenever it changes, until the
-/// relay drops its end; fails when another instance moved the checkpoint.
+/// Writes the newest acknowledged position whenever it changes, at most every
+/// [`CHECKPOINT_EVERY`], until the relay drops its end (then the last one);
+/// fails when another instance moved the checkpoint.
 async fn keep_checkpoint(
     pool: PgPool,
     name: String,
@@ -143,6 +150,9 @@ async fn keep_checkpoint(
         if !open {
             return Ok(());
         }
+        // Positions acknowledged meanwhile go in the next write together (and
+        // a relay that stops meanwhile waits out the pause for its last one).
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
 }
 
