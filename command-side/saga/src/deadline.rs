@@ -59,7 +59,7 @@ pub async fn track(deadlines: &Deadlines, trigger: &Trigger) -> Result<(), React
 /// many messages at once, and each order used to cost two statements and
 /// two commits of their own here (with sqlx's check of the connection given
 /// back after each); now the changes that arrive while a batch is written
-/// go in the next, one statement for the arms and one for the disarms.
+/// go in the next, one statement for its arms and disarms together.
 /// Each caller is answered after its batch's statement returns (an arm
 /// after its commit is durable), and a batch that fails fails for each of
 /// its callers, whose messages are delivered again.
@@ -123,7 +123,8 @@ impl Deadlines {
     }
 }
 
-/// Writes one batch: the arms, then the disarms, and answers each caller.
+/// Writes one batch and answers each caller: arms and disarms together in one
+/// statement when the batch holds both, else the arms, then the disarms.
 async fn write(pool: &PgPool, batch: Vec<Change>) {
     let (mut arms, mut disarms) = (Vec::new(), Vec::new());
     for change in batch {
@@ -133,6 +134,33 @@ async fn write(pool: &PgPool, batch: Vec<Change>) {
         }
     }
     let rows: Vec<&Arm> = arms.iter().map(|(arm, _)| arm).collect();
+    let ids: Vec<Uuid> = disarms.iter().map(|(order_id, _)| *order_id).collect();
+    if !rows.is_empty() && !ids.is_empty() {
+        match arm_and_disarm(pool, &rows, &ids).await {
+            Ok(mut removed) => {
+                // An order armed and disarmed in the same batch was never written: it was armed all the same.
+                for arm in &rows {
+                    if ids.contains(&arm.order_id) {
+                        removed.entry(arm.order_id).or_insert(Some(arm.placed_at));
+                    }
+                }
+                for (_, reply) in arms {
+                    let _ = reply.send(Ok(()));
+                }
+                answer_disarms(disarms, Ok(removed));
+                return;
+            }
+            Err(error) if event_store::is_transient(&error) => {
+                for (_, reply) in arms {
+                    let _ = reply.send(Err(reaction_error(&error)));
+                }
+                answer_disarms(disarms, Err(error));
+                return;
+            }
+            // A row refused: the arms and the disarms are written apart, below.
+            Err(_) => {}
+        }
+    }
     match arm_all(pool, &rows).await {
         // A row the database refuses (not the database away) must not fail
         // the others with it: each is written alone, and answered on its own.
@@ -149,18 +177,25 @@ async fn write(pool: &PgPool, batch: Vec<Change>) {
         }
     }
     if !disarms.is_empty() {
-        let ids: Vec<Uuid> = disarms.iter().map(|(order_id, _)| *order_id).collect();
-        match disarm_all(pool, &ids).await {
-            Ok(mut removed) => {
-                for (order_id, reply) in disarms {
-                    // The first to ask for a removed row is told; a repeat in the same batch is not.
-                    let _ = reply.send(Ok(removed.remove(&order_id)));
-                }
+        answer_disarms(disarms, disarm_all(pool, &ids).await);
+    }
+}
+
+/// Tells each disarm whether its order was armed: the first to ask for a
+/// removed row is told; a repeat in the same batch is not.
+fn answer_disarms(
+    disarms: Vec<(Uuid, oneshot::Sender<Result<Armed, ReactionError>>)>,
+    removed: Result<HashMap<Uuid, Option<DateTime<Utc>>>, sqlx::Error>,
+) {
+    match removed {
+        Ok(mut removed) => {
+            for (order_id, reply) in disarms {
+                let _ = reply.send(Ok(removed.remove(&order_id)));
             }
-            Err(error) => {
-                for (_, reply) in disarms {
-                    let _ = reply.send(Err(reaction_error(&error)));
-                }
+        }
+        Err(error) => {
+            for (_, reply) in disarms {
+                let _ = reply.send(Err(reaction_error(&error)));
             }
         }
     }
@@ -175,32 +210,68 @@ fn reaction_error(error: &sqlx::Error) -> ReactionError {
     }
 }
 
-async fn arm_all(pool: &PgPool, arms: &[&Arm]) -> Result<(), sqlx::Error> {
-    if arms.is_empty() {
-        return Ok(());
-    }
+/// The arms' columns, one row per order.
+fn arm_columns(arms: &[&Arm]) -> (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<String>, Vec<DateTime<Utc>>) {
     let (mut ids, mut deadlines, mut correlations, mut placed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for arm in arms.iter().filter(|arm| seen.insert(arm.order_id)) {
         ids.push(arm.order_id);
         deadlines.push(arm.deadline);
-        correlations.push(arm.correlation_id.as_str());
+        correlations.push(arm.correlation_id.clone());
         placed.push(arm.placed_at);
     }
-    sqlx::query(
-        "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
-         SELECT order_id, deadline, deadline, correlation_id, placed_at \
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
-           AS a (order_id, deadline, correlation_id, placed_at) \
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&deadlines)
-    .bind(&correlations)
-    .bind(&placed)
-    .execute(pool)
-    .await?;
+    (ids, deadlines, correlations, placed)
+}
+
+/// Inserts the arms' rows (`$1`-`$4`, see [`arm_columns`]), leaving out the
+/// orders in `$5` (disarmed in the same batch) and the orders armed already.
+const ARM: &str = "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
+     SELECT order_id, deadline, deadline, correlation_id, placed_at \
+     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[]) \
+       AS a (order_id, deadline, correlation_id, placed_at) \
+     WHERE a.order_id <> ALL($5::uuid[]) \
+     ON CONFLICT (order_id) DO NOTHING";
+
+async fn arm_all(pool: &PgPool, arms: &[&Arm]) -> Result<(), sqlx::Error> {
+    if arms.is_empty() {
+        return Ok(());
+    }
+    let (ids, deadlines, correlations, placed) = arm_columns(arms);
+    sqlx::query(ARM)
+        .bind(&ids)
+        .bind(&deadlines)
+        .bind(&correlations)
+        .bind(&placed)
+        .bind(Vec::<Uuid>::new())
+        .execute(pool)
+        .await?;
     Ok(())
+}
+
+/// Arms and disarms in one statement (one commit, durable since it arms):
+/// the disarms' removed rows, as [`disarm_all`] answers them. An order both
+/// armed and disarmed is not written at all.
+async fn arm_and_disarm(
+    pool: &PgPool,
+    arms: &[&Arm],
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Option<DateTime<Utc>>>, sqlx::Error> {
+    static ARM_AND_DISARM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH armed AS ({ARM}) \
+             DELETE FROM saga_deadlines WHERE order_id = ANY($5) RETURNING order_id, placed_at"
+        )
+    });
+    let (ids, deadlines, correlations, placed) = arm_columns(arms);
+    let removed: Vec<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(&ARM_AND_DISARM)
+        .bind(&ids)
+        .bind(&deadlines)
+        .bind(&correlations)
+        .bind(&placed)
+        .bind(order_ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(removed.into_iter().collect())
 }
 
 /// The deadlines removed, by order, with when each order was placed (if known).
@@ -376,6 +447,49 @@ mod tests {
             assert!(answers.iter().flatten().all(Option::is_some), "with when it was placed");
             let left: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_deadlines").fetch_one(&pool).await.unwrap();
             assert_eq!(left, 0);
+        })
+        .await;
+    }
+
+    /// Arms and disarms that arrive together are written together: the new
+    /// orders are armed, the finished ones disarmed (and told they were
+    /// armed), and an order armed and disarmed in the same batch is told so
+    /// and leaves no row.
+    #[tokio::test]
+    async fn arms_and_disarms_of_one_batch_are_written_together() {
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            let finished: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+            for id in &finished {
+                deadlines.change(|reply| Change::Arm(arm_of(*id), reply)).await.unwrap();
+            }
+            let placed: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+            let fleeting = Uuid::new_v4();
+            // Queued without yielding, so that the writer takes them as one batch.
+            let (mut armed, mut disarmed) = (Vec::new(), Vec::new());
+            for id in placed.iter().chain([&fleeting]) {
+                let (reply, answer) = oneshot::channel();
+                deadlines.queue.try_send(Change::Arm(arm_of(*id), reply)).unwrap_or_else(|_| panic!("queue full"));
+                armed.push(answer);
+            }
+            for id in finished.iter().chain([&fleeting]) {
+                let (reply, answer) = oneshot::channel();
+                deadlines.queue.try_send(Change::Disarm(*id, reply)).unwrap_or_else(|_| panic!("queue full"));
+                disarmed.push(answer);
+            }
+            for answer in armed {
+                answer.await.unwrap().unwrap();
+            }
+            for answer in disarmed {
+                let armed = answer.await.unwrap().unwrap();
+                assert!(matches!(armed, Some(Some(_))), "{armed:?}");
+            }
+            let mut rows: Vec<Uuid> =
+                sqlx::query_scalar("SELECT order_id FROM saga_deadlines").fetch_all(&pool).await.unwrap();
+            let mut expected = placed.clone();
+            rows.sort();
+            expected.sort();
+            assert_eq!(rows, expected, "the placed orders armed, the finished and the fleeting one not");
         })
         .await;
     }
