@@ -58,8 +58,9 @@ pub async fn track(deadlines: &Deadlines, trigger: &Trigger) -> Result<(), React
 /// Arms and disarms deadlines in batches. The deadline participant handles
 /// many messages at once, and each order used to cost two statements and
 /// two commits of their own here (with sqlx's check of the connection given
-/// back after each); now the changes that arrive while a batch is written
-/// go in the next, one statement for its arms and disarms together.
+/// back after each); now the changes of a few milliseconds (see [`GATHER`])
+/// and those that arrive while a batch is written go in one batch, one
+/// statement for its arms and disarms together.
 /// Each caller is answered after its batch's statement returns (an arm
 /// after its commit is durable), and a batch that fails fails for each of
 /// its callers, whose messages are delivered again.
@@ -71,6 +72,12 @@ pub struct Deadlines {
 
 /// Most changes in one batch.
 const BATCH_CHANGES: usize = 256;
+
+/// How long the writer lets changes gather after the first of a batch. No
+/// order waits on its deadline's row (the participant's message is only
+/// acknowledged later), and a batch of a few milliseconds holds the arms and
+/// disarms of many orders: without it, under load, most batches held one.
+const GATHER: Duration = Duration::from_millis(10);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -101,6 +108,7 @@ impl Deadlines {
         let (queue, mut receiver) = mpsc::channel(BATCH_CHANGES * 4);
         let writer = tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
+                tokio::time::sleep(GATHER).await;
                 let mut batch = vec![first];
                 while batch.len() < BATCH_CHANGES {
                     let Ok(change) = receiver.try_recv() else { break };
