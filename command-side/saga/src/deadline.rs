@@ -218,20 +218,29 @@ fn reaction_error(error: &sqlx::Error) -> ReactionError {
     }
 }
 
-/// The arms' columns, one row per order.
-fn arm_columns(arms: &[&Arm]) -> (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<String>, Vec<DateTime<Utc>>) {
-    let (mut ids, mut deadlines, mut correlations, mut placed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut seen = HashSet::new();
-    for arm in arms.iter().filter(|arm| seen.insert(arm.order_id)) {
-        ids.push(arm.order_id);
-        deadlines.push(arm.deadline);
-        correlations.push(arm.correlation_id.clone());
-        placed.push(arm.placed_at);
-    }
-    (ids, deadlines, correlations, placed)
+/// The arms' columns, one row per order (the statements' `$1`-`$4`).
+struct ArmColumns<'a> {
+    ids: Vec<Uuid>,
+    deadlines: Vec<DateTime<Utc>>,
+    correlations: Vec<&'a str>,
+    placed: Vec<DateTime<Utc>>,
 }
 
-/// Inserts the arms' rows (`$1`-`$4`, see [`arm_columns`]), leaving out the
+impl<'a> ArmColumns<'a> {
+    fn of(arms: &[&'a Arm]) -> Self {
+        let mut columns = Self { ids: Vec::new(), deadlines: Vec::new(), correlations: Vec::new(), placed: Vec::new() };
+        let mut seen = HashSet::new();
+        for arm in arms.iter().filter(|arm| seen.insert(arm.order_id)) {
+            columns.ids.push(arm.order_id);
+            columns.deadlines.push(arm.deadline);
+            columns.correlations.push(arm.correlation_id.as_str());
+            columns.placed.push(arm.placed_at);
+        }
+        columns
+    }
+}
+
+/// Inserts the arms' rows (`$1`-`$4`, see [`ArmColumns`]), leaving out the
 /// orders in `$5` (disarmed in the same batch) and the orders armed already.
 const ARM: &str = "INSERT INTO saga_deadlines (order_id, deadline, due_at, correlation_id, placed_at) \
      SELECT order_id, deadline, deadline, correlation_id, placed_at \
@@ -244,12 +253,12 @@ async fn arm_all(pool: &PgPool, arms: &[&Arm]) -> Result<(), sqlx::Error> {
     if arms.is_empty() {
         return Ok(());
     }
-    let (ids, deadlines, correlations, placed) = arm_columns(arms);
+    let columns = ArmColumns::of(arms);
     sqlx::query(ARM)
-        .bind(&ids)
-        .bind(&deadlines)
-        .bind(&correlations)
-        .bind(&placed)
+        .bind(&columns.ids)
+        .bind(&columns.deadlines)
+        .bind(&columns.correlations)
+        .bind(&columns.placed)
         .bind(Vec::<Uuid>::new())
         .execute(pool)
         .await?;
@@ -270,12 +279,12 @@ async fn arm_and_disarm(
              DELETE FROM saga_deadlines WHERE order_id = ANY($5) RETURNING order_id, placed_at"
         )
     });
-    let (ids, deadlines, correlations, placed) = arm_columns(arms);
+    let columns = ArmColumns::of(arms);
     let removed: Vec<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(&ARM_AND_DISARM)
-        .bind(&ids)
-        .bind(&deadlines)
-        .bind(&correlations)
-        .bind(&placed)
+        .bind(&columns.ids)
+        .bind(&columns.deadlines)
+        .bind(&columns.correlations)
+        .bind(&columns.placed)
         .bind(order_ids)
         .fetch_all(pool)
         .await?;
