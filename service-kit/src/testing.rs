@@ -6,19 +6,24 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use event_store::testing::Ports;
+
 pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Holds `port` for the server's life, across restarts.
+    _port: Ports,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` (`NATS_SERVER_BIN`, `/usr/sbin/nats-server` or
-    /// from PATH) on a free port.
+    /// from PATH) on a port held for it (`event_store::testing::Ports`).
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut held = Ports::default();
+        let port = held.port();
         let dir = std::env::temp_dir().join(format!("nats-test-{}", uuid::Uuid::new_v4().simple()));
-        let mut server = Self { port, dir, child: None };
+        let mut server = Self { port, dir, child: None, _port: held };
         server.restart();
         server
     }

@@ -98,34 +98,7 @@ pub struct System {
 }
 
 /// The ports of a system's services, held for as long as the system lives.
-///
-/// They are picked below the kernel's usual ephemeral range (32768 and up, where
-/// `bind(0)` and outgoing connections take theirs), so the machine hands none
-/// of them to anyone else, and held by a listener on the same port of
-/// 127.0.0.2, which every system tries to bind first, so no two systems
-/// running at once share one. (A port taken with `bind(0)` and let go could
-/// be handed to another test before the service bound it: that test's
-/// service then answered this system's readiness checks, and this one's
-/// exited unseen.)
-#[derive(Default)]
-pub struct Ports(Vec<std::net::TcpListener>);
-
-impl Ports {
-    /// A free `127.0.0.1:<port>` that no other holder of `Ports` is given
-    /// while this one lives.
-    pub fn reserve(&mut self) -> String {
-        for _ in 0..1_000 {
-            let port = fastrand::u16(20_000..32_000);
-            let Ok(held) = std::net::TcpListener::bind(("127.0.0.2", port)) else { continue };
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                continue; // something else listens there
-            }
-            self.0.push(held);
-            return format!("127.0.0.1:{port}");
-        }
-        panic!("no port of 20000-31999 could be held on both 127.0.0.1 and 127.0.0.2 (is 127.0.0.2 on the loopback?)");
-    }
-}
+pub use event_store::testing::Ports;
 
 impl System {
     /// Starts the servers and every process, and waits until each is ready.

@@ -553,16 +553,33 @@ mod tests {
 
     /// A page stops at an open transaction and says that a committed event
     /// waits behind it; once that transaction has ended, the page reads the
-    /// event and nothing is held back.
+    /// event and nothing is held back. (Transactions of other tests' databases
+    /// hold a follower back too, for up to 50 ms each, see
+    /// `es_follow_horizon()`: the pages before and after are read until
+    /// nothing is held back, as a subscriber would.)
     #[tokio::test]
     async fn a_page_tells_when_committed_events_are_held_back() {
         crate::testing::with_database(2, |pool| async move {
+            let settled = |after: Option<LogPosition>| {
+                let pool = pool.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    loop {
+                        let page = follow_page(&pool, after, 10).await.unwrap();
+                        if !page.held_back {
+                            return page;
+                        }
+                        assert!(started.elapsed() < std::time::Duration::from_secs(10), "held back for 10 s");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+            };
             let insert = "INSERT INTO es_events (event_id, stream_id, stream_version, event_type, schema_version, \
                  payload, metadata) VALUES (gen_random_uuid(), $1, 1, 'Happened', 1, '{}', \
                  '{\"correlation_id\": \"\", \"causation_id\": \"\", \"actor\": \"test\"}')";
             sqlx::query(insert).bind("order-first").execute(&pool).await.unwrap();
-            let first = follow_page(&pool, None, 10).await.unwrap();
-            assert_eq!((first.events.len(), first.held_back), (1, false));
+            let first = settled(None).await;
+            assert_eq!(first.events.len(), 1);
             let after = Some(first.events[0].log_position);
 
             let mut open = pool.begin().await.unwrap();
@@ -573,9 +590,9 @@ mod tests {
             assert!(held.held_back, "the committed event behind the open transaction went unmentioned");
 
             open.rollback().await.unwrap();
-            let released = follow_page(&pool, after, 10).await.unwrap();
+            let released = settled(after).await;
             let streams: Vec<&str> = released.events.iter().map(|e| e.stream_id.as_str()).collect();
-            assert_eq!((streams, released.held_back), (vec!["order-later"], false));
+            assert_eq!(streams, ["order-later"]);
         })
         .await;
     }

@@ -1,9 +1,12 @@
 //! Test support: a fresh, migrated PostgreSQL database per test, a
-//! PostgreSQL server of a test's own (`server`), and the harnesses through
+//! PostgreSQL server of a test's own (`server`) on a port held for it
+//! (`Ports`, for any server a test starts), and the harnesses through
 //! which the conformance suite drives each backend.
 
+mod ports;
 mod server;
 
+pub use ports::Ports;
 pub use server::{PgServer, Stop};
 
 use std::future::Future;

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use super::Ports;
+
 /// The server binaries: `PG_BIN_DIR`, or the newest of Debian's
 /// `/usr/lib/postgresql/<version>/bin`, or `pg_ctl` from `PATH`.
 fn bin_dir() -> Option<PathBuf> {
@@ -42,6 +44,8 @@ pub struct PgServer {
     /// (PostgreSQL refuses to run as root).
     run_as: Option<String>,
     running: bool,
+    /// Holds `port` for the server's life, across restarts.
+    _port: Ports,
 }
 
 impl PgServer {
@@ -76,14 +80,15 @@ impl PgServer {
 
     /// A free port and an empty directory of its own (owned by `run_as`); nothing started.
     fn unstarted(bin: PathBuf, run_as: Option<String>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut held = Ports::default();
+        let port = held.port();
         let dir = std::env::temp_dir().join(format!("pg-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         if let Some(user) = &run_as {
             let chowned = Command::new("chown").arg(user).arg(&dir).status().unwrap();
             assert!(chowned.success(), "cannot give {} to {user}", dir.display());
         }
-        Self { port, dir, bin, run_as, running: false }
+        Self { port, dir, bin, run_as, running: false, _port: held }
     }
 
     /// Appends this server's port and socket directory, and `settings`, to its `postgresql.conf`.

@@ -41,9 +41,9 @@ async fn ready_until(url: &str, within: Duration, done: impl Fn(u16) -> bool) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_held_back_by_a_foreign_transaction_degrades_readiness_without_taking_the_service_out() {
     with_database(8, |pool| async move {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut ports = event_store::testing::Ports::default();
+        let addr = ports.reserve();
         let url = database_url(&pool);
-        let addr = format!("127.0.0.1:{port}");
         let vars = [("DATABASE_URL", url.as_str()), ("PROJECTIONS_OPS_ADDR", addr.as_str())];
         let config = Config::from_source(&Vars(&vars), Command::Serve).unwrap();
         let app = App::build(config).await.unwrap();

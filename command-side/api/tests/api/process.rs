@@ -19,10 +19,11 @@ fn a_bad_setting_stops_start_up_with_a_message_naming_it() {
     assert!(stderr.contains("COMMAND_HTTP_ADDR"), "{stderr}");
 }
 
-/// Starts the binary against the test's database; returns it and its base URL once it answers.
-async fn spawn_binary(pool: &PgPool) -> (std::process::Child, String) {
+/// Starts the binary against the test's database; returns it, its base URL once it answers, and its port held.
+async fn spawn_binary(pool: &PgPool) -> (std::process::Child, String, event_store::testing::Ports) {
     let database_url = database_url(pool);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut ports = event_store::testing::Ports::default();
+    let port = ports.port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_command-api"))
         .env("DATABASE_URL", &database_url)
         .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -35,7 +36,7 @@ async fn spawn_binary(pool: &PgPool) -> (std::process::Child, String) {
     let client = Client::new();
     for _ in 0..100 {
         if client.get(format!("{base}/health/live")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return (child, base);
+            return (child, base, ports);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -62,7 +63,7 @@ fn sigterm(child: &std::process::Child) {
 #[tokio::test]
 async fn sigterm_stops_the_service_cleanly() {
     migrations::testing::with_database(4, |pool| async move {
-        let (mut child, _) = spawn_binary(&pool).await;
+        let (mut child, _, _ports) = spawn_binary(&pool).await;
         sigterm(&child);
         let status = wait_for_exit(&mut child).await;
         assert!(status.success(), "{status}");
@@ -76,7 +77,7 @@ async fn sigterm_stops_the_service_cleanly() {
 #[tokio::test]
 async fn sigterm_lets_a_request_in_flight_finish() {
     migrations::testing::with_database(4, |pool| async move {
-        let (mut child, base) = spawn_binary(&pool).await;
+        let (mut child, base, _ports) = spawn_binary(&pool).await;
         let body = json!({"quantity": 5});
         let fingerprint = application::idempotency::fingerprint(
             "POST",
