@@ -1,5 +1,5 @@
 //! Test support (feature `testing`): a NATS server of the test's own (on a
-//! free port with its own JetStream directory, so a test can stop and
+//! port held for it, with its own JetStream directory, so a test can stop and
 //! restart it without disturbing others), and bearer tokens.
 
 use std::path::PathBuf;
