@@ -15,7 +15,7 @@
 # benchmark `cargo bench -p command-api --bench commands` has a stricter
 # baseline still (each client a sqlx connection with its statement
 # prepared, in the benchmark's process). Needs wrk and pgbench
-# (Debian: wrk, postgresql-client).
+# (Debian: wrk; pgbench comes with the server package, postgresql-15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
