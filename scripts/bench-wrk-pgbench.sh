@@ -4,8 +4,8 @@
 # `OrderPlaced`-sized row per transaction from pgbench, at 1, 8 and 32
 # clients. Both load generators are C programs in processes of their own;
 # each run is preceded by a CHECKPOINT, and the three alternate, round after
-# round (medians of ROUNDS, default 3, of SECONDS, default 5, each after 1 s
-# of warm-up for wrk).
+# round (medians of ROUNDS, default 3, runs of SECONDS_EACH, default 5,
+# wrk's each after 1 s of warm-up).
 #
 #   scripts/bench-wrk-pgbench.sh          (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
@@ -41,6 +41,7 @@ DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:
   target/release/command-api 2>/dev/null &
 api=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { echo "the command API did not become ready on port $port" >&2; exit 1; }
 # The API has migrated the database: the baseline's table is es_events' twin.
 "${psql_[@]}" -d "$db" -c "CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)"
 token=$(target/release/mint-token c-42)
