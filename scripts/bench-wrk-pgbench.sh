@@ -20,38 +20,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_EACH:-5}
-db=bench_wrk_$$
-port=$((20000 + RANDOM % 20000))
-secret=bench-secret-of-at-least-32-bytes-long
-work=$(mktemp -d)
 psql_=(psql -q -h 127.0.0.1 -U postgres)
 
 cargo build --quiet --release -p command-api --bin command-api -p service-kit --bin mint-token
-"${psql_[@]}" -d postgres -c "CREATE DATABASE $db"
-cleanup() {
-  [[ -n ${api:-} ]] && kill "$api" 2>/dev/null && wait "$api" 2>/dev/null || true
-  "${psql_[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-export JWT_SECRET=$secret
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port COMMAND_OPS_ADDR=127.0.0.1:0 \
-  RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
-  target/release/command-api 2>/dev/null &
-api=$!
-for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { echo "the command API did not become ready on port $port" >&2; exit 1; }
+# shellcheck source=lib/command-api.sh
+source scripts/lib/command-api.sh
+trap stop_command_api EXIT
+start_command_api target/release/command-api target/release/mint-token
 # The API has migrated the database: the baseline's table is es_events' twin.
 "${psql_[@]}" -d "$db" -c "CREATE TABLE bench_raw (LIKE es_events INCLUDING ALL)"
-token=$(target/release/mint-token c-42)
-
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-wrk.body = '{"customer_id":"c-42","currency":"EUR","payment_token":"tok_visa","lines":[{"sku":"SKU-1","quantity":1,"unit_price_cents":1999}]}'
-LUA
 # The row an OrderPlaced makes, its payload and metadata as the API writes
 # them (no ':' followed by a letter or digit: pgbench would take it for a variable).
 cat > "$work/insert.sql" <<'SQL'

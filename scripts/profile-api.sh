@@ -14,34 +14,12 @@ cd "$(dirname "$0")/.."
 out=${1:-docs/perf/command-api.svg}
 connections=${WRK_CONNECTIONS:-8}
 seconds=${PROFILE_SECONDS:-10}
-db=profile_api_$$
-port=$((20000 + RANDOM % 20000))
-secret=profile-secret-of-at-least-32-bytes-long
-work=$(mktemp -d)
 
 cargo build --quiet --profile profiling -p command-api --bin command-api -p service-kit --bin mint-token
-psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db"
-cleanup() {
-  [[ -n ${api:-} ]] && kill "$api" 2>/dev/null && wait "$api" 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-export JWT_SECRET=$secret
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port COMMAND_OPS_ADDR=127.0.0.1:0 \
-  RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
-  target/profiling/command-api 2>/dev/null &
-api=$!
-for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-token=$(target/profiling/mint-token c-42)
-
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-wrk.body = '{"customer_id":"c-42","currency":"EUR","payment_token":"tok_visa","lines":[{"sku":"SKU-1","quantity":1,"unit_price_cents":1999}]}'
-LUA
+# shellcheck source=lib/command-api.sh
+source scripts/lib/command-api.sh
+trap stop_command_api EXIT
+start_command_api target/profiling/command-api target/profiling/mint-token
 
 run() { wrk -t1 -c"$connections" -d"$1" -s "$work/post.lua" "http://127.0.0.1:$port/v1/orders"; }
 ticks() { awk '{print $14 + $15}' "/proc/$api/stat"; }

@@ -1,0 +1,38 @@
+# Sourced by the scripts that load the command API (profile-api.sh,
+# bench-wrk-pgbench.sh): starts a built command API on a scratch database
+# and a free port, with rate limits out of the way, and writes wrk's script
+# for `POST /v1/orders` with a bearer token.
+#
+#   start_command_api BINARY MINT_TOKEN_BINARY
+#
+# Sets: api (the API's pid), port, db (the scratch database), work (a
+# scratch directory holding post.lua). stop_command_api (run it on EXIT)
+# stops the API, drops the database and removes the directory.
+
+start_command_api() {
+  local binary=$1 mint=$2 token
+  db=command_api_${$}
+  port=$((20000 + RANDOM % 20000))
+  work=$(mktemp -d)
+  export JWT_SECRET=scripts-secret-of-at-least-32-bytes-long
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db"
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port COMMAND_OPS_ADDR=127.0.0.1:0 \
+    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
+    "$binary" 2>/dev/null &
+  api=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+  curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { echo "the command API did not become ready on port $port" >&2; return 1; }
+  token=$("$mint" c-42)
+  cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+wrk.body = '{"customer_id":"c-42","currency":"EUR","payment_token":"tok_visa","lines":[{"sku":"SKU-1","quantity":1,"unit_price_cents":1999}]}'
+LUA
+}
+
+stop_command_api() {
+  [[ -n ${api:-} ]] && kill "$api" 2>/dev/null && wait "$api" 2>/dev/null || true
+  [[ -n ${db:-} ]] && psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  [[ -n ${work:-} ]] && rm -rf "$work"
+}
