@@ -23,7 +23,7 @@ seconds=${SECONDS_EACH:-5}
 psql_=(psql -q -h 127.0.0.1 -U postgres)
 
 cargo build --quiet --release -p command-api --bin command-api -p service-kit --bin mint-token
-# shellcheck source=lib/command-api.sh
+# shellcheck source=scripts/lib/command-api.sh
 source scripts/lib/command-api.sh
 trap stop_command_api EXIT
 start_command_api target/release/command-api target/release/mint-token

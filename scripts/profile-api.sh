@@ -16,7 +16,7 @@ connections=${WRK_CONNECTIONS:-8}
 seconds=${PROFILE_SECONDS:-10}
 
 cargo build --quiet --profile profiling -p command-api --bin command-api -p service-kit --bin mint-token
-# shellcheck source=lib/command-api.sh
+# shellcheck source=scripts/lib/command-api.sh
 source scripts/lib/command-api.sh
 trap stop_command_api EXIT
 start_command_api target/profiling/command-api target/profiling/mint-token

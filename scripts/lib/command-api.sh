@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that load the command API (profile-api.sh,
 # bench-wrk-pgbench.sh): starts a built command API on a scratch database
 # and a free port, with rate limits out of the way, and writes wrk's script
@@ -32,7 +33,12 @@ LUA
 }
 
 stop_command_api() {
-  [[ -n ${api:-} ]] && kill "$api" 2>/dev/null && wait "$api" 2>/dev/null || true
-  [[ -n ${db:-} ]] && psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  [[ -n ${work:-} ]] && rm -rf "$work"
+  if [[ -n ${api:-} ]]; then
+    kill "$api" 2>/dev/null || true
+    wait "$api" 2>/dev/null || true
+  fi
+  if [[ -n ${db:-} ]]; then
+    psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  fi
+  if [[ -n ${work:-} ]]; then rm -rf "$work"; fi
 }
