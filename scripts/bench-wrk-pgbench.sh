@@ -25,6 +25,8 @@ psql_=(psql -q -h 127.0.0.1 -U postgres)
 cargo build --quiet --release -p command-api --bin command-api -p service-kit --bin mint-token
 # shellcheck source=scripts/lib/command-api.sh
 source scripts/lib/command-api.sh
+# shellcheck source=scripts/lib/benchmarks.sh
+source scripts/lib/benchmarks.sh
 trap stop_command_api EXIT
 start_command_api target/release/command-api target/release/mint-token
 # The API has migrated the database: the baseline's table is es_events' twin.
@@ -77,16 +79,5 @@ section="## HTTP commands, as issue #15 measured them (wrk and pgbench)
 $rows"
 echo "$section"
 if [[ ${BENCH_QUICK:-0} == 0 ]]; then
-  python3 - "$section" <<'PY'
-import re, sys
-path, key, section = "BENCHMARKS.md", "commands-wrk", sys.argv[1].rstrip("\n")
-start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
-text = open(path).read()
-block = f"{start}\n{section}\n{end}"
-if start in text:
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-PY
+  write_bench_section commands-wrk "$section"
 fi

@@ -1,0 +1,23 @@
+# shellcheck shell=bash
+# Sourced by the benchmark scripts: writes a section into BENCHMARKS.md
+# between its markers, as the Rust benchmarks do (event_store::bench).
+#
+#   write_bench_section KEY SECTION
+#
+# Replaces what stands between `<!-- bench:KEY:start -->` and
+# `<!-- bench:KEY:end -->`, or appends the section with its markers.
+
+write_bench_section() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+path, key, section = "BENCHMARKS.md", sys.argv[1], sys.argv[2].rstrip("\n")
+start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+text = open(path).read()
+block = f"{start}\n{section}\n{end}"
+if start in text:
+    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+PY
+}
