@@ -2,7 +2,8 @@
 # Sourced by the scripts that load the command API (profile-api.sh,
 # bench-wrk-pgbench.sh): starts a built command API on a scratch database
 # and a free port, with rate limits out of the way, and writes wrk's script
-# for `POST /v1/orders` with a bearer token.
+# for `POST /v1/orders` with a bearer token. The API's log goes to API_LOG
+# (a path) if set, else nowhere.
 #
 #   start_command_api BINARY MINT_TOKEN_BINARY
 #
@@ -19,7 +20,7 @@ start_command_api() {
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db"
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db COMMAND_HTTP_ADDR=127.0.0.1:$port COMMAND_OPS_ADDR=127.0.0.1:0 \
     RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
-    "$binary" 2>/dev/null &
+    "$binary" 2>"${API_LOG:-/dev/null}" &
   api=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { echo "the command API did not become ready on port $port" >&2; return 1; }

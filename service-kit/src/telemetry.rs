@@ -65,10 +65,15 @@ pub fn init(service: &'static str, level: &str, format: LogFormat) -> Telemetry 
     });
     let traces = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
     let subscriber = tracing_subscriber::registry().with(filter).with(traces);
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs: Box<dyn Layer<_> + Send + Sync> = match format {
-        LogFormat::Json => Box::new(logs.json().flatten_event(true).with_current_span(true).with_span_list(false)),
-        LogFormat::Pretty => Box::new(logs),
+        LogFormat::Json => Box::new(
+            json_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false),
+        ),
+        LogFormat::Pretty => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
     };
     subscriber.with(logs).init();
     Telemetry { provider }
