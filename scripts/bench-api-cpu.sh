@@ -3,15 +3,16 @@
 # `POST /v1/orders` against an earlier commit's API (by default 06e4a2b,
 # the code before issue #15), both release builds, alternating in one run.
 #
-# Each round starts each API on a scratch database of its own (the earlier
-# one first in odd rounds, second in even ones, so a machine slowing down
-# within the hour favours neither), warms it up for 2 s at 8 connections,
-# then measures it at 1, 8 and 32 wrk connections for SECONDS_EACH (default
-# 5) each: requests per second, and the API process's CPU time (user and
+# Each round starts both APIs, each on a scratch database of its own, warms
+# each up for 2 s at 8 connections, then at 1, 8 and 32 wrk connections
+# measures one and then the other for SECONDS_EACH (default 5) each (the
+# earlier commit first in odd rounds, second in even ones, so a machine
+# slowing down favours neither, and a pair is seconds apart, because this
+# machine's speed swings within minutes): requests per second, and the API
+# process's CPU time (user and
 # system, from /proc/<pid>/stat) and its threads' voluntary context
 # switches (each a sleep and a wake-up) per request. The figures are the medians
-# of ROUNDS (default 3) rounds; the ratio is taken within each round, so a
-# pair is always measured minutes apart at most.
+# of ROUNDS (default 3) rounds; the ratio is taken within each pair.
 #
 #   scripts/bench-api-cpu.sh [BASE_COMMIT]   (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
@@ -31,6 +32,7 @@ source scripts/lib/benchmarks.sh
 tree=""
 clean_up() {
   stop_command_api
+  stop_both
   if [[ -n $tree ]]; then git worktree remove --force "$tree"; fi
 }
 trap clean_up EXIT
@@ -46,49 +48,65 @@ if [[ ! -x $base_bin ]]; then
   tree=""
 fi
 
-# Prints "clients requests/s ms-of-CPU switches", per request, a line per
-# level, for the API binary $1 on a scratch database of its own.
-measure() {
-  local clients before after switched requests rate
-  start_command_api "$1" target/release/mint-token
-  wrk -t1 -c8 -d2s -s "$work/post.lua" "http://127.0.0.1:$port/v1/orders" >/dev/null
-  for clients in "${levels[@]}"; do
-    before=$(awk '{print $14 + $15}' "/proc/$api/stat")
-    switched=$(switches)
-    wrk -t1 -c"$clients" -d"${seconds}s" -s "$work/post.lua" "http://127.0.0.1:$port/v1/orders" >"$work/wrk.txt"
-    after=$(awk '{print $14 + $15}' "/proc/$api/stat")
-    switched=$(($(switches) - switched))
-    requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-    rate=$(awk '/Requests\/sec/ {print int($2)}' "$work/wrk.txt")
-    awk -v c="$clients" -v r="$rate" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" -v s="$switched" \
-      'BEGIN {printf "%d %d %.4f %.2f\n", c, r, t * 1000 / hz / n, s / n}'
+# During a round both APIs run, each on a scratch database of its own:
+# their pids, ports and scratch directories, by "base" and "now".
+declare -A pid_of port_of db_of work_of
+start_both() {
+  local which binary
+  for which in base now; do
+    binary=target/release/command-api
+    if [[ $which == base ]]; then binary=$base_bin; fi
+    start_command_api "$binary" target/release/mint-token
+    pid_of[$which]=$api port_of[$which]=$port db_of[$which]=$db work_of[$which]=$work
+    api="" db="" work=""
+    wrk -t1 -c8 -d2s -s "${work_of[$which]}/post.lua" "http://127.0.0.1:${port_of[$which]}/v1/orders" >/dev/null
   done
-  stop_command_api
+}
+stop_both() {
+  local which
+  for which in "${!pid_of[@]}"; do
+    api=${pid_of[$which]} db=${db_of[$which]} work=${work_of[$which]}
+    stop_command_api
+    unset "pid_of[$which]"
+  done
   api="" db="" work=""
 }
-# The API's threads' voluntary context switches so far.
-switches() { cat "/proc/$api"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
+# Prints "requests/s ms-of-CPU switches", per request, of the API $1 ("base"
+# or "now") under wrk at $2 connections.
+measure() {
+  local pid=${pid_of[$1]} dir=${work_of[$1]} before after switched requests rate
+  before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  switched=$(switches "$pid")
+  wrk -t1 -c"$2" -d"${seconds}s" -s "$dir/post.lua" "http://127.0.0.1:${port_of[$1]}/v1/orders" >"$dir/wrk.txt"
+  after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  switched=$(($(switches "$pid") - switched))
+  requests=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
+  rate=$(awk '/Requests\/sec/ {print int($2)}' "$dir/wrk.txt")
+  awk -v r="$rate" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" -v s="$switched" \
+    'BEGIN {printf "%d %.4f %.2f\n", r, t * 1000 / hz / n, s / n}'
+}
+# The voluntary context switches so far of the threads of process $1.
+switches() { cat "/proc/$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 declare -A rate cpu switched ratios
 for round in $(seq "$rounds"); do
   order=(base now)
   if ((round % 2 == 0)); then order=(now base); fi
-  for which in "${order[@]}"; do
-    binary=target/release/command-api
-    if [[ $which == base ]]; then binary=$base_bin; fi
-    while read -r clients r ms s; do
+  start_both
+  for clients in "${levels[@]}"; do
+    for which in "${order[@]}"; do
+      read -r r ms s < <(measure "$which" "$clients")
       rate[$which,$clients]+="$r "
       cpu[$which,$clients]+="$ms "
       switched[$which,$clients]+="$s "
-      echo "round $round, $which ($binary), $clients clients: $r requests/s, $ms ms CPU and $s switches per request" >&2
-    done < <(measure "$binary")
-  done
-  for clients in "${levels[@]}"; do
+      echo "round $round, $which, $clients clients: $r requests/s, $ms ms CPU and $s switches per request" >&2
+    done
     now_ms=$(awk '{print $NF}' <<<"${cpu[now,$clients]}")
     base_ms=$(awk '{print $NF}' <<<"${cpu[base,$clients]}")
     ratios[$clients]+="$(awk -v a="$now_ms" -v b="$base_ms" 'BEGIN {printf "%.2f", a / b}') "
   done
+  stop_both
 done
 
 rows=""
@@ -106,7 +124,7 @@ section="## The command API's CPU per request, against the code before issue #15
 
 \`scripts/bench-api-cpu.sh\` — commit $(git rev-parse --short HEAD) against $base — $(nproc) cores — $(date -u +%F).
 
-\`POST /v1/orders\` (one line, a bearer token) from wrk (1 thread) against each commit's command API (release builds, each on a scratch database of its own), alternating: $rounds rounds, each API measured at 1, 8 and 32 connections for $seconds s after 2 s of warm-up. CPU is the API process's user and system time per request (\`/proc/<pid>/stat\`), switches its threads' voluntary context switches per request (each a sleep and a wake-up); figures are medians of the rounds, and the ratio is taken within each round (each round's in brackets). Issue #15's target: a third of the code before it.
+\`POST /v1/orders\` (one line, a bearer token) from wrk (1 thread) against each commit's command API (release builds, both running, each on a scratch database of its own, started afresh and warmed up for 2 s every round): $rounds rounds; in each, at 1, 8 and 32 connections, one API and then the other for $seconds s (the order alternating by round). CPU is the API process's user and system time per request (\`/proc/<pid>/stat\`), switches its threads' voluntary context switches per request (each a sleep and a wake-up); figures are medians of the rounds, and the ratio is taken within each pair (each round's in brackets). Issue #15's target: a third of the code before it.
 
 | connections | $base requests/s | $base CPU ms per request | $base switches per request | now requests/s | now CPU ms per request | now switches per request | CPU now / $base (each round) |
 |---:|---:|---:|---:|---:|---:|---:|---|

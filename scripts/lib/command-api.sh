@@ -13,7 +13,7 @@
 
 start_command_api() {
   local binary=$1 mint=$2 token
-  db=command_api_${$}
+  db=command_api_${$}_${RANDOM}
   port=$((20000 + RANDOM % 20000))
   work=$(mktemp -d)
   export JWT_SECRET=scripts-secret-of-at-least-32-bytes-long
