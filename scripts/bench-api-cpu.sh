@@ -3,16 +3,16 @@
 # `POST /v1/orders` against an earlier commit's API (by default 06e4a2b,
 # the code before issue #15), both release builds, alternating in one run.
 #
-# Each round starts both APIs, each on a scratch database of its own, warms
-# each up for 2 s at 8 connections, then at 1, 8 and 32 wrk connections
-# measures one and then the other for SECONDS_EACH (default 5) each (the
-# earlier commit first in odd rounds, second in even ones, so a machine
-# slowing down favours neither, and a pair is seconds apart, because this
-# machine's speed swings within minutes): requests per second, and the API
-# process's CPU time (user and
-# system, from /proc/<pid>/stat) and its threads' voluntary context
-# switches (each a sleep and a wake-up) per request. The figures are the medians
-# of ROUNDS (default 3) rounds; the ratio is taken within each pair.
+# Each round starts both APIs, each on a scratch database of its own, and
+# warms each up for 2 s at 8 connections. Then, at 1, 8 and 32 wrk
+# connections, it measures one and then the other for SECONDS_EACH (default
+# 5) each: the earlier commit first in odd rounds and second in even ones, so
+# a machine slowing down favours neither, and a pair is seconds apart (this
+# machine's speed swings within minutes). It reports the requests per
+# second and, per request, the API process's CPU time (user and system,
+# from /proc/<pid>/stat) and its threads' voluntary context switches (each
+# a sleep and a wake-up). The figures are the medians of ROUNDS (default 3)
+# rounds; the ratio is taken within each pair.
 #
 #   scripts/bench-api-cpu.sh [BASE_COMMIT]   (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
@@ -30,6 +30,9 @@ source scripts/lib/command-api.sh
 # shellcheck source=scripts/lib/benchmarks.sh
 source scripts/lib/benchmarks.sh
 tree=""
+# During a round both APIs run, each on a scratch database of its own:
+# their pids, ports, databases and scratch directories, by "base" and "now".
+declare -A pid_of port_of db_of work_of
 clean_up() {
   stop_command_api
   stop_both
@@ -48,9 +51,6 @@ if [[ ! -x $base_bin ]]; then
   tree=""
 fi
 
-# During a round both APIs run, each on a scratch database of its own:
-# their pids, ports and scratch directories, by "base" and "now".
-declare -A pid_of port_of db_of work_of
 start_both() {
   local which binary
   for which in base now; do
