@@ -87,7 +87,6 @@ measure() {
 }
 # The voluntary context switches so far of the threads of process $1.
 switches() { cat "/proc/$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
-median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 declare -A rate cpu switched ratios
 for round in $(seq "$rounds"); do
@@ -113,12 +112,12 @@ rows=""
 for clients in "${levels[@]}"; do
   cells=""
   for which in base now; do
-    cells+="$(tr ' ' '\n' <<<"${rate[$which,$clients]}" | grep . | median) | "
-    cells+="$(tr ' ' '\n' <<<"${cpu[$which,$clients]}" | grep . | median) | "
-    cells+="$(tr ' ' '\n' <<<"${switched[$which,$clients]}" | grep . | median) | "
+    cells+="$(median_of "${rate[$which,$clients]}") | "
+    cells+="$(median_of "${cpu[$which,$clients]}") | "
+    cells+="$(median_of "${switched[$which,$clients]}") | "
   done
   each=$(tr ' ' '\n' <<<"${ratios[$clients]}" | grep . | paste -sd ' ' | sed 's/ /, /g')
-  rows+="| $clients | $cells$(tr ' ' '\n' <<<"${ratios[$clients]}" | grep . | median) ($each) |"$'\n'
+  rows+="| $clients | $cells$(median_of "${ratios[$clients]}") ($each) |"$'\n'
 done
 section="## The command API's CPU per request, against the code before issue #15
 

@@ -46,7 +46,6 @@ pgbench_rate() {
   pgbench -n -M "$2" -h 127.0.0.1 -U postgres -f "$work/insert.sql" -c "$1" -j 1 -T "$seconds" "$db" 2>/dev/null |
     awk '/^tps/ {print int($3)}'
 }
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 declare -A figures
 for round in $(seq "$rounds"); do
@@ -60,9 +59,9 @@ done
 
 rows=""
 for clients in 1 8 32; do
-  api_=$(tr ' ' '\n' <<<"${figures[api,$clients]}" | grep . | median)
-  simple=$(tr ' ' '\n' <<<"${figures[simple,$clients]}" | grep . | median)
-  prepared=$(tr ' ' '\n' <<<"${figures[prepared,$clients]}" | grep . | median)
+  api_=$(median_of "${figures[api,$clients]}")
+  simple=$(median_of "${figures[simple,$clients]}")
+  prepared=$(median_of "${figures[prepared,$clients]}")
   rows+="| $clients | $api_ | $simple | $((100 * api_ / simple))% | $prepared | $((100 * api_ / prepared))% |"$'\n'
 done
 server=$("${psql_[@]}" -d "$db" -Atc "SELECT version()" | awk '{print $1, $2}')

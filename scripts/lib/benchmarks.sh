@@ -1,11 +1,17 @@
 # shellcheck shell=bash
-# Sourced by the benchmark scripts: writes a section into BENCHMARKS.md
-# between its markers, as the Rust benchmarks do (event_store::bench).
+# Sourced by the benchmark scripts.
 #
+#   median_of "FIGURES"            the median of figures separated by spaces
 #   write_bench_section KEY SECTION
 #
-# Replaces what stands between `<!-- bench:KEY:start -->` and
-# `<!-- bench:KEY:end -->`, or appends the section with its markers.
+# write_bench_section writes a section into BENCHMARKS.md between its
+# markers, as the Rust benchmarks do (event_store::bench): it replaces what
+# stands between `<!-- bench:KEY:start -->` and `<!-- bench:KEY:end -->`,
+# or appends the section with its markers.
+
+median_of() {
+  tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
+}
 
 write_bench_section() {
   python3 - "$1" "$2" <<'PY'

@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Sourced by the scripts that load the command API (profile-api.sh,
-# bench-wrk-pgbench.sh, bench-api-cpu.sh): starts a built command API on a scratch database
-# and a free port, with rate limits out of the way, and writes wrk's script
-# for `POST /v1/orders` with a bearer token. The API's log goes to API_LOG
-# (a path) if set, else nowhere.
+# bench-wrk-pgbench.sh, bench-api-cpu.sh): starts a built command API on a
+# scratch database and a free port, with rate limits out of the way, and
+# writes wrk's script for `POST /v1/orders` with a bearer token. The API's
+# log goes to API_LOG (a path) if set, else nowhere.
 #
 #   start_command_api BINARY MINT_TOKEN_BINARY
 #
