@@ -40,8 +40,11 @@ export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 # shellcheck source=scripts/lib/benchmarks.sh
 source scripts/lib/benchmarks.sh
 tree=""
+log=$(mktemp)
 clean_up() {
+  local status=$?
   if [[ -n $tree ]]; then git worktree remove --force "$tree"; fi
+  if ((status == 0)); then rm -f "$log"; fi
 }
 trap clean_up EXIT
 
@@ -72,9 +75,13 @@ bench_of[base]=$(cat "$built")
 
 # Runs the benchmark of $1 ("base" or "now") at $2 orders/s; prints
 # "p99-ms achieved-orders/s holds" ("holds" is 1 or 0).
+# A benchmark that fails stops the script, its output left in $log.
 run_at() {
   local out p99 offered
-  out=$(cd command-side/saga && BENCH_QUICK=1 BENCH_RATE=$2 BENCH_SECONDS=$seconds "${bench_of[$1]}" --bench 2>/dev/null)
+  if ! out=$(cd command-side/saga && BENCH_QUICK=1 BENCH_RATE=$2 BENCH_SECONDS=$seconds "${bench_of[$1]}" --bench 2>"$log"); then
+    echo "the saga benchmark of $1 failed at $2 orders/s; its output: $log" >&2
+    return 1
+  fi
   p99=$(awk -F'|' '/placed -> confirmed \(saga\)/ {gsub(/ /, "", $5); print $5}' <<<"$out")
   offered=$(awk '/^offered/ {print $2}' <<<"$out")
   awk -v p="$p99" -v o="$offered" -v r="$2" -v t=$target_ms \
@@ -114,7 +121,7 @@ for round in $(seq "$rounds"); do
     rows+="| $round | none held | ${good[now]} | - | - |"$'\n'
   else
     ratio=$(awk -v a="${good[now]}" -v b="${good[base]}" 'BEGIN {printf "%.1f", a / b}')
-    ratios+="$ratio "
+    ratios+="${ratio}x "
     four=$((4 * good[base]))
     read -r p99 offered holds < <(run_at now "$four")
     verdict="does not hold"
@@ -135,7 +142,7 @@ Each commit's own saga benchmark (\`cargo bench -p saga --bench saga\`, release 
 | round | $base capacity, orders/s | now capacity, orders/s | now / $base | now at 4 x $base's capacity |
 |---:|---:|---:|---:|---|
 ${rows}
-Medians: $base $(median_of "${capacity[base]}"), now $(median_of "${capacity[now]}") orders/s; of the rounds' ratios $(median_of "$ratios")x.
+Medians: $base $(median_of "${capacity[base]}"), now $(median_of "${capacity[now]}") orders/s; of the rounds' ratios $(median_of "$ratios").
 
 Every run, rate: p99 ms:
 

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the benchmark scripts.
 #
-#   median_of "FIGURES"            the median of figures separated by spaces
+#   median_of "FIGURES"            the median of figures separated by spaces (none: "-")
 #   write_bench_section KEY SECTION
 #
 # write_bench_section writes a section into BENCHMARKS.md between its
@@ -10,7 +10,8 @@
 # or appends the section with its markers.
 
 median_of() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
+  tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g |
+    awk '{v[NR] = $1} END {if (NR == 0) print "-"; else print v[int((NR + 1) / 2)]}'
 }
 
 write_bench_section() {
