@@ -15,7 +15,9 @@
 # p99 is under 100 ms and at least 95% of it was placed. Each round then
 # runs the current code once more at four times the earlier commit's
 # capacity of that round: the issue's target as it states it. Figures are
-# per round and their medians; the ratio is taken within each round.
+# per round and their medians; the ratio is taken within each round (its
+# grain is about a sixteenth of the starting rates: the two searches take
+# proportional steps).
 #
 #   scripts/bench-saga-capacity.sh [BASE_COMMIT]   (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
@@ -137,7 +139,7 @@ section="## Saga capacity, against the code before issue #15
 
 \`scripts/bench-saga-capacity.sh\` — commit $(git rev-parse --short HEAD) against $base — $(nproc) cores — $(date -u +%F).
 
-Each commit's own saga benchmark (\`cargo bench -p saga --bench saga\`, release builds; a fresh shop, database and JetStream streams per run; $base places its orders from the services' process, the current code from a process of its own), alternating run by run: $rounds rounds, each a search of $steps runs of $seconds s per commit (from $base_from and $now_from orders/s: up by half while the rate holds, then halving the gap), then the current code once more at four times $base's capacity of that round (issue #15's target). A rate holds when placed -> confirmed p99 is under $target_ms ms and at least 95% of it was placed.
+Each commit's own saga benchmark (\`cargo bench -p saga --bench saga\`, release builds; a fresh shop, database and JetStream streams per run; $base places its orders from the services' process, the current code from a process of its own), alternating run by run: $rounds rounds, each a search of $steps runs of $seconds s per commit (from $base_from and $now_from orders/s: up by half while the rate holds, then halving the gap), then the current code once more at four times $base's capacity of that round (issue #15's target). A rate holds when placed -> confirmed p99 is under $target_ms ms and at least 95% of it was placed. The two searches take proportional steps, so a round whose runs get the same verdicts gives exactly the ratio of the starting rates, and a ratio moves in steps of about a sixteenth of them; the run at four times is the finer test. One run's verdict near the line is noisy: rerun before reading much into one round.
 
 | round | $base capacity, orders/s | now capacity, orders/s | now / $base | now at 4 x $base's capacity |
 |---:|---:|---:|---:|---|
