@@ -70,6 +70,7 @@ if [[ ! -s $built || ! -x $(cat "$built") ]]; then
   echo "building the saga benchmark of $base into target/base-$base (once)" >&2
   tree=$(mktemp -d)
   git worktree add --quiet --detach "$tree" "$base"
+  mkdir -p "target/base-$base"
   build_saga_bench "$tree" "$PWD/target/base-$base" >"$built.new"
   mv "$built.new" "$built"
   git worktree remove --force "$tree"
