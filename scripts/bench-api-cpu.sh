@@ -29,14 +29,13 @@ levels=(1 8 32)
 source scripts/lib/command-api.sh
 # shellcheck source=scripts/lib/benchmarks.sh
 source scripts/lib/benchmarks.sh
-tree=""
 # During a round both APIs run, each on a scratch database of its own:
 # their pids, ports, databases and scratch directories, by "base" and "now".
 declare -A pid_of port_of db_of work_of
 clean_up() {
   stop_command_api
   stop_both
-  if [[ -n $tree ]]; then git worktree remove --force "$tree"; fi
+  remove_worktree
 }
 trap clean_up EXIT
 
@@ -44,11 +43,8 @@ cargo build --quiet --release -p command-api --bin command-api -p service-kit --
 base_bin=target/base-$base/release/command-api
 if [[ ! -x $base_bin ]]; then
   echo "building the command API of $base into target/base-$base (once)" >&2
-  tree=$(mktemp -d)
-  git worktree add --quiet --detach "$tree" "$base"
-  (cd "$tree" && CARGO_TARGET_DIR="$OLDPWD/target/base-$base" cargo build --quiet --release -p command-api --bin command-api)
-  git worktree remove --force "$tree"
-  tree=""
+  in_worktree "$base" env CARGO_TARGET_DIR="$PWD/target/base-$base" \
+    cargo build --quiet --release -p command-api --bin command-api
 fi
 
 start_both() {

@@ -43,19 +43,18 @@ export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 
 # shellcheck source=scripts/lib/benchmarks.sh
 source scripts/lib/benchmarks.sh
-tree=""
 log=$(mktemp)
 clean_up() {
   local status=$?
-  if [[ -n $tree ]]; then git worktree remove --force "$tree"; fi
+  remove_worktree
   if ((status == 0)); then rm -f "$log"; fi
 }
 trap clean_up EXIT
 
-# The path of the saga benchmark's executable, built in $1 (a checkout) into
-# the target directory $2.
+# The path of the saga benchmark's executable, built here into the target
+# directory $1.
 build_saga_bench() {
-  (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench --quiet -p saga --bench saga --no-run --message-format=json) |
+  CARGO_TARGET_DIR=$1 cargo bench --quiet -p saga --bench saga --no-run --message-format=json |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -63,18 +62,14 @@ for line in sys.stdin:
         print(m["executable"])'
 }
 declare -A bench_of
-bench_of[now]=$(build_saga_bench . "$PWD/target")
+bench_of[now]=$(build_saga_bench "$PWD/target")
 # Where the earlier commit's executable is, once built.
 built=target/base-$base/saga-bench
 if [[ ! -s $built || ! -x $(cat "$built") ]]; then
   echo "building the saga benchmark of $base into target/base-$base (once)" >&2
-  tree=$(mktemp -d)
-  git worktree add --quiet --detach "$tree" "$base"
   mkdir -p "target/base-$base"
-  build_saga_bench "$tree" "$PWD/target/base-$base" >"$built.new"
+  in_worktree "$base" build_saga_bench "$PWD/target/base-$base" >"$built.new"
   mv "$built.new" "$built"
-  git worktree remove --force "$tree"
-  tree=""
 fi
 bench_of[base]=$(cat "$built")
 # Where the benchmarks place their orders (the current one: from a process of its own).

@@ -3,6 +3,8 @@
 #
 #   median_of "FIGURES"            the median of figures separated by spaces (none: "-")
 #   write_bench_section KEY SECTION
+#   in_worktree COMMIT COMMAND...  runs COMMAND in a worktree of COMMIT, then removes it
+#   remove_worktree                (in the caller's EXIT trap) removes one left by a stop
 #
 # write_bench_section writes a section into BENCHMARKS.md between its
 # markers, as the Rust benchmarks do (event_store::bench): it replaces what
@@ -27,4 +29,19 @@ else:
     text = text.rstrip("\n") + "\n\n" + block + "\n"
 open(path, "w").write(text)
 PY
+}
+
+# The worktree in_worktree made, until it is removed.
+tree=""
+in_worktree() {
+  local commit=$1
+  shift
+  tree=$(mktemp -d)
+  git worktree add --quiet --detach "$tree" "$commit"
+  (cd "$tree" && "$@")
+  remove_worktree
+}
+remove_worktree() {
+  if [[ -n $tree ]]; then git worktree remove --force "$tree"; fi
+  tree=""
 }
