@@ -370,7 +370,7 @@ mod postgres {
         PgEventStore::with_config(pool, PgStoreConfig { group_commit, ..PgStoreConfig::default() })
     }
 
-    /// Holds the store's only writer busy for `hold`: its append to
+    /// Holds the store's only writer (or one of two) busy for `hold`: its append to
     /// `order-blocker` waits on another transaction's uncommitted row there.
     /// (The first blocked append finds nothing in flight and is written by
     /// its caller; the second is the writer's.)
@@ -453,6 +453,24 @@ mod postgres {
                 let types: Vec<_> = stream.iter().map(|e| (e.event_type.as_str(), e.stream_version)).collect();
                 assert_eq!(types, [("A", 1), ("B", 2)]);
             }
+        })
+        .await;
+    }
+
+    /// A statement stuck on a lock holds up the process's other appends only
+    /// for the relief delay (5 ms): with the default two writers, the one
+    /// whose turn it is writes its batch beside the stuck one instead of
+    /// waiting for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_statement_holds_up_the_other_appends_only_briefly() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = PgEventStore::new(pool);
+            let stuck = occupy_the_writer(&store, Duration::from_secs(3)).await;
+            let free = store.append("order-free", ExpectedVersion::NoStream, vec![event("Free", json!({}))]).await;
+            assert_eq!(free.unwrap().stream_version, 1);
+            let blocker = store.read_stream("order-blocker", 1).await.unwrap();
+            assert!(blocker.is_empty(), "the append was written only once the stuck statement's blocker committed");
+            stuck.await.unwrap();
         })
         .await;
     }
