@@ -12,13 +12,13 @@
 //! lock wait, a slow flush, a batch written append by append) holds up the
 //! others of the process only for that long.
 //!
-//! Each append in a batch keeps its own optimistic concurrency check: the statement writes the appends whose
-//! stream is at their expected version and none of whose event ids is
-//! stored, and leaves out the others, which the caller then explains as it
-//! would a single append (conflict, replay). A caller is answered after the
-//! commit returns, so nothing is acknowledged before it is durable, and the
-//! statement is atomic: a batch that fails fails for each of its callers,
-//! with nothing written. Only a race with another transaction on the same
+//! Each append in a batch keeps its own optimistic concurrency check: the
+//! statement writes the appends whose stream is at their expected version
+//! and none of whose event ids is stored, and leaves out the others, which
+//! the caller then explains as it would a single append (conflict, replay).
+//! A caller is answered after the commit returns, so nothing is
+//! acknowledged before it is durable, and the statement is atomic: a batch
+//! that fails fails for each of its callers, with nothing written. Only a race with another transaction on the same
 //! stream or event id (another process's append in flight) makes the whole
 //! statement fail; the batch's appends are then written one by one.
 //!
