@@ -3,7 +3,7 @@
 //! - [`MemoryEventStore`]: in process, for unit tests of handlers.
 //! - [`PgEventStore`]: PostgreSQL, the default. Its global log never skips an
 //!   event, even when transactions commit out of sequence order (see `postgres`).
-//! - [`esdb::EsdbEventStore`] (feature `eventstoredb`): EventStoreDB / KurrentDB.
+//! - `esdb::EsdbEventStore` (feature `eventstoredb`): EventStoreDB / KurrentDB.
 //! - [`SharedTail`]: wraps a store so that the subscribers of one process
 //!   share one follower of the log.
 //!
