@@ -9,7 +9,8 @@
 //! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
 //! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
 //! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
-//! `BENCH_SECONDS=n` runs n seconds; `BENCH_RATE=n` places n orders/s.
+//! `BENCH_SECONDS=n` runs n seconds; `BENCH_RATE=n` places n orders/s;
+//! `BENCH_SKUS=n` spreads them over n items instead of 50.
 //!
 //! `BENCH_CAPACITY=1` searches instead for the highest rate whose p99 stays
 //! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and
@@ -44,7 +45,14 @@ use uuid::Uuid;
 /// Orders per second: 200, or `BENCH_RATE`.
 static RATE: std::sync::LazyLock<u64> =
     std::sync::LazyLock::new(|| std::env::var("BENCH_RATE").map_or(200, |r| r.parse().expect("BENCH_RATE: orders/s")));
-const SKUS: usize = 50;
+/// Items the orders buy: 50, or `BENCH_SKUS` (fewer makes each item's stream
+/// hotter: its reservations take turns). An order's second line is 7 items on
+/// from its first, so 1 and 7 are refused.
+static SKUS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    let skus = std::env::var("BENCH_SKUS").map_or(50, |s| s.parse().expect("BENCH_SKUS: a number of items"));
+    assert!(skus > 0 && 7 % skus != 0, "BENCH_SKUS: two lines of an order must be two items (not 1 or 7)");
+    skus
+});
 const WARM_UP: Duration = Duration::from_secs(2);
 /// The run's measured part is also cut into windows this long, each with its p99.
 const WINDOW_SECONDS: usize = 10;
@@ -163,7 +171,7 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
     let out = report.clone();
     with_shop(Setup::default(), |shop| async move {
         let shop = Arc::new(shop);
-        for sku in 0..SKUS {
+        for sku in 0..*SKUS {
             shop.receive(&format!("SKU-{sku}"), 1_000_000).await;
         }
         let facts = format!(
@@ -269,8 +277,10 @@ async fn generate_load(api: &str) {
         tick.tick().await;
         let (http, api) = (http.clone(), api.to_owned());
         placing.push(tokio::spawn(async move {
-            let lines =
-                [(format!("SKU-{}", n % SKUS), 1 + (n % 3) as u32, 1000), (format!("SKU-{}", (n + 7) % SKUS), 1, 250)];
+            let lines = [
+                (format!("SKU-{}", n % *SKUS), 1 + (n % 3) as u32, 1000),
+                (format!("SKU-{}", (n + 7) % *SKUS), 1, 250),
+            ];
             let lines: Vec<(&str, u32, u64)> =
                 lines.iter().take(1 + n % 2).map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
             let at = started.elapsed();
