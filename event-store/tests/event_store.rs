@@ -469,7 +469,7 @@ mod postgres {
             let free = store.append("order-free", ExpectedVersion::NoStream, vec![event("Free", json!({}))]).await;
             assert_eq!(free.unwrap().stream_version, 1);
             let blocker = store.read_stream("order-blocker", 1).await.unwrap();
-            assert!(blocker.is_empty(), "the append was written only once the stuck statement's blocker committed");
+            assert!(blocker.is_empty(), "order-free waited for the stuck statement to commit instead of the relief");
             stuck.await.unwrap();
         })
         .await;

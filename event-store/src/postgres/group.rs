@@ -18,9 +18,10 @@
 //! the caller then explains as it would a single append (conflict, replay).
 //! A caller is answered after the commit returns, so nothing is
 //! acknowledged before it is durable, and the statement is atomic: a batch
-//! that fails fails for each of its callers, with nothing written. Only a race with another transaction on the same
-//! stream or event id (another process's append in flight) makes the whole
-//! statement fail; the batch's appends are then written one by one.
+//! that fails fails for each of its callers, with nothing written. Only a
+//! race with another transaction on the same stream or event id (another
+//! process's append in flight) makes the whole statement fail; the batch's
+//! appends are then written one by one.
 //!
 //! A batch of one is the plain one-event or many-event statement, and an
 //! append that finds nothing queued and nothing being written is written by
@@ -216,13 +217,22 @@ impl Writing {
         }
     }
 
-    /// Counts `statement` in flight while it runs.
+    /// Counts `statement` in flight while it runs (until it returns, or is
+    /// dropped: a writer that panicked must not keep the others waiting).
     async fn during<T>(&self, statement: impl std::future::Future<Output = T>) -> T {
         self.statements.fetch_add(1, Ordering::AcqRel);
-        let outcome = statement.await;
-        self.statements.fetch_sub(1, Ordering::AcqRel);
-        self.returned.notify_waiters();
-        outcome
+        let _out = Out(self);
+        statement.await
+    }
+}
+
+/// A statement counted in [`Writing`]; dropped, it is no longer.
+struct Out<'a>(&'a Writing);
+
+impl Drop for Out<'_> {
+    fn drop(&mut self) {
+        self.0.statements.fetch_sub(1, Ordering::AcqRel);
+        self.0.returned.notify_waiters();
     }
 }
 
