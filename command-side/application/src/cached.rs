@@ -211,6 +211,56 @@ where
     Err(ExecuteError::Contention(invocation.max_attempts))
 }
 
+/// Runs several domain-idempotent commands on one stream in one append (an
+/// order's lines reported reserved in one batch of messages): each decides
+/// on the state the ones before it left, and its events get its own
+/// invocation's ids and metadata, so the log holds what running them one by
+/// one would have written, in one transaction. Answers `false`, having
+/// appended nothing, where one by one might decide differently: no state is
+/// kept for the stream, a command would write nothing or refuse, the stream
+/// moved on, or some of the ids were stored before (a redelivery). The
+/// caller then runs them one by one with [`execute`], which handles each of
+/// those; the state taken for the attempt is not kept, so that starts from
+/// the store.
+pub async fn execute_together<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    commands: &[(Invocation, A::Command)],
+) -> Result<bool, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
+    let _turn = cache.turn(stream_id).await;
+    let Some((before, mut state)) = cache.take::<A>(stream_id) else { return Ok(false) };
+    let mut new_events = Vec::new();
+    let mut decided = 0;
+    for (invocation, command) in commands {
+        match A::decide(&state, command.clone()) {
+            Ok(events) if !events.is_empty() => {
+                new_events.extend(commands::to_append(&events, invocation));
+                decided += events.len() as u64;
+                state = events.iter().fold(state, A::evolve);
+            }
+            _ => return Ok(false),
+        }
+    }
+    match store.append(stream_id, ExpectedVersion::Exact(before.stream_version), new_events).await {
+        Ok(result) if result.stream_version == before.stream_version + decided => {
+            let after = Appended { stream_version: result.stream_version, position: result.log_position.position };
+            let state = Arc::new(state);
+            snapshots::after_append::<A>(store, stream_id, before.stream_version, after, &state);
+            cache.put::<A>(stream_id, after, state);
+            Ok(true)
+        }
+        // Stored before (the same messages again), or others wrote first.
+        Ok(_) | Err(StoreError::DuplicateEventId { .. } | StoreError::WrongExpectedVersion { .. }) => Ok(false),
+        Err(other) => Err(other.into()),
+    }
+}
+
 /// The answer to a command the store recognised as done before: the stream's
 /// state, read up to date and kept.
 async fn done_before<A>(
@@ -289,7 +339,7 @@ mod tests {
     /// (which would read again).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_on_one_stream_take_turns_and_read_it_once() {
-        let store = Arc::new(crate::commands::tests::CountingReads::default());
+        let store = Arc::new(crate::commands::tests::Counting::default());
         let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 50 };
         commands::execute::<Inventory>(&store.store, "inventory-SKU-1", &invocation(), receive).await.unwrap();
         let cache = Arc::new(StateCache::new(10));
@@ -331,7 +381,7 @@ mod tests {
     /// without reading.
     #[tokio::test]
     async fn a_new_stream_is_written_without_reading_it() {
-        let store = crate::commands::tests::CountingReads::default();
+        let store = crate::commands::tests::Counting::default();
         let cache = StateCache::new(10);
         let receive = InventoryCommand::Receive { sku: "SKU-9".into(), quantity: 5 };
         let (appended, _) =
@@ -360,7 +410,7 @@ mod tests {
     /// appends without a read.
     #[tokio::test]
     async fn a_stream_observed_from_its_first_event_is_commanded_without_a_read() {
-        let store = crate::commands::tests::CountingReads::default();
+        let store = crate::commands::tests::Counting::default();
         let told = received_elsewhere(&store.store).await;
         let cache = StateCache::new(10);
         cache.observe::<Inventory>("inventory-SKU-1", told[0].0, &told[0].1).await;
@@ -630,5 +680,95 @@ mod tests {
         }
         assert!(cache.take::<Inventory>("inventory-49").is_some());
         assert!(cache.take::<Inventory>("inventory-0").is_none());
+    }
+
+    fn derived(namespace: u128) -> Invocation {
+        Invocation { ids: EventIds::Derived(Uuid::from_u128(namespace)), ..invocation() }
+    }
+
+    fn receive(quantity: i64) -> InventoryCommand {
+        InventoryCommand::Receive { sku: "SKU-1".into(), quantity }
+    }
+
+    fn written(events: Vec<event_store::RecordedEvent>) -> Vec<(Uuid, String, serde_json::Value, Metadata)> {
+        events.into_iter().map(|e| (e.event_id, e.event_type, e.payload, e.metadata)).collect()
+    }
+
+    /// Two reservations on one item in one append: the same events, ids
+    /// and all, as running them one by one writes; the state after both is
+    /// kept, so the next command decides on it without a read.
+    #[tokio::test]
+    async fn commands_together_append_once_what_one_by_one_would_write() {
+        let reservations = [(derived(2), reserve(1)), (derived(3), reserve(2))];
+        let together = crate::commands::tests::Counting::default();
+        let cache = StateCache::new(10);
+        execute::<Inventory>(&together, &cache, "inventory-SKU-1", &derived(1), receive(5)).await.unwrap();
+        let done = execute_together::<Inventory>(&together, &cache, "inventory-SKU-1", &reservations).await;
+        assert!(done.unwrap());
+        assert_eq!(together.appends.load(std::sync::atomic::Ordering::SeqCst), 2, "one append for both");
+
+        let apart = MemoryEventStore::new();
+        let apart_cache = StateCache::new(10);
+        execute::<Inventory>(&apart, &apart_cache, "inventory-SKU-1", &derived(1), receive(5)).await.unwrap();
+        for (invocation, command) in &reservations {
+            execute::<Inventory>(&apart, &apart_cache, "inventory-SKU-1", invocation, command.clone()).await.unwrap();
+        }
+        assert_eq!(
+            written(together.store.read_stream("inventory-SKU-1", 1).await.unwrap()),
+            written(apart.read_stream("inventory-SKU-1", 1).await.unwrap())
+        );
+
+        let (appended, state) =
+            execute::<Inventory>(&together, &cache, "inventory-SKU-1", &derived(4), reserve(3)).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved), (4, 3));
+        assert_eq!(together.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// Wherever one by one might decide otherwise, commands together append
+    /// nothing and say so; one by one then does what it always does.
+    #[tokio::test]
+    async fn commands_that_might_decide_otherwise_together_append_nothing() {
+        let store = crate::commands::tests::Counting::default();
+        let cache = StateCache::new(10);
+        let appends = || store.appends.load(std::sync::atomic::Ordering::SeqCst);
+        let stream = "inventory-SKU-1";
+        let together = |commands: Vec<(Invocation, InventoryCommand)>| {
+            let (store, cache) = (&store, &cache);
+            async move { execute_together::<Inventory>(store, cache, stream, &commands).await.unwrap() }
+        };
+
+        // Nothing kept of the stream: one by one reads it first.
+        assert!(!together(vec![(derived(2), receive(5))]).await);
+        assert_eq!(appends(), 0);
+        execute::<Inventory>(&store, &cache, stream, &derived(1), receive(5)).await.unwrap();
+
+        // The second would write nothing (order 1 holds its stock already).
+        assert!(!together(vec![(derived(2), reserve(1)), (derived(3), reserve(1))]).await);
+        // One that refuses (a receipt of nothing). A command together that
+        // did not go through leaves nothing kept: one by one reads first.
+        execute::<Inventory>(&store, &cache, stream, &derived(2), reserve(1)).await.unwrap();
+        let before = appends();
+        assert!(!together(vec![(derived(4), reserve(4)), (derived(5), receive(0))]).await);
+        assert_eq!(appends(), before, "nothing appended");
+
+        // The stream moved on behind the kept state.
+        execute::<Inventory>(&store, &cache, stream, &derived(4), reserve(4)).await.unwrap();
+        commands::execute::<Inventory>(&store, stream, &derived(6), reserve(6)).await.unwrap();
+        let before = appends();
+        assert!(!together(vec![(derived(7), reserve(7)), (derived(8), reserve(8))]).await);
+        assert_eq!(appends(), before + 1, "the one append refused for its version");
+
+        // A reservation delivered again after its order let go of the stock:
+        // deciding afresh would reserve it twice; its stored ids say it was done.
+        let release = InventoryCommand::Release { sku: "SKU-1".into(), order_id: Uuid::from_u128(1) };
+        execute::<Inventory>(&store, &cache, stream, &derived(9), release).await.unwrap();
+        execute::<Inventory>(&store, &cache, stream, &derived(10), receive(1)).await.unwrap();
+        assert!(!together(vec![(derived(2), reserve(1)), (derived(11), reserve(11))]).await);
+        for (invocation, command) in [(derived(2), reserve(1)), (derived(11), reserve(11))] {
+            execute::<Inventory>(&store, &cache, stream, &invocation, command).await.unwrap();
+        }
+        let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
+        assert!(!state.holds.contains_key(&Uuid::from_u128(1)), "order 1 released and not reserved again");
+        assert_eq!(state.holds.get(&Uuid::from_u128(11)), Some(&1));
     }
 }

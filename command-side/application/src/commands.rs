@@ -271,21 +271,23 @@ pub(crate) mod tests {
         assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
     }
 
-    /// A memory store that counts the stream reads it is asked for.
+    /// A memory store that counts the appends and stream reads it is asked for.
     #[derive(Default)]
-    pub(crate) struct CountingReads {
+    pub(crate) struct Counting {
         pub store: MemoryEventStore,
         pub reads: AtomicUsize,
+        pub appends: AtomicUsize,
     }
 
     #[async_trait::async_trait]
-    impl EventStore for CountingReads {
+    impl EventStore for Counting {
         async fn append(
             &self,
             stream_id: &str,
             expected: ExpectedVersion,
             events: Vec<NewEvent>,
         ) -> Result<event_store::AppendResult, StoreError> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
             self.store.append(stream_id, expected, events).await
         }
         async fn read_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -321,7 +323,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_creation_appends_without_reading_first() {
-        let store = CountingReads::default();
+        let store = Counting::default();
         let created = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await;
         assert_eq!(created.unwrap().stream_version, 1);
         assert_eq!(store.reads.load(Ordering::SeqCst), 0);
@@ -330,7 +332,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_creation_on_a_stream_that_exists_decides_on_what_is_there() {
-        let store = CountingReads::default();
+        let store = Counting::default();
         execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await.unwrap();
         let created = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(3)).await;
         assert_eq!(created.unwrap().stream_version, 2);
@@ -352,7 +354,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_creation_the_empty_state_refuses_is_refused_with_the_real_state() {
-        let store = CountingReads::default();
+        let store = Counting::default();
         let refused = create::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(0)).await;
         assert!(matches!(refused, Err(ExecuteError::Rejected(DomainError::Invalid(_)))), "{refused:?}");
         assert_eq!(store.reads.load(Ordering::SeqCst), 1, "read once, to decide on what is there");

@@ -163,6 +163,23 @@ impl Application {
         Ok(state)
     }
 
+    /// Runs several reactions' commands on one stream in one append, where
+    /// that decides what running them one by one would; `false` (nothing
+    /// appended) where it might not, and they are to be run one by one with
+    /// [`Self::react`]. See [`cached::execute_together`].
+    pub async fn react_together<A>(
+        &self,
+        stream_id: &str,
+        commands: &[(Invocation, A::Command)],
+    ) -> Result<bool, ExecuteError>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::State: Send + Sync + 'static,
+    {
+        cached::execute_together::<A>(&*self.store, &self.states, stream_id, commands).await
+    }
+
     /// Keeps the state after an event this process was told of (a saga
     /// participant's message), where it can: see [`cached::StateCache::observe`].
     pub async fn observe<A>(&self, event: &event_store::RecordedEvent, decoded: &A::Event)

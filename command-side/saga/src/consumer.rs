@@ -8,9 +8,17 @@
 //! and then moved to the dead-letter stream with its error, like a message
 //! that cannot be read at all. Messages are handled concurrently, so one slow
 //! or failing message holds up nothing behind it.
+//!
+//! Messages are taken in batches of what has arrived. Where a reaction says
+//! that several messages of a batch command one stream ([`Reaction::together`]:
+//! an order's lines reported reserved), they are handled in one go, and each
+//! is then settled as if handled alone; if that cannot be done, they are
+//! handled one by one, as if they had come apart.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::pull::MessagesError;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
@@ -20,7 +28,7 @@ use tracing::Instrument;
 
 use super::config::Deliveries;
 use super::participants::ReactionError;
-use super::trigger::Trigger;
+use super::trigger::{Malformed, Trigger};
 use super::SagaError;
 
 /// Headers of a dead-lettered message, beside the original ones (read back
@@ -37,6 +45,20 @@ pub trait Reaction: Send + Sync {
     fn participant(&self) -> &'static str;
 
     async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError>;
+
+    /// The stream this message's reaction commands, where reactions to
+    /// messages of one batch that command the same stream may run together
+    /// ([`Self::react_together`]); `None`, the default: each alone.
+    fn together(&self, _trigger: &Trigger) -> Option<String> {
+        None
+    }
+
+    /// Reacts at once to several messages whose reactions command the stream
+    /// `key`; `false` (having done nothing) when they are to be handled one
+    /// by one instead.
+    async fn react_together(&self, _key: &str, _triggers: &[&Trigger]) -> Result<bool, ReactionError> {
+        Ok(false)
+    }
 }
 
 /// One durable consumer: its name, the one subject it hears, how many
@@ -92,32 +114,112 @@ pub async fn consume(
         .await
         .map_err(|e| SagaError::Nats(e.to_string()))?;
     tracing::info!(consumer = %name, "consuming");
-    let handled = messages.take_until(shutdown.requested()).for_each_concurrent(concurrency, |message| async {
-        match message {
-            Ok(message) => handle(js, reaction, deliveries, name, message).await,
-            Err(error) => tracing::warn!(consumer = %name, %error, "pulling messages failed"),
-        }
-    });
-    handled.await;
+    // What has arrived, up to what may be pending: no wait for more.
+    let batches = messages.take_until(shutdown.requested()).ready_chunks(concurrency * 4);
+    let groups = batches.flat_map(|batch| futures_util::stream::iter(gather(reaction, name, batch)));
+    groups.for_each_concurrent(concurrency, |group| handle_group(js, reaction, deliveries, name, group)).await;
     Ok(())
 }
 
+/// A message, and what it says.
+struct Delivery {
+    message: jetstream::Message,
+    trigger: Result<Trigger, Malformed>,
+}
+
+/// Messages of one batch handled in one go: one, or several whose reactions
+/// command the stream `key`.
+struct Group {
+    key: Option<String>,
+    deliveries: Vec<Delivery>,
+}
+
+/// Parses a batch and groups its messages by the stream their reactions
+/// command, in the order they came.
+fn gather(
+    reaction: &dyn Reaction,
+    consumer: &str,
+    batch: Vec<Result<jetstream::Message, MessagesError>>,
+) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::with_capacity(batch.len());
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for message in batch {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(consumer, %error, "pulling messages failed");
+                continue;
+            }
+        };
+        let trigger = Trigger::parse(&message.subject, &message.payload);
+        let key = trigger.as_ref().ok().and_then(|trigger| reaction.together(trigger));
+        let delivery = Delivery { message, trigger };
+        match key {
+            Some(key) => match by_key.entry(key) {
+                Entry::Occupied(at) => groups[*at.get()].deliveries.push(delivery),
+                Entry::Vacant(entry) => {
+                    groups.push(Group { key: Some(entry.key().clone()), deliveries: vec![delivery] });
+                    entry.insert(groups.len() - 1);
+                }
+            },
+            None => groups.push(Group { key: None, deliveries: vec![delivery] }),
+        }
+    }
+    groups
+}
+
+async fn handle_group(
+    js: &jetstream::Context,
+    reaction: &dyn Reaction,
+    config: &Deliveries,
+    consumer: &str,
+    group: Group,
+) {
+    let started = Instant::now();
+    let mut done = false;
+    if let (Some(key), [first, _, ..]) = (&group.key, group.deliveries.as_slice()) {
+        let triggers: Vec<&Trigger> = group.deliveries.iter().filter_map(|d| d.trigger.as_ref().ok()).collect();
+        let participant = reaction.participant();
+        let correlation_id = header(&first.message, "Correlation-Id");
+        let span = tracing::info_span!("saga", participant, stream = %key, correlation_id, together = triggers.len());
+        service_kit::telemetry::continue_trace(&span, &header(&first.message, "traceparent"));
+        done = match reaction.react_together(key, &triggers).instrument(span.clone()).await {
+            Ok(done) => done,
+            Err(error) => {
+                span.in_scope(|| tracing::debug!(%error, "could not react to the messages together; one by one"));
+                false
+            }
+        };
+        if done {
+            metrics::counter!("saga_messages_together_total", "participant" => participant)
+                .increment(triggers.len() as u64);
+        }
+    }
+    for delivery in group.deliveries {
+        handle(js, reaction, config, consumer, delivery, done, started).await;
+    }
+}
+
+/// Reacts to the message (unless `done`: its reaction ran with others') and settles it.
 async fn handle(
     js: &jetstream::Context,
     reaction: &dyn Reaction,
     config: &Deliveries,
     consumer: &str,
-    message: jetstream::Message,
+    delivery: Delivery,
+    done: bool,
+    started: Instant,
 ) {
+    let Delivery { message, trigger } = delivery;
     let participant = reaction.participant();
-    let started = Instant::now();
     let delivered = message.info().map_or(1, |info| info.delivered);
     let correlation_id = header(&message, "Correlation-Id");
     let span = tracing::info_span!("saga", participant, subject = %message.subject, correlation_id, delivered);
     // The trace of the request that caused the event goes on here.
     service_kit::telemetry::continue_trace(&span, &header(&message, "traceparent"));
     async {
-        let outcome = match Trigger::parse(&message.subject, &message.payload) {
+        let outcome = match trigger {
+            Ok(_) if done => Ok(()),
             Ok(trigger) => reaction.react(&trigger).await,
             Err(malformed) => Err(ReactionError::from(malformed)),
         };

@@ -102,6 +102,20 @@ impl Reaction for Acting<'_> {
     async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError> {
         self.participant.react(self.reactor, trigger).await
     }
+
+    /// The order participant's reactions command the order: messages about
+    /// one order in a batch are recorded in one append.
+    fn together(&self, trigger: &Trigger) -> Option<String> {
+        let (order_id, _) = order_command(trigger).filter(|_| self.participant == Participant::Order)?;
+        Some(Order::stream_id(order_id))
+    }
+
+    async fn react_together(&self, key: &str, triggers: &[&Trigger]) -> Result<bool, ReactionError> {
+        match self.participant {
+            Participant::Order => self.reactor.order_together(key, triggers).await,
+            _ => Ok(false),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,34 +219,22 @@ impl Reactor {
     }
 
     async fn order(&self, trigger: &Trigger) -> Result<(), ReactionError> {
-        let (order_id, command) = match &trigger.event {
-            Fact::Inventory { event: InventoryEvent::StockReserved { sku, order_id, .. }, .. } => {
-                (*order_id, OrderCommand::RecordLineReserved { sku: sku.clone() })
-            }
-            Fact::Inventory {
-                event: InventoryEvent::StockReservationRejected { sku, order_id, requested, available },
-                ..
-            } => (
-                *order_id,
-                OrderCommand::RecordLineRejected {
-                    sku: sku.clone(),
-                    reason: format!("not enough stock of {sku}: {requested} requested, {available} available"),
-                },
-            ),
-            Fact::Payment { order_id, event: PaymentEvent::PaymentCaptured { provider_ref, .. } } => {
-                (*order_id, OrderCommand::Confirm { provider_ref: provider_ref.clone() })
-            }
-            Fact::Payment { order_id, event: PaymentEvent::PaymentDeclined { reason, .. } } => (
-                *order_id,
-                OrderCommand::Cancel {
-                    reason: format!("payment declined: {reason}"),
-                    by: CancelledBy::PaymentDeclined,
-                },
-            ),
-            _ => return Ok(()),
-        };
+        let Some((order_id, command)) = order_command(trigger) else { return Ok(()) };
         self.run::<Order>(trigger, "order", "record", &Order::stream_id(order_id), command).await?;
         Ok(())
+    }
+
+    /// The order participant's reactions to several messages about one order
+    /// (its lines reported reserved, in one batch), in one append; `false`
+    /// where they are to be run one by one (see `Application::react_together`).
+    async fn order_together(&self, stream_id: &str, triggers: &[&Trigger]) -> Result<bool, ReactionError> {
+        let max_attempts = self.app.settings().max_attempts;
+        let mut commands = Vec::with_capacity(triggers.len());
+        for trigger in triggers {
+            let Some((_, command)) = order_command(trigger) else { return Ok(false) };
+            commands.push((trigger.invocation("order", "record", max_attempts), command));
+        }
+        Ok(self.app.react_together::<Order>(stream_id, &commands).await?)
     }
 
     async fn payment(&self, trigger: &Trigger) -> Result<(), ReactionError> {
@@ -325,4 +327,31 @@ impl Reactor {
         self.gateway.refund(&format!("refund-{order_id}"), charge_id, payment.refunded_cents, correlation_id).await?;
         Ok(())
     }
+}
+
+/// What the order participant asks of the order a message is about, if anything.
+fn order_command(trigger: &Trigger) -> Option<(Uuid, OrderCommand)> {
+    Some(match &trigger.event {
+        Fact::Inventory { event: InventoryEvent::StockReserved { sku, order_id, .. }, .. } => {
+            (*order_id, OrderCommand::RecordLineReserved { sku: sku.clone() })
+        }
+        Fact::Inventory {
+            event: InventoryEvent::StockReservationRejected { sku, order_id, requested, available },
+            ..
+        } => (
+            *order_id,
+            OrderCommand::RecordLineRejected {
+                sku: sku.clone(),
+                reason: format!("not enough stock of {sku}: {requested} requested, {available} available"),
+            },
+        ),
+        Fact::Payment { order_id, event: PaymentEvent::PaymentCaptured { provider_ref, .. } } => {
+            (*order_id, OrderCommand::Confirm { provider_ref: provider_ref.clone() })
+        }
+        Fact::Payment { order_id, event: PaymentEvent::PaymentDeclined { reason, .. } } => (
+            *order_id,
+            OrderCommand::Cancel { reason: format!("payment declined: {reason}"), by: CancelledBy::PaymentDeclined },
+        ),
+        _ => return None,
+    })
 }
