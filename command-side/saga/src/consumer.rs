@@ -196,6 +196,8 @@ async fn handle_group(
         }
     }
     for delivery in group.deliveries {
+        // Alone, each message's time is its own.
+        let started = if done { started } else { Instant::now() };
         handle(js, reaction, config, consumer, delivery, done, started).await;
     }
 }
