@@ -217,8 +217,9 @@ where
 /// invocation's ids and metadata, so the log holds what running them one by
 /// one would have written, in one transaction. Answers `false`, having
 /// appended nothing, where one by one might decide differently: no state is
-/// kept for the stream, a command would write nothing or refuse, the stream
-/// moved on, or some of the ids were stored before (a redelivery). The
+/// kept for the stream, a command would write nothing or refuse, two
+/// commands are one (the same message twice), the stream moved on, or some
+/// of the ids were stored before (a redelivery). The
 /// caller then runs them one by one with [`execute`], which handles each of
 /// those; the state taken for the attempt is not kept, so that starts from
 /// the store.
@@ -246,6 +247,11 @@ where
             }
             _ => return Ok(false),
         }
+    }
+    // The same message twice in one batch (delivered again while in hand).
+    let mut ids = std::collections::HashSet::with_capacity(new_events.len());
+    if !new_events.iter().all(|event| ids.insert(event.event_id)) {
+        return Ok(false);
     }
     match store.append(stream_id, ExpectedVersion::Exact(before.stream_version), new_events).await {
         Ok(result) if result.stream_version == before.stream_version + decided => {
@@ -611,9 +617,14 @@ mod tests {
         /// or several times, interleaved at random, some after a restart. In
         /// the end the item holds nothing for anyone and remembers no order
         /// (its state is bounded by the open orders), no order was reserved
-        /// for twice, and stock only left with a shipment.
+        /// for twice, and stock only left with a shipment. Deliveries that
+        /// come one after the other in a batch (`with_next`) are tried
+        /// together first, as the saga's consumers do.
         #[test]
-        fn reserve_and_release_are_idempotent_in_any_order_of_delivery(deliveries in deliveries()) {
+        fn reserve_and_release_are_idempotent_in_any_order_of_delivery(
+            deliveries in deliveries(),
+            with_next in proptest::collection::vec(proptest::prelude::any::<bool>(), 48),
+        ) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(async {
                 let store = MemoryEventStore::new();
@@ -622,8 +633,21 @@ mod tests {
                 commands::execute::<Inventory>(&store, stream, &invocation(), receive).await.unwrap();
                 let mut cache = StateCache::new(10);
                 let mut ends = std::collections::HashMap::new();
-                for delivery in deliveries {
+                let mut batch: Vec<(Invocation, InventoryCommand)> = Vec::new();
+                // Together if they can be, else one by one.
+                async fn handle(store: &MemoryEventStore, cache: &StateCache, batch: Vec<(Invocation, InventoryCommand)>) {
+                    let stream = "inventory-SKU-1";
+                    if batch.len() > 1 && execute_together::<Inventory>(store, cache, stream, &batch).await.unwrap() {
+                        return;
+                    }
+                    for (derived, command) in batch {
+                        let (_, state) = execute::<Inventory>(store, cache, stream, &derived, command).await.unwrap();
+                        assert!(state.reserved <= state.on_hand);
+                    }
+                }
+                for (n, delivery) in deliveries.into_iter().enumerate() {
                     if delivery.restarted {
+                        handle(&store, &cache, std::mem::take(&mut batch)).await;
                         cache = StateCache::new(10);
                     }
                     let order_id = Uuid::from_u128(delivery.order);
@@ -640,10 +664,12 @@ mod tests {
                         if ships { (2, InventoryCommand::Ship { sku, order_id }) } else { (3, InventoryCommand::Release { sku, order_id }) }
                     };
                     let ids = EventIds::Derived(Uuid::new_v5(&order_id, &[message]));
-                    let derived = Invocation { ids, ..invocation() };
-                    let (_, state) = execute::<Inventory>(&store, &cache, stream, &derived, command).await.unwrap();
-                    assert!(state.reserved <= state.on_hand);
+                    batch.push((Invocation { ids, ..invocation() }, command));
+                    if !with_next[n] {
+                        handle(&store, &cache, std::mem::take(&mut batch)).await;
+                    }
                 }
+                handle(&store, &cache, batch).await;
                 let stored = store.read_stream(stream, 1).await.unwrap();
                 let events: Vec<_> = stored.iter().map(|e| commands::decode::<Inventory>(e).unwrap()).collect();
                 let state = Inventory::fold(&events);
