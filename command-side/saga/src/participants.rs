@@ -106,7 +106,10 @@ impl Reaction for Acting<'_> {
     /// The order participant's reactions command the order: messages about
     /// one order in a batch are recorded in one append.
     fn together(&self, trigger: &Trigger) -> Option<String> {
-        let (order_id, _) = order_command(trigger).filter(|_| self.participant == Participant::Order)?;
+        if self.participant != Participant::Order {
+            return None;
+        }
+        let (order_id, _) = order_command(trigger)?;
         Some(Order::stream_id(order_id))
     }
 
