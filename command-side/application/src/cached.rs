@@ -21,6 +21,12 @@
 //! to be new (a payment requested), which the expected version checks: if
 //! it exists after all, or the empty state would write nothing or refuse,
 //! it is read.
+//!
+//! A hot stream (an item in a sale, hundreds of reservations a second) would
+//! commit its commands one after another, each waiting for the one before.
+//! Commands that need no state back ([`execute_joined`]: the inventory
+//! participant's) queue instead while the stream's turn is taken, and
+//! whoever takes it next appends all of them at once.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -42,7 +48,19 @@ pub struct StateCache {
     capacity: usize,
     /// Commands on a stream hold the turn of its stripe while they run.
     turns: Box<[tokio::sync::Mutex<()>]>,
+    /// Commands waiting for a stream's turn to be run with others
+    /// ([`execute_joined`]), by stream: a `Vec<Joining<A>>`.
+    joining: Mutex<HashMap<String, Box<dyn Any + Send>>>,
 }
+
+/// A command waiting for its stream's turn, with where its outcome goes.
+struct Joining<A: Aggregate> {
+    call: (Invocation, A::Command),
+    answer: tokio::sync::oneshot::Sender<Result<usize, ExecuteError>>,
+}
+
+/// The most commands one append takes for [`execute_joined`].
+const MOST_JOINED: usize = 128;
 
 /// Stripes of turns: streams that share one wait for each other (rarely).
 const TURNS: usize = 1024;
@@ -62,14 +80,62 @@ struct Kept {
 impl StateCache {
     pub fn new(capacity: usize) -> Self {
         let turns = (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { generations: Mutex::new(Generations::default()), capacity: capacity.max(2), turns }
+        Self {
+            generations: Mutex::new(Generations::default()),
+            capacity: capacity.max(2),
+            turns,
+            joining: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Waits for the turn of `stream_id`: one command at a time per stream.
     async fn turn(&self, stream_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.stripe(stream_id).lock().await
+    }
+
+    /// The turn of `stream_id` if it is free.
+    fn free_turn(&self, stream_id: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.stripe(stream_id).try_lock().ok()
+    }
+
+    fn stripe(&self, stream_id: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(stream_id) as usize % self.turns.len();
-        self.turns[stripe].lock().await
+        &self.turns[stripe]
+    }
+
+    /// Queues a command to be run by whoever holds the stream's turn next.
+    fn join<A: Aggregate + 'static>(&self, stream_id: &str, joining: Joining<A>)
+    where
+        A::Command: Send,
+    {
+        let mut queues = self.joining.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues.entry(stream_id.to_owned()).or_insert_with(|| Box::new(Vec::<Joining<A>>::new()));
+        match queue.downcast_mut::<Vec<Joining<A>>>() {
+            Some(queue) => queue.push(joining),
+            // A stream holds one aggregate; were it another, its waiters run alone.
+            None => *queue = Box::new(vec![joining]),
+        }
+    }
+
+    /// Whether commands wait to be run with others on the stream.
+    fn is_joined(&self, stream_id: &str) -> bool {
+        self.joining.lock().unwrap_or_else(PoisonError::into_inner).contains_key(stream_id)
+    }
+
+    /// The commands queued for the stream, oldest first, at most [`MOST_JOINED`].
+    fn joined<A: Aggregate + 'static>(&self, stream_id: &str) -> Vec<Joining<A>>
+    where
+        A::Command: Send,
+    {
+        let mut queues = self.joining.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(queue) = queues.remove(stream_id) else { return Vec::new() };
+        let Ok(mut queue) = queue.downcast::<Vec<Joining<A>>>() else { return Vec::new() };
+        if queue.len() > MOST_JOINED {
+            let rest = queue.split_off(MOST_JOINED);
+            queues.insert(stream_id.to_owned(), Box::new(rest));
+        }
+        *queue
     }
 
     /// Takes a stream's state out (a concurrent command on the same stream
@@ -145,6 +211,22 @@ where
     A::State: Send + Sync + 'static,
 {
     let _turn = cache.turn(stream_id).await;
+    execute_in_turn::<A>(store, cache, stream_id, invocation, command).await
+}
+
+/// [`execute`], for a caller that holds the stream's turn.
+async fn execute_in_turn<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<(Appended, Arc<A::State>), ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
     // A kept state may be behind the store until this call has read it; a
     // stream without one is taken to be new until then.
     let mut unread = true;
@@ -234,6 +316,21 @@ where
     A::State: Send + Sync + 'static,
 {
     let _turn = cache.turn(stream_id).await;
+    together_in_turn::<A>(store, cache, stream_id, commands).await
+}
+
+/// [`execute_together`], for a caller that holds the stream's turn.
+async fn together_in_turn<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    commands: &[(Invocation, A::Command)],
+) -> Result<bool, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
     let Some((before, mut state)) = cache.take::<A>(stream_id) else { return Ok(false) };
     let mut new_events = Vec::new();
     let mut decided = 0;
@@ -263,6 +360,100 @@ where
         // Stored before (the same messages again), or others wrote first.
         Ok(_) | Err(StoreError::DuplicateEventId { .. } | StoreError::WrongExpectedVersion { .. }) => Ok(false),
         Err(other) => Err(other.into()),
+    }
+}
+
+/// Runs a domain-idempotent command whose caller needs no state back (an
+/// item's reservations and releases) with the commands for the same stream
+/// that arrive while it waits for the stream's turn: whoever gets the turn
+/// runs every command queued for the stream by then, in the order they
+/// came, in one append where [`execute_together`] can (falling back to one
+/// by one where it cannot), and answers each. A hot stream (an item in a
+/// sale) then commits its commands in batches instead of one commit after
+/// another. Answers how many commands the append that carried this one
+/// held (1: alone).
+///
+/// A command that finds the turn free and nothing queued runs at once, as
+/// [`execute`]. A waiter whose command was taken by a holder that was then
+/// dropped before answering runs it itself: the ids, derived from the cause,
+/// make that safe whether or not the holder's append was stored.
+pub async fn execute_joined<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    invocation: &Invocation,
+    command: A::Command,
+) -> Result<usize, ExecuteError>
+where
+    A: Aggregate + 'static,
+    A::Command: Clone + Send,
+    A::State: Send + Sync + 'static,
+{
+    let mut held = cache.free_turn(stream_id);
+    if held.is_some() && !cache.is_joined(stream_id) {
+        return execute_in_turn::<A>(store, cache, stream_id, invocation, command).await.map(|_| 1);
+    }
+    let (answer, mut answered) = tokio::sync::oneshot::channel();
+    cache.join::<A>(stream_id, Joining { call: (invocation.clone(), command.clone()), answer });
+    loop {
+        let turn = match held.take() {
+            Some(turn) => turn,
+            None => tokio::select! {
+                biased;
+                outcome = &mut answered => match outcome {
+                    Ok(outcome) => return outcome,
+                    Err(_) => break,
+                },
+                turn = cache.turn(stream_id) => turn,
+            },
+        };
+        // A holder answers before it hands the turn on.
+        match answered.try_recv() {
+            Ok(outcome) => return outcome,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return execute_in_turn::<A>(store, cache, stream_id, invocation, command).await.map(|_| 1);
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        run_joined(store, cache, stream_id, cache.joined::<A>(stream_id)).await;
+        drop(turn);
+    }
+    // Taken by a holder that was dropped before it answered.
+    let _turn = cache.turn(stream_id).await;
+    execute_in_turn::<A>(store, cache, stream_id, invocation, command).await.map(|_| 1)
+}
+
+/// Runs queued commands for one stream (the caller holds its turn) and answers each.
+async fn run_joined<A>(store: &dyn EventStore, cache: &StateCache, stream_id: &str, queued: Vec<Joining<A>>)
+where
+    A: Aggregate + 'static,
+    A::Command: Clone + Send,
+    A::State: Send + Sync + 'static,
+{
+    let (calls, answers): (Vec<_>, Vec<_>) = queued.into_iter().map(|joining| (joining.call, joining.answer)).unzip();
+    let together = calls.len();
+    if together > 1 {
+        match together_in_turn::<A>(store, cache, stream_id, &calls).await {
+            Ok(true) => {
+                for answer in answers {
+                    let _ = answer.send(Ok(together));
+                }
+                return;
+            }
+            // Each would wait for the store alone: each is told it is away.
+            Err(ExecuteError::Store(StoreError::Unavailable(error))) => {
+                let reason = error.to_string();
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Unavailable(reason.clone().into()).into()));
+                }
+                return;
+            }
+            Ok(false) | Err(_) => {}
+        }
+    }
+    for ((invocation, command), answer) in calls.into_iter().zip(answers) {
+        let outcome = execute_in_turn::<A>(store, cache, stream_id, &invocation, command).await;
+        let _ = answer.send(outcome.map(|_| 1));
     }
 }
 
@@ -618,24 +809,51 @@ mod tests {
         /// (its state is bounded by the open orders), no order was reserved
         /// for twice, and stock only left with a shipment. Deliveries that
         /// come one after the other in a batch (`with_next`) are tried
-        /// together first, as the saga's consumers do.
+        /// together first, as the saga's consumers do, or (`joined`) run
+        /// at once through `execute_joined`, queueing while the first's
+        /// append is in flight, as the inventory participant does.
         #[test]
         fn reserve_and_release_are_idempotent_in_any_order_of_delivery(
             deliveries in deliveries(),
             with_next in proptest::collection::vec(proptest::prelude::any::<bool>(), 48),
+            joined in proptest::collection::vec(proptest::prelude::any::<bool>(), 48),
         ) {
-            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             runtime.block_on(async {
-                let store = MemoryEventStore::new();
+                let store = crate::commands::tests::Counting::default();
                 let stream = "inventory-SKU-1";
                 let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 10 };
                 commands::execute::<Inventory>(&store, stream, &invocation(), receive).await.unwrap();
                 let mut cache = StateCache::new(10);
                 let mut ends = std::collections::HashMap::new();
                 let mut batch: Vec<(Invocation, InventoryCommand)> = Vec::new();
-                // Together if they can be, else one by one.
-                async fn handle(store: &MemoryEventStore, cache: &StateCache, batch: Vec<(Invocation, InventoryCommand)>) {
+                // Together if they can be, else one by one; or joined.
+                async fn handle(
+                    store: &crate::commands::tests::Counting,
+                    cache: &StateCache,
+                    batch: Vec<(Invocation, InventoryCommand)>,
+                    joined: bool,
+                ) {
                     let stream = "inventory-SKU-1";
+                    if joined && !batch.is_empty() {
+                        let held = store.gate.write().await;
+                        let all = batch.into_iter().map(|(invocation, command)| async move {
+                            execute_joined::<Inventory>(store, cache, stream, &invocation, command).await
+                        });
+                        let mut all = std::pin::pin!(futures_util::future::join_all(all));
+                        // Each starts: the first that appends waits with the turn, the rest queue.
+                        let outcomes = match futures_util::FutureExt::now_or_never(&mut all) {
+                            Some(outcomes) => outcomes,
+                            None => {
+                                drop(held);
+                                all.await
+                            }
+                        };
+                        for outcome in outcomes {
+                            outcome.unwrap();
+                        }
+                        return;
+                    }
                     if batch.len() > 1 && execute_together::<Inventory>(store, cache, stream, &batch).await.unwrap() {
                         return;
                     }
@@ -646,7 +864,7 @@ mod tests {
                 }
                 for (n, delivery) in deliveries.into_iter().enumerate() {
                     if delivery.restarted {
-                        handle(&store, &cache, std::mem::take(&mut batch)).await;
+                        handle(&store, &cache, std::mem::take(&mut batch), joined[n]).await;
                         cache = StateCache::new(10);
                     }
                     let order_id = Uuid::from_u128(delivery.order);
@@ -665,10 +883,10 @@ mod tests {
                     let ids = EventIds::Derived(Uuid::new_v5(&order_id, &[message]));
                     batch.push((Invocation { ids, ..invocation() }, command));
                     if !with_next[n] {
-                        handle(&store, &cache, std::mem::take(&mut batch)).await;
+                        handle(&store, &cache, std::mem::take(&mut batch), joined[n]).await;
                     }
                 }
-                handle(&store, &cache, batch).await;
+                handle(&store, &cache, batch, false).await;
                 let stored = store.read_stream(stream, 1).await.unwrap();
                 let events: Vec<_> = stored.iter().map(|e| commands::decode::<Inventory>(e).unwrap()).collect();
                 let state = Inventory::fold(&events);
@@ -795,5 +1013,112 @@ mod tests {
         let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
         assert!(!state.holds.contains_key(&Uuid::from_u128(1)), "order 1 released and not reserved again");
         assert_eq!(state.holds.get(&Uuid::from_u128(11)), Some(&1));
+    }
+
+    /// Starts `execute_joined` of each command on its own task, in order,
+    /// and lets them run until each has appended or waits.
+    async fn start_joined(
+        store: &Arc<crate::commands::tests::Counting>,
+        cache: &Arc<StateCache>,
+        calls: Vec<(Invocation, InventoryCommand)>,
+    ) -> Vec<tokio::task::JoinHandle<Result<usize, ExecuteError>>> {
+        let tasks = calls
+            .into_iter()
+            .map(|(invocation, command)| {
+                let (store, cache) = (store.clone(), cache.clone());
+                tokio::spawn(async move {
+                    execute_joined::<Inventory>(&*store, &cache, "inventory-SKU-1", &invocation, command).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tasks
+    }
+
+    /// Reservations on one item that arrive while its turn is taken (the
+    /// first's append in flight) wait, and whoever gets the turn next appends
+    /// them all at once, each command's events with its own ids, in the order
+    /// they came; each is answered. A lone command is written alone.
+    #[tokio::test]
+    async fn commands_that_wait_for_a_busy_stream_are_appended_together() {
+        let store = Arc::new(crate::commands::tests::Counting::default());
+        let cache = Arc::new(StateCache::new(10));
+        let stream = "inventory-SKU-1";
+        let appends = || store.appends.load(std::sync::atomic::Ordering::SeqCst);
+        execute::<Inventory>(&*store, &cache, stream, &derived(1), receive(50)).await.unwrap();
+        assert_eq!(execute_joined::<Inventory>(&*store, &cache, stream, &derived(2), reserve(2)).await.unwrap(), 1);
+        assert_eq!(appends(), 2, "alone, at once");
+
+        let held = store.gate.write().await;
+        let calls: Vec<_> = (10..20).map(|n| (derived(n), reserve(n))).collect();
+        let tasks = start_joined(&store, &cache, calls.clone()).await;
+        drop(held);
+        let mut answers = vec![];
+        for task in tasks {
+            answers.push(task.await.unwrap().unwrap());
+        }
+        assert_eq!(answers, [vec![1], vec![9; 9]].concat(), "the first alone, the nine that waited together");
+        assert_eq!(appends(), 4);
+
+        // What one by one writes.
+        let apart = MemoryEventStore::new();
+        let apart_cache = StateCache::new(10);
+        let all = [vec![(derived(1), receive(50)), (derived(2), reserve(2))], calls].concat();
+        for (invocation, command) in all {
+            execute::<Inventory>(&apart, &apart_cache, stream, &invocation, command).await.unwrap();
+        }
+        assert_eq!(
+            written(store.store.read_stream(stream, 1).await.unwrap()),
+            written(apart.read_stream(stream, 1).await.unwrap())
+        );
+        // The state after all of them is kept: no read.
+        let (appended, state) = execute::<Inventory>(&*store, &cache, stream, &derived(30), reserve(30)).await.unwrap();
+        assert_eq!((appended.stream_version, state.reserved), (13, 12));
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!cache.is_joined(stream), "nothing left waiting");
+    }
+
+    /// Waiting commands that cannot be appended together (one is a message
+    /// delivered again while the first was in flight) run one by one, each
+    /// answered its own outcome; nothing is done twice.
+    #[tokio::test]
+    async fn waiting_commands_that_cannot_go_together_run_one_by_one() {
+        let store = Arc::new(crate::commands::tests::Counting::default());
+        let cache = Arc::new(StateCache::new(10));
+        let stream = "inventory-SKU-1";
+        execute::<Inventory>(&*store, &cache, stream, &derived(1), receive(50)).await.unwrap();
+        let held = store.gate.write().await;
+        let calls = vec![(derived(2), reserve(2)), (derived(2), reserve(2)), (derived(3), reserve(3))];
+        let tasks = start_joined(&store, &cache, calls).await;
+        drop(held);
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 1);
+        }
+        let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
+        assert_eq!((state.reserved, state.holds.len()), (2, 2));
+        assert_eq!(store.store.read_stream(stream, 1).await.unwrap().len(), 3);
+    }
+
+    /// A holder dropped after taking the waiting commands, before it
+    /// answered (its caller gave up): those it took run themselves.
+    #[tokio::test]
+    async fn commands_taken_by_a_holder_that_is_dropped_run_themselves() {
+        let store = Arc::new(crate::commands::tests::Counting::default());
+        let cache = Arc::new(StateCache::new(10));
+        let stream = "inventory-SKU-1";
+        execute::<Inventory>(&*store, &cache, stream, &derived(1), receive(50)).await.unwrap();
+        let held = store.gate.write().await;
+        let calls = (2..5).map(|n| (derived(n), reserve(n))).collect();
+        let mut tasks = start_joined(&store, &cache, calls).await;
+        // The first holds the turn, its append waiting; the others queue.
+        tasks.remove(0).abort();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The second took the turn and both queued commands; its append waits.
+        tasks.remove(0).abort();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(held);
+        assert_eq!(tasks.remove(0).await.unwrap().unwrap(), 1, "the third ran alone");
+        let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
+        assert_eq!(state.holds.keys().copied().collect::<Vec<_>>(), [Uuid::from_u128(4)]);
     }
 }

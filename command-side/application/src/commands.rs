@@ -277,6 +277,8 @@ pub(crate) mod tests {
         pub store: MemoryEventStore,
         pub reads: AtomicUsize,
         pub appends: AtomicUsize,
+        /// Appends wait while a test holds it for writing.
+        pub gate: tokio::sync::RwLock<()>,
     }
 
     #[async_trait::async_trait]
@@ -287,6 +289,7 @@ pub(crate) mod tests {
             expected: ExpectedVersion,
             events: Vec<NewEvent>,
         ) -> Result<event_store::AppendResult, StoreError> {
+            let _open = self.gate.read().await;
             self.appends.fetch_add(1, Ordering::SeqCst);
             self.store.append(stream_id, expected, events).await
         }

@@ -163,6 +163,24 @@ impl Application {
         Ok(state)
     }
 
+    /// Runs a reaction's command whose state the caller does not need, in
+    /// one append with the commands for the same stream that queue while it
+    /// waits for the stream's turn (a hot item's reservations); answers how
+    /// many commands that append held. See [`cached::execute_joined`].
+    pub async fn react_joined<A>(
+        &self,
+        invocation: &Invocation,
+        stream_id: &str,
+        command: A::Command,
+    ) -> Result<usize, ExecuteError>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone + Send,
+        A::State: Send + Sync + 'static,
+    {
+        cached::execute_joined::<A>(&*self.store, &self.states, stream_id, invocation, command).await
+    }
+
     /// Runs several reactions' commands on one stream in one append, where
     /// that decides what running them one by one would; `false` (nothing
     /// appended) where it might not, and they are to be run one by one with

@@ -4,7 +4,7 @@
 //!
 //! | participant | hears | does |
 //! |---|---|---|
-//! | inventory | OrderPlaced | reserves each line |
+//! | inventory | OrderPlaced | reserves each line (an item's reservations that queue while one is written go in one append) |
 //! | inventory | OrderRejected, OrderCancelled | releases what the order holds |
 //! | inventory | OrderShipped | ships what the order holds (it leaves on hand and reserved) |
 //! | order | StockReserved, StockReservationRejected | records the line (all reserved: ready for payment) or rejects the order |
@@ -186,6 +186,24 @@ impl Reactor {
         Ok(self.app.react::<A>(&invocation, stream_id, command).await?)
     }
 
+    /// An item's command, in one append with the item's other commands that
+    /// queue meanwhile: an item in a sale commits its reservations in
+    /// batches, not one after another.
+    async fn run_joined(
+        &self,
+        trigger: &Trigger,
+        purpose: &str,
+        stream_id: &str,
+        command: InventoryCommand,
+    ) -> Result<(), ReactionError> {
+        let invocation = trigger.invocation("inventory", purpose, self.app.settings().max_attempts);
+        let together = self.app.react_joined::<Inventory>(&invocation, stream_id, command).await?;
+        if together > 1 {
+            metrics::counter!("saga_commands_joined_total", "participant" => "inventory").increment(1);
+        }
+        Ok(())
+    }
+
     async fn inventory(&self, trigger: &Trigger) -> Result<(), ReactionError> {
         let Fact::Order { order_id, event } = &trigger.event else { return Ok(()) };
         let order_id = *order_id;
@@ -215,7 +233,7 @@ impl Reactor {
                 _ => ("release", InventoryCommand::Release { sku, order_id }),
             };
             let purpose = format!("{purpose}/{}", line.sku);
-            async move { self.run::<Inventory>(trigger, "inventory", &purpose, &stream_id, command).await.map(drop) }
+            async move { self.run_joined(trigger, &purpose, &stream_id, command).await }
         }))
         .await?;
         Ok(())
