@@ -61,6 +61,14 @@ pub trait Aggregate {
         None
     }
 
+    /// How large a state is, in entries (an item's open orders): about what
+    /// writing or reading a snapshot of it costs, counted in events folded.
+    /// Snapshots of a large state are spaced out to match
+    /// ([`SnapshotPolicy::interval`]); 0 by default.
+    fn state_size(_state: &Self::State) -> u64 {
+        0
+    }
+
     /// The name of the stream that holds the instance with this id.
     fn stream_id(id: impl std::fmt::Display) -> String {
         format!("{}-{}", Self::CATEGORY, id)
@@ -75,6 +83,50 @@ pub struct SnapshotPolicy {
     /// (the state is folded from the stream, and the next snapshot replaces them).
     pub schema_version: u32,
     /// A snapshot is taken every this many events of a stream, and after a
-    /// load that folded at least this many.
+    /// load that folded at least this many (more for a large state: see
+    /// [`Self::interval`]).
     pub every: u64,
+}
+
+impl SnapshotPolicy {
+    /// The events between snapshots of a state of `size` entries: `every`,
+    /// doubled until it is at least `size`. Writing snapshots then costs at
+    /// most about one entry per event, however large the state grows (an
+    /// item in a sale holds thousands of open orders, and a snapshot every
+    /// `every` events would write them all out each time), and a load folds
+    /// fewer events after its snapshot than the larger of `every` and twice
+    /// the snapshot's entries: about what reading the snapshot costs.
+    pub fn interval(self, size: u64) -> u64 {
+        let mut interval = self.every.max(1);
+        while interval < size {
+            interval = interval.saturating_mul(2);
+        }
+        interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::SnapshotPolicy;
+
+    #[test]
+    fn snapshots_of_a_large_state_come_as_far_apart_as_it_is_large() {
+        let policy = SnapshotPolicy { schema_version: 1, every: 100 };
+        let intervals: Vec<u64> = [0, 100, 101, 399, 400, 8_000].map(|size| policy.interval(size)).to_vec();
+        assert_eq!(intervals, [100, 100, 200, 400, 400, 12_800]);
+    }
+
+    proptest! {
+        /// At least `every` and the state's size (a snapshot costs at most
+        /// an entry per event), less than twice the larger (a load folds
+        /// about what its snapshot costs to read).
+        #[test]
+        fn a_snapshot_interval_is_bounded_on_both_sides(every in 1u64..1_000, size in 0u64..10_000_000) {
+            let interval = SnapshotPolicy { schema_version: 1, every }.interval(size);
+            prop_assert!(interval >= every && interval >= size);
+            prop_assert!(interval < 2 * every.max(size));
+        }
+    }
 }

@@ -279,6 +279,8 @@ pub(crate) mod tests {
         pub appends: AtomicUsize,
         /// Appends wait while a test holds it for writing.
         pub gate: tokio::sync::RwLock<()>,
+        /// Snapshots offered.
+        pub snapshots: AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -320,6 +322,7 @@ pub(crate) mod tests {
             self.store.write_snapshot(snapshot).await
         }
         fn offer_snapshot(&self, snapshot: event_store::Snapshot) {
+            self.snapshots.fetch_add(1, Ordering::SeqCst);
             self.store.offer_snapshot(snapshot);
         }
     }

@@ -3,7 +3,7 @@
 //! Every load goes through here: HTTP commands, and the saga participants'
 //! kept states when a stream is first read (after a restart, a cache miss).
 
-use domain::Aggregate;
+use domain::{Aggregate, SnapshotPolicy};
 use event_store::{EventStore, Snapshot};
 
 use crate::commands::{decode, Appended, ExecuteError};
@@ -54,7 +54,7 @@ pub(crate) fn after_load<A: Aggregate>(
     at: Appended,
     state: &A::State,
 ) {
-    if A::SNAPSHOTS.is_some_and(|policy| folded as u64 >= policy.every) {
+    if A::SNAPSHOTS.is_some_and(|policy| folded as u64 >= policy.interval(A::state_size(state))) {
         offer::<A>(store, stream_id, at, state);
     }
 }
@@ -76,7 +76,7 @@ pub(crate) async fn catch_up<A: Aggregate>(
 
 /// After an append took the stream from version `before` to `after`: a
 /// snapshot of `state` (the state at `after`) when it crossed a multiple of
-/// the policy's interval.
+/// the policy's interval for a state of its size.
 pub(crate) fn after_append<A: Aggregate>(
     store: &dyn EventStore,
     stream_id: &str,
@@ -84,7 +84,8 @@ pub(crate) fn after_append<A: Aggregate>(
     after: Appended,
     state: &A::State,
 ) {
-    if A::SNAPSHOTS.is_some_and(|policy| after.stream_version / policy.every > before / policy.every) {
+    let interval = |policy: SnapshotPolicy| policy.interval(A::state_size(state));
+    if A::SNAPSHOTS.is_some_and(|policy| after.stream_version / interval(policy) > before / interval(policy)) {
         offer::<A>(store, stream_id, after, state);
     }
 }
@@ -210,6 +211,33 @@ mod tests {
         unreadable.state = serde_json::json!({"on_hand": "many"});
         store.write_snapshot(unreadable).await.unwrap();
         assert_eq!(commands::load::<Inventory>(&store, STREAM).await.unwrap(), full);
+    }
+
+    /// An item whose open orders keep growing (a sale) is snapshotted at
+    /// versions 100, 200, 400, 800: each snapshot writes out every hold, so
+    /// they come as far apart as the item holds orders, not every 100
+    /// events, and the last is loaded as the full fold.
+    #[tokio::test]
+    async fn a_large_state_is_snapshotted_as_far_apart_as_it_is_large() {
+        let store = Arc::new(crate::commands::tests::Counting::default());
+        let cache = StateCache::new(4);
+        let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 1_000 };
+        cached::execute::<Inventory>(&*store, &cache, STREAM, &invocation(), receive).await.unwrap();
+        for order in 1..850 {
+            let reserve =
+                InventoryCommand::Reserve { sku: "SKU-1".into(), order_id: Uuid::from_u128(order), quantity: 1 };
+            cached::execute::<Inventory>(&*store, &cache, STREAM, &invocation(), reserve).await.unwrap();
+        }
+        assert_eq!(store.snapshots.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let snapshot =
+            event_store::testing::eventually(std::time::Duration::from_secs(10), "the snapshot at 800", || {
+                let store = store.clone();
+                async move { store.read_snapshot(STREAM).await.unwrap().filter(|s| s.stream_version == 800) }
+            })
+            .await;
+        assert_eq!(Inventory::decode_state(snapshot.state).unwrap().holds.len(), 799);
+        let full = commands::load::<Inventory>(&store.store, STREAM).await.unwrap();
+        assert_eq!((full.holds.len(), full.reserved), (849, 849));
     }
 
     /// Commands on a growing stream leave a snapshot behind every

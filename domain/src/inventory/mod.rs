@@ -96,6 +96,10 @@ impl Aggregate for Inventory {
         serde_json::from_value(state).ok()
     }
 
+    fn state_size(state: &InventoryState) -> u64 {
+        (state.holds.len() + state.awaiting.len()) as u64
+    }
+
     fn decide(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, DomainError> {
         match command {
             InventoryCommand::Receive { sku, quantity } => receive(state, sku, quantity),
