@@ -98,34 +98,66 @@ where
     A::Command: Clone,
     A::State: Send + Sync + 'static,
 {
-    let Some((before, mut state)) = cache.take::<A>(stream_id) else { return Ok(false) };
+    Ok(leading_in_turn::<A>(store, cache, stream_id, commands, true).await? == commands.len())
+}
+
+/// Decides `commands` in turn on the kept state, up to the first that would
+/// write nothing, refuse, or write ids an earlier one writes (the same
+/// message twice): those before it are appended at once, and the state
+/// after them kept. Answers how many were done; 0 when nothing was kept,
+/// none could be done, the stream moved on or some ids were stored before
+/// (nothing appended). With `all`, only all of them or none are done.
+///
+/// A state nothing was decided on is kept as it was; one that folded
+/// decisions that were not appended is dropped, and the next command
+/// reads the stream.
+async fn leading_in_turn<A>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream_id: &str,
+    commands: &[(Invocation, A::Command)],
+    all: bool,
+) -> Result<usize, ExecuteError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::State: Send + Sync + 'static,
+{
+    let Some((before, mut state)) = cache.take::<A>(stream_id) else { return Ok(0) };
     let mut new_events = Vec::new();
-    let mut decided = 0;
+    let mut ids = std::collections::HashSet::new();
+    let mut done = 0;
     for (invocation, command) in commands {
-        match A::decide(&state, command.clone()) {
-            Ok(events) if !events.is_empty() => {
-                new_events.extend(commands::to_append(&events, invocation));
-                decided += events.len() as u64;
-                state = events.iter().fold(state, A::evolve);
-            }
-            _ => return Ok(false),
+        let events = match A::decide(&state, command.clone()) {
+            Ok(events) if !events.is_empty() => events,
+            _ => break,
+        };
+        let appended = commands::to_append(&events, invocation);
+        if !appended.iter().all(|event| ids.insert(event.event_id)) {
+            break;
         }
+        new_events.extend(appended);
+        state = events.iter().fold(state, A::evolve);
+        done += 1;
     }
-    // The same message twice in one batch (delivered again while in hand).
-    let mut ids = std::collections::HashSet::with_capacity(new_events.len());
-    if !new_events.iter().all(|event| ids.insert(event.event_id)) {
-        return Ok(false);
+    if done == 0 {
+        cache.put::<A>(stream_id, before, Arc::new(state));
+        return Ok(0);
     }
+    if all && done < commands.len() {
+        return Ok(0);
+    }
+    let decided = new_events.len() as u64;
     match store.append(stream_id, ExpectedVersion::Exact(before.stream_version), new_events).await {
         Ok(result) if result.stream_version == before.stream_version + decided => {
             let after = Appended { stream_version: result.stream_version, position: result.log_position.position };
             let state = Arc::new(state);
             snapshots::after_append::<A>(store, stream_id, before.stream_version, after, &state);
             cache.put::<A>(stream_id, after, state);
-            Ok(true)
+            Ok(done)
         }
         // Stored before (the same messages again), or others wrote first.
-        Ok(_) | Err(StoreError::DuplicateEventId { .. } | StoreError::WrongExpectedVersion { .. }) => Ok(false),
+        Ok(_) | Err(StoreError::DuplicateEventId { .. } | StoreError::WrongExpectedVersion { .. }) => Ok(0),
         Err(other) => Err(other.into()),
     }
 }
@@ -134,8 +166,9 @@ where
 /// item's reservations and releases) with the commands for the same stream
 /// that arrive while it waits for the stream's turn: whoever gets the turn
 /// runs every command queued for the stream by then, in the order they
-/// came, in one append where [`execute_together`] can (falling back to one
-/// by one where it cannot), and answers each. A hot stream (an item in a
+/// came, as many at a time in one append as decide what one by one would
+/// (a message delivered again, which writes nothing, runs alone, as
+/// [`execute`](super::execute) runs it), and answers each. A hot stream (an item in a
 /// sale) then commits its commands in batches instead of one commit after
 /// another. Answers how many commands the append that carried this one
 /// held (1: alone).
@@ -190,7 +223,9 @@ where
     execute_in_turn::<A>(store, cache, stream_id, invocation, command).await.map(|_| 1)
 }
 
-/// Runs queued commands for one stream (the caller holds its turn) and answers each.
+/// Runs queued commands for one stream (the caller holds its turn) and
+/// answers each: as many as can go together in one append, then the first
+/// that cannot alone (as [`execute`](super::execute) runs it), and so on.
 async fn run_joined<A>(store: &dyn EventStore, cache: &StateCache, stream_id: &str, queued: Vec<Joining<A>>)
 where
     A: Aggregate + 'static,
@@ -198,29 +233,36 @@ where
     A::State: Send + Sync + 'static,
 {
     let (calls, answers): (Vec<_>, Vec<_>) = queued.into_iter().map(|joining| (joining.call, joining.answer)).unzip();
-    let together = calls.len();
-    if together > 1 {
-        match together_in_turn::<A>(store, cache, stream_id, &calls).await {
-            Ok(true) => {
-                for answer in answers {
-                    let _ = answer.send(Ok(together));
+    let mut answers = answers.into_iter();
+    let mut rest = calls.as_slice();
+    while let [(invocation, command), others @ ..] = rest {
+        let together = match others {
+            [] => 0,
+            _ => match leading_in_turn::<A>(store, cache, stream_id, rest, false).await {
+                Ok(done) => done,
+                // Each would wait for the store alone: each is told it is away.
+                Err(ExecuteError::Store(StoreError::Unavailable(error))) => {
+                    let reason = error.to_string();
+                    for answer in answers {
+                        let _ = answer.send(Err(StoreError::Unavailable(reason.clone().into()).into()));
+                    }
+                    return;
                 }
-                return;
+                Err(_) => 0,
+            },
+        };
+        if together > 0 {
+            for answer in answers.by_ref().take(together) {
+                let _ = answer.send(Ok(together));
             }
-            // Each would wait for the store alone: each is told it is away.
-            Err(ExecuteError::Store(StoreError::Unavailable(error))) => {
-                let reason = error.to_string();
-                for answer in answers {
-                    let _ = answer.send(Err(StoreError::Unavailable(reason.clone().into()).into()));
-                }
-                return;
-            }
-            Ok(false) | Err(_) => {}
+            rest = &rest[together..];
+            continue;
         }
-    }
-    for ((invocation, command), answer) in calls.into_iter().zip(answers) {
-        let outcome = execute_in_turn::<A>(store, cache, stream_id, &invocation, command).await;
-        let _ = answer.send(outcome.map(|_| 1));
+        let outcome = execute_in_turn::<A>(store, cache, stream_id, invocation, command.clone()).await;
+        if let Some(answer) = answers.next() {
+            let _ = answer.send(outcome.map(|_| 1));
+        }
+        rest = others;
     }
 }
 
@@ -394,6 +436,32 @@ mod tests {
         let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
         assert_eq!((state.reserved, state.holds.len()), (2, 2));
         assert_eq!(store.store.read_stream(stream, 1).await.unwrap().len(), 3);
+    }
+
+    /// A message delivered again amid a hot item's queue (it writes
+    /// nothing) splits the queue: those before it in one append, it alone,
+    /// those after it in another. The item's state stays kept throughout:
+    /// only the repeated message reads the stream (to be sure it is done).
+    #[tokio::test]
+    async fn a_repeated_message_amid_the_queue_runs_alone_and_the_rest_together() {
+        let store = Arc::new(crate::commands::tests::Counting::default());
+        let cache = Arc::new(StateCache::new(10));
+        let stream = "inventory-SKU-1";
+        execute::<Inventory>(&*store, &cache, stream, &derived(1), receive(50)).await.unwrap();
+        let appends = || store.appends.load(std::sync::atomic::Ordering::SeqCst);
+        let held = store.gate.write().await;
+        let calls: Vec<_> = [2, 3, 4, 2, 5, 6].into_iter().map(|n| (derived(n), reserve(n))).collect();
+        let tasks = start_joined(&store, &cache, calls).await;
+        drop(held);
+        let mut answers = vec![];
+        for task in tasks {
+            answers.push(task.await.unwrap().unwrap());
+        }
+        assert_eq!(answers, [1, 2, 2, 1, 2, 2], "2 alone; 3 and 4; 2 again alone; 5 and 6");
+        assert_eq!(appends(), 1 + 3, "the receipt; 2; 3 and 4; 5 and 6");
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1, "only the repeated message read");
+        let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
+        assert_eq!((state.reserved, state.holds.len()), (5, 5));
     }
 
     /// A holder dropped after taking the waiting commands, before it
