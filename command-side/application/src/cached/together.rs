@@ -69,8 +69,9 @@ impl StateCache {
 /// kept for the stream, a command would write nothing or refuse, two
 /// commands are one (the same message twice), the stream moved on, or some
 /// of the ids were stored before (a redelivery). The caller then runs them
-/// one by one with [`execute`], which handles each of those; the state
-/// taken for the attempt is not kept, so that starts from the store.
+/// one by one with [`execute`](super::execute), which handles each of
+/// those; a state that folded decisions not appended is not kept, so that
+/// starts from the store.
 pub async fn execute_together<A>(
     store: &dyn EventStore,
     cache: &StateCache,
