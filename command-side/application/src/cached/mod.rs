@@ -54,6 +54,9 @@ pub struct StateCache {
     /// Commands waiting for a stream's turn to be run with others
     /// ([`execute_joined`]), by stream: a `Vec<Joining<A>>`.
     joining: Mutex<HashMap<String, Box<dyn Any + Send>>>,
+    /// Streams where a group of commands lost the race for the version to
+    /// another process: their groups read what was appended first.
+    raced: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Stripes of turns: streams that share one wait for each other (rarely).
@@ -79,6 +82,7 @@ impl StateCache {
             capacity: capacity.max(2),
             turns,
             joining: Mutex::new(HashMap::new()),
+            raced: Mutex::new(std::collections::HashSet::new()),
         }
     }
 

@@ -58,6 +58,20 @@ impl StateCache {
         }
         *queue
     }
+
+    /// Remembers that another process appends to the stream too (at most
+    /// as many streams as states are kept).
+    fn raced(&self, stream_id: &str) {
+        let mut raced = self.raced.lock().unwrap_or_else(PoisonError::into_inner);
+        if raced.len() >= self.capacity {
+            raced.clear();
+        }
+        raced.insert(stream_id.to_owned());
+    }
+
+    fn has_raced(&self, stream_id: &str) -> bool {
+        self.raced.lock().unwrap_or_else(PoisonError::into_inner).contains(stream_id)
+    }
 }
 
 /// Runs several domain-idempotent commands on one stream in one append (an
@@ -111,7 +125,11 @@ where
 ///
 /// A state nothing was decided on is kept as it was; one that folded
 /// decisions that were not appended is dropped, and the next command
-/// reads the stream.
+/// reads the stream. On a stream another process appends to as well (a
+/// group lost the race for its version before: several saga instances
+/// serving one hot item), the kept state first reads what was appended
+/// since, so that the group rarely loses again and the state is rarely
+/// dropped (dropped, a large item's state costs a load from its snapshot).
 async fn leading_in_turn<A>(
     store: &dyn EventStore,
     cache: &StateCache,
@@ -124,7 +142,10 @@ where
     A::Command: Clone,
     A::State: Send + Sync + 'static,
 {
-    let Some((before, mut state)) = cache.take::<A>(stream_id) else { return Ok(0) };
+    let Some((mut before, mut state)) = cache.take::<A>(stream_id) else { return Ok(0) };
+    if cache.has_raced(stream_id) {
+        super::catch_up::<A>(store, stream_id, &mut before, &mut state).await?;
+    }
     let mut new_events = Vec::new();
     let mut ids = std::collections::HashSet::new();
     let mut done = 0;
@@ -157,8 +178,12 @@ where
             cache.put::<A>(stream_id, after, state);
             Ok(done)
         }
-        // Stored before (the same messages again), or others wrote first.
-        Ok(_) | Err(StoreError::DuplicateEventId { .. } | StoreError::WrongExpectedVersion { .. }) => Ok(0),
+        Err(StoreError::WrongExpectedVersion { .. }) => {
+            cache.raced(stream_id);
+            Ok(0)
+        }
+        // Stored before (the same messages again).
+        Ok(_) | Err(StoreError::DuplicateEventId { .. }) => Ok(0),
         Err(other) => Err(other.into()),
     }
 }
@@ -463,6 +488,36 @@ mod tests {
         assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1, "only the repeated message read");
         let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
         assert_eq!((state.reserved, state.holds.len()), (5, 5));
+    }
+
+    /// Two processes serving one hot item: a group that lost the race for
+    /// the item's version to the other (its state dropped) makes the
+    /// process read what was appended before its next groups, which then
+    /// go through together although the other keeps appending.
+    #[tokio::test]
+    async fn after_losing_a_race_to_another_process_groups_read_first() {
+        let store = crate::commands::tests::Counting::default();
+        let cache = StateCache::new(10);
+        let stream = "inventory-SKU-1";
+        execute::<Inventory>(&store, &cache, stream, &derived(1), receive(50)).await.unwrap();
+        let other = &store.store;
+        let elsewhere = |n| async move {
+            commands::execute::<Inventory>(other, stream, &derived(n), reserve(n)).await.unwrap();
+        };
+        let group = |first: u128| [(derived(first), reserve(first)), (derived(first + 1), reserve(first + 1))];
+
+        elsewhere(100).await;
+        assert!(!execute_together::<Inventory>(&store, &cache, stream, &group(10)).await.unwrap(), "lost the race");
+        for (invocation, command) in group(10) {
+            execute::<Inventory>(&store, &cache, stream, &invocation, command).await.unwrap();
+        }
+        for n in [101, 102] {
+            elsewhere(n).await;
+            let first = 10 * (n - 99);
+            assert!(execute_together::<Inventory>(&store, &cache, stream, &group(first)).await.unwrap(), "read first");
+        }
+        let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
+        assert_eq!(state.holds.len(), 9);
     }
 
     /// A holder dropped after taking the waiting commands, before it
