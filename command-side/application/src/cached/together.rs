@@ -98,22 +98,8 @@ where
     A::State: Send + Sync + 'static,
 {
     let _turn = cache.turn(stream_id).await;
-    together_in_turn::<A>(store, cache, stream_id, commands).await
-}
-
-/// [`execute_together`], for a caller that holds the stream's turn.
-async fn together_in_turn<A>(
-    store: &dyn EventStore,
-    cache: &StateCache,
-    stream_id: &str,
-    commands: &[(Invocation, A::Command)],
-) -> Result<bool, ExecuteError>
-where
-    A: Aggregate,
-    A::Command: Clone,
-    A::State: Send + Sync + 'static,
-{
-    Ok(leading_in_turn::<A>(store, cache, stream_id, commands, true).await? == commands.len())
+    let done = leading_in_turn::<A>(store, cache, stream_id, commands, true).await?;
+    Ok(done > 0 && done == commands.len())
 }
 
 /// Decides `commands` in turn on the kept state, up to the first that would
