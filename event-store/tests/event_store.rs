@@ -512,6 +512,75 @@ mod postgres {
         .await;
     }
 
+    /// A batch inserts its appends in the order of their streams' ids (so its
+    /// events take positions in that order), whatever order they came in:
+    /// every process's batches meet each other's rows in the same order, and
+    /// two of them writing the same streams never wait for each other at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_writes_its_streams_in_the_order_of_their_ids() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = one_writer(pool);
+            let busy = occupy_the_writer(&store, Duration::from_secs(2)).await;
+            let mut appends = Vec::new();
+            for stream in ["order-z", "order-m", "order-a", "order-q"] {
+                let store = store.clone();
+                appends.push(tokio::spawn(async move {
+                    let events = vec![event("A", json!({})), event("B", json!({}))];
+                    (stream, store.append(stream, ExpectedVersion::NoStream, events).await.unwrap())
+                }));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            busy.await.unwrap();
+            let mut written = Vec::new();
+            for append in appends {
+                written.push(append.await.unwrap());
+            }
+            let commits: std::collections::HashSet<u64> = written.iter().map(|(_, r)| r.log_position.commit).collect();
+            assert_eq!(commits.len(), 1, "the four appends were written together: {written:?}");
+            written.sort_by_key(|(_, result)| result.log_position.position);
+            let streams: Vec<&str> = written.iter().map(|(stream, _)| *stream).collect();
+            assert_eq!(streams, ["order-a", "order-m", "order-q", "order-z"]);
+        })
+        .await;
+    }
+
+    /// A batch that another transaction deadlocks with (here one that inserts
+    /// its streams in the opposite order) is aborted by PostgreSQL; its
+    /// appends are then written one by one, and no caller sees the deadlock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_caught_in_a_deadlock_is_written_append_by_append() {
+        with_database(POOL_SIZE, |pool| async move {
+            let store = one_writer(pool.clone());
+            let insert = "INSERT INTO es_events (event_id, stream_id, stream_version, event_type, schema_version, \
+                          payload, metadata) VALUES (gen_random_uuid(), $1, 1, 'Other', 1, '{}', '{}')";
+            let mut other = pool.begin().await.unwrap();
+            // The batch's deadlock check fires first and aborts the batch, not this transaction.
+            sqlx::query("SET LOCAL deadlock_timeout = '20s'").execute(&mut *other).await.unwrap();
+            sqlx::query(insert).bind("order-b").execute(&mut *other).await.unwrap();
+
+            let busy = occupy_the_writer(&store, Duration::from_secs(2)).await;
+            let appends: Vec<_> = ["order-a", "order-b"]
+                .into_iter()
+                .map(|stream| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store.append(stream, ExpectedVersion::NoStream, vec![event("E", json!({}))]).await
+                    })
+                })
+                .collect();
+            busy.await.unwrap();
+            // The batch has written order-a and waits for this transaction's order-b.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query(insert).bind("order-a").execute(&mut *other).await.unwrap();
+            other.rollback().await.unwrap();
+
+            for append in appends {
+                assert_eq!(append.await.unwrap().unwrap().stream_version, 1);
+            }
+        })
+        .await;
+    }
+
     /// A database's read models and checkpoints keep to the backend they were
     /// built from: opening another event store over it is refused.
     #[tokio::test]

@@ -10,7 +10,10 @@
 //! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
 //! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
 //! `BENCH_SECONDS=n` runs n seconds; `BENCH_RATE=n` places n orders/s;
-//! `BENCH_SKUS=n` spreads them over n items instead of 50.
+//! `BENCH_SKUS=n` spreads them over n items instead of 50;
+//! `BENCH_SAGA_INSTANCES=n` runs n saga instances on the same consumers
+//! instead of one, each with its own store and state cache, as separate
+//! processes would (they race for the items' versions).
 //!
 //! `BENCH_CAPACITY=1` searches instead for the highest rate whose p99 stays
 //! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and
@@ -52,6 +55,10 @@ static SKUS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     let skus = std::env::var("BENCH_SKUS").map_or(50, |s| s.parse().expect("BENCH_SKUS: a number of items"));
     assert!(skus > 0 && 7 % skus != 0, "BENCH_SKUS: two lines of an order must be two items (not 1 or 7)");
     skus
+});
+/// Saga instances sharing the consumers: 1, or `BENCH_SAGA_INSTANCES`.
+static SAGA_INSTANCES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_SAGA_INSTANCES").map_or(1, |n| n.parse().expect("BENCH_SAGA_INSTANCES: a number"))
 });
 const WARM_UP: Duration = Duration::from_secs(2);
 /// The run's measured part is also cut into windows this long, each with its p99.
@@ -169,7 +176,7 @@ async fn capacity_search(seconds: usize) {
 async fn run_at(rate: u64, seconds: usize) -> Run {
     let report = Arc::new(Mutex::new(None));
     let out = report.clone();
-    with_shop(Setup::default(), |shop| async move {
+    with_shop(Setup { saga_instances: *SAGA_INSTANCES, ..Setup::default() }, |shop| async move {
         let shop = Arc::new(shop);
         for sku in 0..*SKUS {
             shop.receive(&format!("SKU-{sku}"), 1_000_000).await;

@@ -277,7 +277,8 @@ impl Writer {
             }
             Ok(None) => {
                 // Another transaction raced for one of the batch's streams or
-                // event ids: write them one by one, each finding out on its own.
+                // event ids (or deadlocked with it): write them one by one, each
+                // finding out on its own.
                 metrics::counter!("event_store_append_batch_splits_total").increment(1);
                 let outcomes = futures_util::future::join_all(batch.iter().map(|request| self.one(request))).await;
                 for (request, outcome) in batch.into_iter().zip(outcomes) {

@@ -115,7 +115,14 @@ pub(super) struct BatchAppend<'a> {
 /// stream is at its expected version (`NULL`: any) and none of its event ids
 /// is stored, else left out; nothing of an append is written unless all of
 /// it is. Events are numbered by append (`$4`) and by their place in it
-/// (`$5`), and take positions in that order. The streams' versions and the
+/// (`$5`), and are inserted, and take positions, in that order, which
+/// [`append_batch`] makes the order of the streams' ids: a row that meets
+/// another transaction's uncommitted row at the same version waits for that
+/// transaction, and two batches of two processes inserting the same streams
+/// in opposite orders would wait for each other until PostgreSQL's deadlock
+/// check (a second) aborted one, holding the log back all the while. In one
+/// order, one of them finds the other's row first and waits for its commit
+/// only. The streams' versions and the
 /// stored ids are probed through their unique indexes, one lookup each, as
 /// scalar subqueries the planner cannot turn into joins
 /// (`the_batch_append_probes_each_stream_and_event_once` holds it to that:
@@ -148,16 +155,19 @@ GROUP BY stream_id";
 
 /// Writes a batch ([`APPEND_BATCH`]): each append's outcome in the batch's
 /// order, or `None` when a racing transaction made the statement fail on a
-/// unique index (then nothing was written).
+/// unique index, or in a deadlock (then nothing was written).
 pub(super) async fn append_batch(
     executor: impl sqlx::PgExecutor<'_>,
     appends: &[BatchAppend<'_>],
 ) -> Result<Option<Vec<Appended>>, StoreError> {
-    let numbers: Vec<i32> = (0..appends.len() as i32).collect();
-    let streams: Vec<&str> = appends.iter().map(|a| a.stream_id).collect();
-    let expected: Vec<Option<i64>> = appends.iter().map(|a| a.expected.required().map(to_i64)).collect();
+    // Written in the order of their streams' ids, every process's batches alike.
+    let mut sorted: Vec<&BatchAppend<'_>> = appends.iter().collect();
+    sorted.sort_unstable_by_key(|a| a.stream_id);
+    let numbers: Vec<i32> = (0..sorted.len() as i32).collect();
+    let streams: Vec<&str> = sorted.iter().map(|a| a.stream_id).collect();
+    let expected: Vec<Option<i64>> = sorted.iter().map(|a| a.expected.required().map(to_i64)).collect();
     let events =
-        || appends.iter().enumerate().flat_map(|(n, a)| a.events.iter().enumerate().map(move |(i, e)| (n, i, e)));
+        || sorted.iter().enumerate().flat_map(|(n, a)| a.events.iter().enumerate().map(move |(i, e)| (n, i, e)));
     let event_appends: Vec<i32> = events().map(|(n, _, _)| n as i32).collect();
     let ordinals: Vec<i32> = events().map(|(_, i, _)| i as i32 + 1).collect();
     let ids: Vec<Uuid> = events().map(|(_, _, e)| e.event_id).collect();
@@ -180,7 +190,7 @@ pub(super) async fn append_batch(
         .await;
     let rows = match rows {
         Ok(rows) => rows,
-        Err(error) if is_append_race(&error) => return Ok(None),
+        Err(error) if is_append_race(&error) || is_deadlock(&error) => return Ok(None),
         Err(error) => return Err(error.into()),
     };
     // A batch holds one append per stream: the stream tells which.
@@ -201,6 +211,13 @@ pub(super) async fn append_batch(
 fn is_append_race(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db)
         if matches!(db.constraint(), Some("es_events_event_id_key" | "es_events_stream_version_key")))
+}
+
+/// PostgreSQL aborted the statement to break a deadlock (with a transaction
+/// that inserts the same streams in another order than a batch does): nothing
+/// was written.
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
 /// Why an append wrote nothing.

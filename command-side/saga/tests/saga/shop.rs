@@ -51,6 +51,10 @@ pub struct Setup {
     pub redeliver_once: bool,
     pub max_deliveries: i64,
     pub faults: Faults,
+    /// Saga processes sharing the durable consumers: each with a store, a
+    /// state cache and participants of its own, as separate processes
+    /// would have (they race for the same streams' versions).
+    pub saga_instances: usize,
 }
 
 impl Default for Setup {
@@ -61,6 +65,7 @@ impl Default for Setup {
             redeliver_once: false,
             max_deliveries: 3,
             faults: Faults::default(),
+            saga_instances: 1,
         }
     }
 }
@@ -160,9 +165,7 @@ impl Shop {
             kept_states: config.state_cache,
             ..Settings::default()
         };
-        let application = Application::new(std::sync::Arc::new(store.clone()), pool.clone(), settings);
-        let reactor = Reactor::new(application, pool.clone(), gateway.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move { app.run_until(shutdown).await.unwrap() }
@@ -174,11 +177,15 @@ impl Shop {
                 config.deliveries.events.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn({
-                let run = saga::run(reactor, js.clone(), config.clone(), shutdown);
-                async move { run.await.unwrap() }
-            }),
         ];
+        for instance in 0..setup.saga_instances.max(1) {
+            // The first instance shares the shop's store; the others have their own, as other processes would.
+            let store = if instance == 0 { store.clone() } else { PgEventStore::new(pool.clone()) };
+            let application = Application::new(std::sync::Arc::new(store), pool.clone(), settings.clone());
+            let reactor = Reactor::new(application, pool.clone(), gateway.clone());
+            let run = saga::run(reactor, js.clone(), config.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move { run.await.unwrap() }));
+        }
         let shop =
             Self { pool, store, js, config, gateway, api, gateway_url, http: reqwest::Client::new(), stop, tasks };
         (shop, gateway_server)
