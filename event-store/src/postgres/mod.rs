@@ -159,14 +159,21 @@ impl PgEventStore {
         });
         let mut actual = 0;
         for _ in 0..MAX_APPEND_ATTEMPTS {
-            if let queries::Appended::Done(result) = writers.append(stream_id, expected, events.clone()).await? {
-                self.announce_append();
-                return Ok(result);
-            }
-            let mut conn = self.inner.pool.acquire().await?;
-            match queries::explain_rejection(&mut conn, stream_id, &events).await? {
-                queries::Rejection::Stored(stored) => return append::replayed_result(stream_id, &events, stored),
-                queries::Rejection::Version(version) => actual = version,
+            match writers.append(stream_id, expected, events.clone()).await? {
+                queries::Appended::Done(result) => {
+                    self.announce_append();
+                    return Ok(result);
+                }
+                queries::Appended::Stale(version) => actual = version,
+                queries::Appended::Rejected => {
+                    let mut conn = self.inner.pool.acquire().await?;
+                    match queries::explain_rejection(&mut conn, stream_id, &events).await? {
+                        queries::Rejection::Stored(stored) => {
+                            return append::replayed_result(stream_id, &events, stored)
+                        }
+                        queries::Rejection::Version(version) => actual = version,
+                    }
+                }
             }
             if expected.required().is_some_and(|required| required != actual) {
                 break;
@@ -199,7 +206,7 @@ pub(crate) async fn append_within(
     append::validate(stream_id, events)?;
     Ok(match queries::append(&mut *conn, stream_id, expected, events).await? {
         queries::Appended::Done(result) => Some(result),
-        queries::Appended::Rejected => None,
+        queries::Appended::Rejected | queries::Appended::Stale(_) => None,
     })
 }
 

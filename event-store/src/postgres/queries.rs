@@ -22,6 +22,9 @@ pub(super) enum Appended {
     /// racing append took the same version first, or an event id is stored
     /// already. [`explain_rejection`] tells which.
     Rejected,
+    /// Nothing was written: the stream was at this version, not the
+    /// expected one (and no event id is stored). A batch tells this itself.
+    Stale(u64),
 }
 
 /// The append, one statement: read the stream's version from the unique
@@ -151,11 +154,19 @@ WITH appends AS MATERIALIZED (
 )
 SELECT stream_id, max(stream_version), max(position), max(transaction_id::text::bigint)
 FROM inserted
-GROUP BY stream_id";
+GROUP BY stream_id
+UNION ALL
+SELECT a.stream_id, a.version, NULL, NULL
+FROM appends a
+WHERE a.append_no NOT IN (SELECT append_no FROM accepted)
+  AND a.append_no NOT IN (SELECT e.append_no FROM events e WHERE e.stored)";
 
 /// Writes a batch ([`APPEND_BATCH`]): each append's outcome in the batch's
 /// order, or `None` when a racing transaction made the statement fail on a
-/// unique index, or in a deadlock (then nothing was written).
+/// unique index, or in a deadlock (then nothing was written). An append left
+/// out because its stream had moved on comes back with the stream's
+/// version, so its caller need not ask (under contention, as with several
+/// saga instances on the same items, about one append an order).
 pub(super) async fn append_batch(
     executor: impl sqlx::PgExecutor<'_>,
     appends: &[BatchAppend<'_>],
@@ -175,7 +186,9 @@ pub(super) async fn append_batch(
     let versions: Vec<i32> = events().map(|(_, _, e)| i32::from(e.schema_version)).collect();
     let payloads: Vec<_> = events().map(|(_, _, e)| Json(&e.payload)).collect();
     let metadata: Vec<_> = events().map(|(_, _, e)| Json(&e.metadata)).collect();
-    let rows: Result<Vec<(String, i64, i64, i64)>, _> = sqlx::query_as(APPEND_BATCH)
+    // Per stream: its version, and the position and commit of what was written (none: left out).
+    type Row = (String, i64, Option<i64>, Option<i64>);
+    let rows: Result<Vec<Row>, _> = sqlx::query_as(APPEND_BATCH)
         .bind(&numbers)
         .bind(&streams)
         .bind(&expected)
@@ -199,10 +212,13 @@ pub(super) async fn append_batch(
         appends.iter().enumerate().map(|(n, a)| (a.stream_id, n)).collect();
     for (stream_id, version, position, commit) in rows {
         let Some(&number) = by_stream.get(stream_id.as_str()) else { continue };
-        outcomes[number] = Appended::Done(AppendResult {
-            stream_version: version as u64,
-            log_position: LogPosition { commit: commit as u64, position: position as u64 },
-        });
+        outcomes[number] = match (position, commit) {
+            (Some(position), Some(commit)) => Appended::Done(AppendResult {
+                stream_version: version as u64,
+                log_position: LogPosition { commit: commit as u64, position: position as u64 },
+            }),
+            _ => Appended::Stale(version as u64),
+        };
     }
     Ok(Some(outcomes))
 }
@@ -564,6 +580,40 @@ mod tests {
             let written: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM es_events").fetch_one(&mut *conn).await.unwrap();
             assert_eq!(written, 100);
+        })
+        .await;
+    }
+
+    /// A batch answers each append: written, left out because its stream
+    /// had moved on (with the stream's version: the caller need not ask), or
+    /// left out for a stored event id (the caller asks which events, a replay
+    /// or a duplicate), whatever its version.
+    #[tokio::test]
+    async fn a_batch_tells_each_left_out_append_whether_its_stream_moved_on() {
+        crate::testing::with_database(2, |pool| async move {
+            use crate::conformance::event;
+            let stored = event("Stored", serde_json::json!({}));
+            for (stream, events) in [
+                ("order-moved", vec![event("A", serde_json::json!({})), event("B", serde_json::json!({}))]),
+                ("order-replayed", vec![stored.clone()]),
+            ] {
+                let written = append(&pool, stream, ExpectedVersion::NoStream, &events).await.unwrap();
+                assert!(matches!(written, Appended::Done(_)));
+            }
+            let (fresh, moved, again) = (
+                [event("C", serde_json::json!({}))],
+                [event("D", serde_json::json!({}))],
+                [stored, event("E", serde_json::json!({}))],
+            );
+            let batch = [
+                BatchAppend { stream_id: "order-new", expected: ExpectedVersion::NoStream, events: &fresh },
+                BatchAppend { stream_id: "order-moved", expected: ExpectedVersion::Exact(1), events: &moved },
+                BatchAppend { stream_id: "order-replayed", expected: ExpectedVersion::Exact(0), events: &again },
+            ];
+            let outcomes = append_batch(&pool, &batch).await.unwrap().expect("no race");
+            assert!(matches!(outcomes[0], Appended::Done(AppendResult { stream_version: 1, .. })));
+            assert!(matches!(outcomes[1], Appended::Stale(2)));
+            assert!(matches!(outcomes[2], Appended::Rejected));
         })
         .await;
     }
