@@ -227,10 +227,17 @@ struct ArmColumns<'a> {
 }
 
 impl<'a> ArmColumns<'a> {
+    /// The first arm of each order, in the order of the orders' ids: every
+    /// instance's batches insert their rows in one order, so two batches
+    /// arming the same orders (a redelivery reaching two instances) never
+    /// wait for each other at once (a deadlock, which PostgreSQL breaks only
+    /// after a second, with the event log held back meanwhile).
     fn of(arms: &[&'a Arm]) -> Self {
         let mut columns = Self { ids: Vec::new(), deadlines: Vec::new(), correlations: Vec::new(), placed: Vec::new() };
         let mut seen = HashSet::new();
-        for arm in arms.iter().filter(|arm| seen.insert(arm.order_id)) {
+        let mut firsts: Vec<&Arm> = arms.iter().copied().filter(|arm| seen.insert(arm.order_id)).collect();
+        firsts.sort_unstable_by_key(|arm| arm.order_id);
+        for arm in firsts {
             columns.ids.push(arm.order_id);
             columns.deadlines.push(arm.deadline);
             columns.correlations.push(arm.correlation_id.as_str());
@@ -435,6 +442,22 @@ mod tests {
             correlation_id: order_id.to_string(),
             placed_at: now,
         }
+    }
+
+    /// A batch's rows go in the order of the orders' ids, each order once
+    /// (its first arm), however the arms came.
+    #[test]
+    fn a_batch_arms_its_orders_in_the_order_of_their_ids_each_once() {
+        let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+        let mut arms: Vec<Arm> = ids.iter().map(|id| arm_of(*id)).collect();
+        let mut again = arm_of(ids[3]);
+        again.correlation_id = "a repeat".into();
+        arms.push(again);
+        let columns = ArmColumns::of(&arms.iter().collect::<Vec<_>>());
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(columns.ids, sorted);
+        assert!(!columns.correlations.contains(&"a repeat"), "the first arm of an order is kept");
     }
 
     /// Many orders at once: each arm is written and answered, each disarm
