@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo bench -p saga --bench saga` (needs DATABASE_URL and
 //! NATS_URL, see .cargo/config.toml). Uses a database and JetStream streams of
-//! its own, deleted afterwards, and writes its section of BENCHMARKS.md.
+//! its own, deleted afterwards, and writes its section of BENCHMARKS.md,
+//! with the same rate run again over two items and with two saga instances.
 //! `BENCH_QUICK=1` runs 10 s instead of 30 s and leaves BENCHMARKS.md alone;
 //! `BENCH_SECONDS=n` runs n seconds; `BENCH_RATE=n` places n orders/s;
 //! `BENCH_SKUS=n` spreads them over n items instead of 50;
@@ -48,18 +49,35 @@ use uuid::Uuid;
 /// Orders per second: 200, or `BENCH_RATE`.
 static RATE: std::sync::LazyLock<u64> =
     std::sync::LazyLock::new(|| std::env::var("BENCH_RATE").map_or(200, |r| r.parse().expect("BENCH_RATE: orders/s")));
-/// Items the orders buy: 50, or `BENCH_SKUS` (fewer makes each item's stream
-/// hotter: its reservations take turns). An order's second line is 7 items on
-/// from its first, so 1 and 7 are refused.
-static SKUS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    let skus = std::env::var("BENCH_SKUS").map_or(50, |s| s.parse().expect("BENCH_SKUS: a number of items"));
-    assert!(skus > 0 && 7 % skus != 0, "BENCH_SKUS: two lines of an order must be two items (not 1 or 7)");
-    skus
-});
-/// Saga instances sharing the consumers: 1, or `BENCH_SAGA_INSTANCES`.
-static SAGA_INSTANCES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    std::env::var("BENCH_SAGA_INSTANCES").map_or(1, |n| n.parse().expect("BENCH_SAGA_INSTANCES: a number"))
-});
+/// The shop's shape: the items the orders buy, and the saga instances.
+#[derive(Clone, Copy, PartialEq)]
+struct Shape {
+    /// 50, or `BENCH_SKUS` (fewer makes each item's stream hotter: its
+    /// commands queue for its turn). An order's second line is 7 items on
+    /// from its first, so 1 and 7 are refused.
+    skus: usize,
+    /// Saga instances sharing the consumers: 1, or `BENCH_SAGA_INSTANCES`.
+    instances: usize,
+}
+
+impl Shape {
+    const DEFAULT: Self = Self { skus: 50, instances: 1 };
+
+    fn from_env() -> Self {
+        let skus = std::env::var("BENCH_SKUS").map_or(50, |s| s.parse().expect("BENCH_SKUS: a number of items"));
+        assert!(skus > 0 && 7 % skus != 0, "BENCH_SKUS: two lines of an order must be two items (not 1 or 7)");
+        let instances =
+            std::env::var("BENCH_SAGA_INSTANCES").map_or(1, |n| n.parse().expect("BENCH_SAGA_INSTANCES: a number"));
+        Self { skus, instances: instances.max(1) }
+    }
+
+    fn describe(self) -> String {
+        let instances =
+            if self.instances == 1 { "one saga instance".into() } else { format!("{} saga instances", self.instances) };
+        format!("{} items, {instances}", self.skus)
+    }
+}
+
 const WARM_UP: Duration = Duration::from_secs(2);
 /// The run's measured part is also cut into windows this long, each with its p99.
 const WINDOW_SECONDS: usize = 10;
@@ -91,26 +109,46 @@ async fn main() {
     if std::env::var_os("BENCH_CAPACITY").is_some_and(|v| v != "0") {
         return capacity_search(seconds.min(15)).await;
     }
-    let run = run_at(*RATE, seconds).await;
+    let shape = Shape::from_env();
+    let run = run_at(*RATE, seconds, shape).await;
     println!(
         "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms",
         run.offered, run.rows, run.window_p99s
     );
+    // The shop's other shapes at the same rate, where a change's cost or
+    // stall shows first: a hot item's commands queue for its turn; two
+    // instances race for the same streams' versions.
+    let mut shapes = vec![format!("| {} | {:.0} | {} |", shape.describe(), run.offered, figures(run.saga))];
+    if shape == Shape::DEFAULT && !quick() {
+        for other in [Shape { skus: 2, ..shape }, Shape { instances: 2, ..shape }] {
+            let other_run = run_at(*RATE, seconds, other).await;
+            let row = format!("| {} | {:.0} | {} |", other.describe(), other_run.offered, figures(other_run.saga));
+            println!("{row}");
+            shapes.push(row);
+        }
+    }
+    let shapes = shapes.join("\n");
     let Run { rate, offered, rows, window_p99s, facts, .. } = run;
     let section = format!(
         "## Saga completion\n\n\
          `cargo bench -p saga --bench saga` — {facts} — {}.\n\n\
-         Orders of one or two lines placed over HTTP at a steady {rate}/s for {seconds} s ({offered:.0}/s \
-         achieved) by a load generator in a process of its own, with the command API, the relay, the saga \
-         participants and the payment gateway simulator (no injected latency) running in the benchmark's \
-         process; the first {} s are warm-up and not counted. \
+         Orders of one or two lines ({}) placed over HTTP at a steady {rate}/s for {seconds} s \
+         ({offered:.0}/s achieved) by a load generator in a process of its own, with the command API, the relay, \
+         the saga participants and the payment gateway simulator (no injected latency) running in the \
+         benchmark's process; the first {} s are warm-up and not counted. \
          Placed -> confirmed is four trips through the relay and JetStream plus the participants' reads and \
          appends. Baseline, same run: one trip, an `OrderPlaced` committed -> a JetStream consumer holding it. \
          Target: p99 under 100 ms.\n\n\
          | what | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n{rows}\n\n\
          Placed -> confirmed p99 in each {WINDOW_SECONDS} s window of the run (orders by when they were \
-         placed): {window_p99s} ms.\n",
+         placed): {window_p99s} ms.\n\n\
+         The same rate and length, placed -> confirmed, with the orders over two items (each in about every \
+         order: its commands queue for its turn) and with two saga instances on the same consumers (each with \
+         its own store and kept states, as two processes: they race for the items' and orders' versions):\n\n\
+         | shop | orders/s achieved | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n\
+         {shapes}\n",
         bench::commit_and_date(),
+        shape.describe(),
         WARM_UP.as_secs(),
     );
     if !quick() {
@@ -128,7 +166,7 @@ async fn capacity_search(seconds: usize) {
     let mut rate = std::env::var("BENCH_FROM").map_or(100, |r| r.parse().expect("BENCH_FROM: orders/s"));
     let (mut good, mut bad) = (0u64, None::<u64>);
     for _ in 0..12 {
-        let run = run_at(rate, seconds).await;
+        let run = run_at(rate, seconds, Shape::from_env()).await;
         println!("{rate}/s: offered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms", run.offered, run.saga.1, run.saga.2);
         if holds(&run) {
             good = good.max(rate)
@@ -173,12 +211,12 @@ async fn capacity_search(seconds: usize) {
 
 /// Places orders at `rate` per second for `seconds`, waits until each is
 /// confirmed, and measures.
-async fn run_at(rate: u64, seconds: usize) -> Run {
+async fn run_at(rate: u64, seconds: usize, shape: Shape) -> Run {
     let report = Arc::new(Mutex::new(None));
     let out = report.clone();
-    with_shop(Setup { saga_instances: *SAGA_INSTANCES, ..Setup::default() }, |shop| async move {
+    with_shop(Setup { saga_instances: shape.instances, ..Setup::default() }, |shop| async move {
         let shop = Arc::new(shop);
-        for sku in 0..*SKUS {
+        for sku in 0..shape.skus {
             shop.receive(&format!("SKU-{sku}"), 1_000_000).await;
         }
         let facts = format!(
@@ -189,7 +227,7 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
         let hops = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
 
-        let (orders, offered) = place_in_own_process(&shop.api, rate, seconds).await;
+        let (orders, offered) = place_in_own_process(&shop.api, rate, seconds, shape.skus).await;
         let measured: Vec<(Duration, Uuid)> = orders.iter().filter(|(at, _)| *at >= WARM_UP).copied().collect();
 
         let mut latencies = Vec::with_capacity(measured.len());
@@ -218,9 +256,7 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
         let _ = watcher.await;
         let mut hops = hops.lock().unwrap().clone();
         let (saga, hop) = (summary(&mut latencies), summary(&mut hops));
-        let row = |what: &str, (n, p50, p99, max): (usize, f64, f64, f64)| {
-            format!("| {what} | {n} | {p50:.1} | {p99:.1} | {max:.1} |")
-        };
+        let row = |what: &str, summary| format!("| {what} | {} |", figures(summary));
         let names = [
             "- placed -> ready for payment (2 trips, stock reserved)",
             "- ready -> payment requested (1 trip)",
@@ -246,10 +282,11 @@ async fn run_at(rate: u64, seconds: usize) -> Run {
 /// with [`LOAD_API`] set), so that placing orders does not share the
 /// services' runtime or compete with them for its threads; answers each
 /// order with when it was placed (after the load began), and the rate achieved.
-async fn place_in_own_process(api: &str, rate: u64, seconds: usize) -> (Vec<(Duration, Uuid)>, f64) {
+async fn place_in_own_process(api: &str, rate: u64, seconds: usize, skus: usize) -> (Vec<(Duration, Uuid)>, f64) {
     let mut generator = std::process::Command::new(std::env::current_exe().expect("this benchmark's binary"));
     generator
         .env(LOAD_API, api)
+        .env("BENCH_SKUS", skus.to_string())
         .env("BENCH_LOAD_RATE", rate.to_string())
         .env("BENCH_LOAD_SECONDS", seconds.to_string())
         .stdin(std::process::Stdio::null())
@@ -276,6 +313,7 @@ async fn place_in_own_process(api: &str, rate: u64, seconds: usize) -> (Vec<(Dur
 async fn generate_load(api: &str) {
     let number = |name: &str| -> u64 { std::env::var(name).ok().and_then(|v| v.parse().ok()).expect(name) };
     let (rate, seconds) = (number("BENCH_LOAD_RATE"), number("BENCH_LOAD_SECONDS"));
+    let skus = Shape::from_env().skus;
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
@@ -284,10 +322,8 @@ async fn generate_load(api: &str) {
         tick.tick().await;
         let (http, api) = (http.clone(), api.to_owned());
         placing.push(tokio::spawn(async move {
-            let lines = [
-                (format!("SKU-{}", n % *SKUS), 1 + (n % 3) as u32, 1000),
-                (format!("SKU-{}", (n + 7) % *SKUS), 1, 250),
-            ];
+            let lines =
+                [(format!("SKU-{}", n % skus), 1 + (n % 3) as u32, 1000), (format!("SKU-{}", (n + 7) % skus), 1, 250)];
             let lines: Vec<(&str, u32, u64)> =
                 lines.iter().take(1 + n % 2).map(|(s, q, p)| (s.as_str(), *q, *p)).collect();
             let at = started.elapsed();
@@ -336,6 +372,11 @@ fn millis(duration: chrono::TimeDelta) -> f64 {
 }
 
 /// Samples, p50, p99 and max.
+/// A summary's cells: samples | p50 | p99 | max.
+fn figures((n, p50, p99, max): (usize, f64, f64, f64)) -> String {
+    format!("{n} | {p50:.1} | {p99:.1} | {max:.1}")
+}
+
 fn summary(samples: &mut [f64]) -> (usize, f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
