@@ -49,11 +49,12 @@ impl Fault {
         }
     }
 
-    /// One round: every kind of fault, each process killed twice, shuffled.
-    pub fn round() -> Vec<Fault> {
+    /// One round: every kind of fault, each of `kinds`' processes (but the
+    /// gateway simulator) killed twice, shuffled.
+    pub fn round(kinds: &[Kind]) -> Vec<Fault> {
         let mut faults = Vec::new();
-        for kind in [Kind::Api, Kind::Relay, Kind::Saga, Kind::Notifier, Kind::Projections, Kind::Query] {
-            faults.extend([Fault::Kill(kind), Fault::Kill(kind)]);
+        for kind in kinds.iter().filter(|kind| **kind != Kind::Gateway) {
+            faults.extend([Fault::Kill(*kind), Fault::Kill(*kind)]);
         }
         let rebuilt = ["orders", "inventory", "payments", "story"][fastrand::usize(..4)];
         faults.extend([
@@ -96,10 +97,11 @@ impl ChaosLog {
 pub async fn run(system: &mut System, duration: Duration) -> ChaosLog {
     let started = Instant::now();
     let mut log = ChaosLog::default();
-    let per_round = Fault::round().len();
+    let kinds = system.kinds();
+    let per_round = Fault::round(&kinds).len();
     // A fault and its recovery take a few seconds: about five per fault.
     let rounds = (duration.as_secs() / (5 * per_round as u64)).max(1);
-    let faults: Vec<Fault> = (0..rounds).flat_map(|_| Fault::round()).collect();
+    let faults: Vec<Fault> = (0..rounds).flat_map(|_| Fault::round(&kinds)).collect();
     let slot = duration / faults.len() as u32;
     for (n, fault) in faults.into_iter().enumerate() {
         // A random moment in this fault's slot.
@@ -125,7 +127,7 @@ pub async fn supervise_until(system: &mut System, log: &mut ChaosLog, until: Ins
 }
 
 fn restart_exited(system: &mut System, log: &mut ChaosLog) {
-    for kind in Kind::ALL {
+    for kind in system.kinds() {
         let process = system.process(kind);
         if let Some(status) = process.exited() {
             let note = format!("{} exited on its own ({status}); last lines:\n{}", kind.name(), process.log_tail(3));

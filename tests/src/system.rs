@@ -34,10 +34,13 @@ pub enum Kind {
     Notifier,
     Projections,
     Query,
+    /// A second saga process on the same consumers (`Settings::saga_instances`).
+    SecondSaga,
 }
 
 impl Kind {
     /// In the order they start: the command API applies the migrations.
+    /// (A system may run a second saga process too, see [`System::kinds`].)
     pub const ALL: [Kind; 7] =
         [Kind::Gateway, Kind::Api, Kind::Relay, Kind::Saga, Kind::Notifier, Kind::Projections, Kind::Query];
 
@@ -50,6 +53,7 @@ impl Kind {
             Kind::Notifier => "notifier",
             Kind::Projections => "projections",
             Kind::Query => "query",
+            Kind::SecondSaga => "saga-2",
         }
     }
 }
@@ -61,11 +65,13 @@ pub struct Settings {
     pub order_deadline: &'static str,
     /// `PAYMENT_GATEWAY_TIMEOUT`
     pub gateway_timeout: &'static str,
+    /// Saga processes sharing the consumers: 1 or 2.
+    pub saga_instances: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { order_deadline: "20s", gateway_timeout: "1s" }
+        Self { order_deadline: "20s", gateway_timeout: "1s", saga_instances: 1 }
     }
 }
 
@@ -91,6 +97,8 @@ pub struct System {
     /// Where the notifier sends its e-mail.
     pub smtp: SmtpSink,
     ops: BTreeMap<Kind, String>,
+    /// The processes it runs, in the order they start.
+    kinds: Vec<Kind>,
     processes: BTreeMap<Kind, Process>,
     env: Vec<(String, String)>,
     pool: Option<PgPool>,
@@ -110,7 +118,11 @@ impl System {
         let nats = NatsServer::start();
         let database_url = pg.url("orders");
         let mut ports = Ports::default();
-        let addrs: BTreeMap<Kind, String> = Kind::ALL.iter().map(|kind| (*kind, ports.reserve())).collect();
+        let mut kinds = Kind::ALL.to_vec();
+        if settings.saga_instances > 1 {
+            kinds.insert(kinds.iter().position(|k| *k == Kind::Saga).unwrap() + 1, Kind::SecondSaga);
+        }
+        let addrs: BTreeMap<Kind, String> = kinds.iter().map(|kind| (*kind, ports.reserve())).collect();
         // The APIs serve `/metrics` and readiness with reasons on an ops address of their own.
         let mut ops = addrs.clone();
         ops.insert(Kind::Api, ports.reserve());
@@ -152,20 +164,24 @@ impl System {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-        let processes = Kind::ALL
+        let processes = kinds
             .iter()
             .map(|kind| {
                 let (binary, args): (&str, &[&str]) = match kind {
                     Kind::Gateway => ("payment-gateway", &[]),
                     Kind::Api => ("command-api", &[]),
                     Kind::Relay => ("relay", &[]),
-                    Kind::Saga => ("saga", &[]),
+                    Kind::Saga | Kind::SecondSaga => ("saga", &[]),
                     Kind::Notifier => ("notifier", &[]),
                     Kind::Projections => ("projections", &["serve"]),
                     Kind::Query => ("query-api", &[]),
                 };
+                let mut env = env.clone();
+                if *kind == Kind::SecondSaga {
+                    env.push(("SAGA_OPS_ADDR".to_owned(), addrs[kind].clone()));
+                }
                 let log = dir.join(format!("{}.log", kind.name()));
-                (*kind, Process::new(kind.name(), binaries::path(binary), args, env.clone(), log))
+                (*kind, Process::new(kind.name(), binaries::path(binary), args, env, log))
             })
             .collect();
         let claims = Claims {
@@ -194,16 +210,22 @@ impl System {
             client,
             smtp,
             ops,
+            kinds,
             processes,
             env,
             pool: None,
             _ports: ports,
         };
-        for kind in Kind::ALL {
+        for kind in system.kinds.clone() {
             system.process(kind).start();
             system.wait_ready(kind, Duration::from_secs(60)).await;
         }
         system
+    }
+
+    /// The processes this system runs, in the order they start.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.kinds.clone()
     }
 
     pub fn process(&mut self, kind: Kind) -> &mut Process {
@@ -266,7 +288,7 @@ impl System {
     /// The processes that are not running though they should be.
     pub fn crashed(&mut self) -> Vec<String> {
         let mut crashed = Vec::new();
-        for kind in Kind::ALL {
+        for kind in self.kinds() {
             let process = self.process(kind);
             if let Some(status) = process.exited() {
                 crashed.push(format!("{} exited ({status}):\n{}", kind.name(), process.log_tail(20)));
@@ -331,8 +353,8 @@ impl System {
     /// Stops every process (SIGTERM), then the servers; removes the logs
     /// unless `keep_logs` (or `SYSTEM_TESTS_KEEP_LOGS` is set).
     pub fn stop(mut self, keep_logs: bool) {
-        for kind in Kind::ALL.iter().rev() {
-            self.process(*kind).terminate(Duration::from_secs(10));
+        for kind in self.kinds().into_iter().rev() {
+            self.process(kind).terminate(Duration::from_secs(10));
         }
         if keep_logs || std::env::var_os("SYSTEM_TESTS_KEEP_LOGS").is_some() {
             eprintln!("logs kept in {}", self.dir.display());

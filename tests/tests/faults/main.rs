@@ -1,7 +1,8 @@
 //! Nothing lost, nothing doubled, under real faults.
 //!
-//! Every service runs as its own process, on a PostgreSQL and a NATS server
-//! of the test's own. A mixed workload runs (orders of one to three lines on
+//! Every service runs as its own process, the saga participants as two (on
+//! the same consumers), on a PostgreSQL and a NATS server of the test's
+//! own. A mixed workload runs (orders of one to three lines on
 //! a few hot items with limited stock, declined cards, cancels at random
 //! moments, stock receipts; every POST under an `Idempotency-Key`, retried
 //! until answered) while faults strike at random moments: each kind of
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use payment_gateway::Faults;
 use system_tests::books::{self, Report};
 use system_tests::chaos::{self, ChaosLog};
-use system_tests::system::{Kind, Settings, System};
+use system_tests::system::{Settings, System};
 use system_tests::workload::{self, Records, WorkloadConfig};
 
 /// How long the system may take to settle once the load and the faults stop.
@@ -36,7 +37,10 @@ fn run_seconds() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_faults_nothing_acknowledged_is_lost_and_nothing_is_applied_twice() {
     let seconds = run_seconds();
-    let mut system = System::start(Settings::default()).await;
+    // Two saga processes on the same consumers, as a deployment that keeps
+    // the sagas going while one instance restarts: they race for the hot
+    // items' versions, and each is killed on its own.
+    let mut system = System::start(Settings { saga_instances: 2, ..Settings::default() }).await;
     eprintln!("fault run: {seconds} s; logs in {}", system.dir.display());
     let records: workload::Shared = Arc::new(Mutex::new(Records::default()));
     let config = WorkloadConfig::default();
@@ -52,7 +56,7 @@ async fn under_faults_nothing_acknowledged_is_lost_and_nothing_is_applied_twice(
     // Calm: the gateway behaves, every process runs.
     system.client.set_faults(Faults::default()).await;
     chaos::supervise_until(&mut system, &mut chaos_log, Instant::now()).await;
-    for kind in Kind::ALL {
+    for kind in system.kinds() {
         system.wait_ready(kind, Duration::from_secs(60)).await;
     }
     let (report, settled_in) = books::settle(&mut system, &records, SETTLE_WITHIN).await;
@@ -118,7 +122,8 @@ async fn dead_letters(system: &System) -> u64 {
 fn write_benchmarks(report: &Report, chaos: &ChaosLog, seconds: u64) {
     let mut section = format!(
         "## Fault injection (long run)\n\n`FAULT_RUN_SECONDS={seconds} cargo nextest run --workspace --all-features -E 'binary(faults)' --no-capture` — {}.\n\n\
-         Every service its own process on a PostgreSQL and a NATS server of the test's own; faults at random moments \
+         Every service its own process (the saga participants two, on the same consumers) on a PostgreSQL and a \
+         NATS server of the test's own; faults at random moments \
          (see `tests/tests/faults/main.rs`); then the system settles and the books are checked.\n\n| figure | value |\n|---|---:|\n",
         event_store::bench::commit_and_date()
     );

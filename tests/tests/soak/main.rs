@@ -61,7 +61,8 @@ async fn under_a_steady_load_memory_and_latency_stay_flat() {
     let seconds: u64 = setting("SOAK_SECONDS", 40);
     let period = Duration::from_secs(setting("SOAK_SAMPLE_SECONDS", if seconds >= 600 { 60 } else { 10 }));
     let rate: f64 = setting("SOAK_RATE", 20.0);
-    let mut system = System::start(Settings { order_deadline: "5m", gateway_timeout: "2s" }).await;
+    let mut system =
+        System::start(Settings { order_deadline: "5m", gateway_timeout: "2s", ..Settings::default() }).await;
     eprintln!("soak: {seconds} s at {rate} requests/s, a sample every {period:?}; logs in {}", system.dir.display());
     let statements = setting("SOAK_PG_STATEMENTS", 0u8) == 1;
     if statements {
