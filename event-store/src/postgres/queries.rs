@@ -125,10 +125,13 @@ pub(super) struct BatchAppend<'a> {
 /// in opposite orders would wait for each other until PostgreSQL's deadlock
 /// check (a second) aborted one, holding the log back all the while. In one
 /// order, one of them finds the other's row first and waits for its commit
-/// only. The streams' versions and the
-/// stored ids are probed through their unique indexes, one lookup each, as
-/// scalar subqueries the planner cannot turn into joins
-/// (`the_batch_append_probes_each_stream_and_event_once` holds it to that:
+/// only. Rows come back for the written appends (with their last version,
+/// position and commit) and for those left out because their stream had
+/// moved on (with its version; none for one with a stored event id).
+///
+/// The streams' versions and the stored ids are probed through their unique
+/// indexes, one lookup each, as scalar subqueries the planner cannot turn
+/// into joins (`the_batch_append_probes_each_stream_and_event_once` holds it to that:
 /// an anti-join of appends with events probed every event for every append,
 /// 1.5 ms for a batch of fifty; a semi-join planned on an empty table scans
 /// the whole table).
