@@ -121,13 +121,19 @@ pub fn webhook_delivery_id(event_id: Uuid, endpoint_id: Uuid) -> Uuid {
     Uuid::new_v5(&event_id, format!("notifications/webhook/{endpoint_id}").as_bytes())
 }
 
-/// The live endpoints that hear `event_type`.
+/// The live endpoints that hear `event_type`, in the order of their ids: two
+/// notifier instances handling one event at once (a redelivery) then insert
+/// its deliveries in the same order, so neither waits for a row the other
+/// holds while holding one the other waits for (a deadlock, broken only
+/// after a second, with the event log held back meanwhile).
 async fn subscribed(pool: &PgPool, event_type: &str) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> =
-        sqlx::query_as("SELECT endpoint_id FROM webhook_endpoints WHERE deleted_at IS NULL AND $1 = ANY(event_types)")
-            .bind(event_type)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT endpoint_id FROM webhook_endpoints WHERE deleted_at IS NULL AND $1 = ANY(event_types) \
+         ORDER BY endpoint_id",
+    )
+    .bind(event_type)
+    .fetch_all(pool)
+    .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
