@@ -166,8 +166,9 @@ impl PgEventStore {
                 }
                 queries::Appended::Stale(version) => actual = version,
                 queries::Appended::Rejected => {
-                    let mut conn = self.inner.pool.acquire().await?;
-                    match queries::explain_rejection(&mut conn, stream_id, &events).await? {
+                    let why =
+                        on_kept!(inner.kept, |connection| queries::explain_rejection(connection, stream_id, &events));
+                    match why.await? {
                         queries::Rejection::Stored(stored) => {
                             return append::replayed_result(stream_id, &events, stored)
                         }
