@@ -528,7 +528,6 @@ async fn nats_restarted_in_the_middle_of_200_orders_loses_and_doubles_nothing() 
     .await;
 }
 
-/// Places an order straight through the command path, deadline `deadline` from now.
 /// Waits until every order has ended and the saga is done with it, then
 /// checks the books: each item (received `received` units) holds exactly
 /// what its confirmed orders bought, and each confirmed order was charged
@@ -594,6 +593,7 @@ async fn two_saga_instances_selling_two_items_at_once_keep_the_books() {
     .await;
 }
 
+/// Places an order straight through the command path, deadline `deadline` from now.
 async fn place_directly(store: &event_store::PgEventStore, deadline: chrono::Duration) -> Uuid {
     use application::commands::{execute, EventIds, Invocation};
     use domain::order::{LineInput, Order, OrderCommand, PlaceOrder};
