@@ -169,6 +169,7 @@ where
                     return Err(ExecuteError::VersionMismatch { required, actual });
                 }
                 tracing::debug!(stream_id, version, actual, "concurrency conflict, deciding again");
+                decided_again::<A>();
             }
             // These derived ids are stored with what another state decided:
             // this request was done before, further back than was read (or
@@ -178,6 +179,14 @@ where
         }
     }
     Err(ExecuteError::Contention(invocation.max_attempts))
+}
+
+/// Counts a command decided again because another writer appended to its
+/// stream first (metric `application_commands_decided_again_total`, by
+/// aggregate): with several instances of a service, which aggregates they
+/// race for, and how often.
+pub(crate) fn decided_again<A: Aggregate>() {
+    metrics::counter!("application_commands_decided_again_total", "aggregate" => A::CATEGORY).increment(1);
 }
 
 /// The decided events as they are appended: ids as the invocation says, its metadata.
@@ -269,6 +278,32 @@ pub(crate) mod tests {
         let again = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
         assert_eq!(again, first);
         assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
+    }
+
+    /// Another writer appends between the command's read and its append:
+    /// the command reads what was appended, decides again and lands, and
+    /// the metric of decisions taken again counts it for its aggregate.
+    #[tokio::test]
+    async fn a_command_that_loses_the_race_for_its_version_is_decided_again_and_counted() {
+        let counters = crate::counted::Counters::default();
+        let _recorder = metrics::set_default_local_recorder(&counters);
+        let store = Arc::new(Counting::default());
+        execute::<Inventory>(&*store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await.unwrap();
+        let held = store.gate.write().await;
+        let command = tokio::spawn({
+            let store = store.clone();
+            async move { execute::<Inventory>(&*store, "inventory-SKU-1", &invocation(EventIds::Random), receive(1)).await }
+        });
+        while store.reads.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        execute::<Inventory>(&store.store, "inventory-SKU-1", &invocation(EventIds::Random), receive(2)).await.unwrap();
+        drop(held);
+        assert_eq!(command.await.unwrap().unwrap().stream_version, 3);
+        assert_eq!(load::<Inventory>(&store.store, "inventory-SKU-1").await.unwrap().on_hand, 8);
+        let decided_again =
+            |aggregate| counters.get("application_commands_decided_again_total", &[("aggregate", aggregate)]);
+        assert_eq!((decided_again("inventory"), decided_again("order")), (1, 0));
     }
 
     /// A memory store that counts the appends and stream reads it is asked for.

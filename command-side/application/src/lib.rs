@@ -16,6 +16,8 @@
 
 pub mod cached;
 pub mod commands;
+#[cfg(test)]
+mod counted;
 pub mod idempotency;
 mod inventory;
 mod orders;

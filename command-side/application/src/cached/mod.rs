@@ -243,11 +243,12 @@ where
                 return done_before::<A>(store, cache, stream_id, appended, state).await;
             }
             // Someone appended first: read, and decide again.
-            Err(StoreError::WrongExpectedVersion { .. }) if unread => {
-                unread = false;
-                catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
-            }
             Err(StoreError::WrongExpectedVersion { .. }) => {
+                // A stream taken to be new was a guess; a state kept or read lost a race.
+                if !unread || appended.stream_version > 0 {
+                    commands::decided_again::<A>();
+                }
+                unread = false;
                 catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
             }
             Err(other) => return Err(other.into()),

@@ -15,6 +15,8 @@ pub(super) fn reserve(order: u128) -> InventoryCommand {
 
 #[tokio::test]
 async fn a_kept_state_catches_up_with_what_others_appended() {
+    let counters = crate::counted::Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
     let store = MemoryEventStore::new();
     let cache = StateCache::new(10);
     let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
@@ -25,6 +27,8 @@ async fn a_kept_state_catches_up_with_what_others_appended() {
         execute::<Inventory>(&store, &cache, "inventory-SKU-1", &invocation(), reserve(2)).await.unwrap();
     assert_eq!((appended.stream_version, state.reserved, state.available()), (3, 2, 3));
     assert_eq!(cache.len(), 1);
+    // Its decision on the stale state was refused, and taken again: counted.
+    assert_eq!(counters.get("application_commands_decided_again_total", &[("aggregate", "inventory")]), 1);
 }
 
 /// Ten reservations on one item at once: they take turns, so only the

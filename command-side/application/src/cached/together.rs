@@ -165,6 +165,7 @@ where
             Ok(done)
         }
         Err(StoreError::WrongExpectedVersion { .. }) => {
+            commands::decided_again::<A>();
             cache.raced(stream_id);
             Ok(0)
         }
@@ -482,6 +483,8 @@ mod tests {
     /// go through together although the other keeps appending.
     #[tokio::test]
     async fn after_losing_a_race_to_another_process_groups_read_first() {
+        let counters = crate::counted::Counters::default();
+        let _recorder = metrics::set_default_local_recorder(&counters);
         let store = crate::commands::tests::Counting::default();
         let cache = StateCache::new(10);
         let stream = "inventory-SKU-1";
@@ -504,6 +507,10 @@ mod tests {
         }
         let state = commands::load::<Inventory>(&store.store, stream).await.unwrap();
         assert_eq!(state.holds.len(), 9);
+        // The one race lost is counted; the reads before the next groups
+        // (and the first command after the loss, which had no state to
+        // lose with) are not.
+        assert_eq!(counters.get("application_commands_decided_again_total", &[("aggregate", "inventory")]), 1);
     }
 
     /// A holder dropped after taking the waiting commands, before it
