@@ -18,12 +18,11 @@ const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS commit_id
 /// The outcome of one append statement.
 pub(super) enum Appended {
     Done(AppendResult),
-    /// Nothing was written: the stream was not at the expected version, a
-    /// racing append took the same version first, or an event id is stored
-    /// already. [`explain_rejection`] tells which.
+    /// Nothing was written: a racing append took the same version first, or
+    /// an event id is stored already. [`explain_rejection`] tells which.
     Rejected,
     /// Nothing was written: the stream was at this version, not the
-    /// expected one (and no event id is stored). A batch tells this itself.
+    /// expected one (and no event id is stored). The statement tells this itself.
     Stale(u64),
 }
 
@@ -31,7 +30,10 @@ pub(super) enum Appended {
 /// index, and insert the events at the following versions if it is the
 /// expected one (`$2` NULL: any). A racing append that read the same version
 /// fails on `es_events_stream_version_key`; one whose event ids are stored
-/// fails on `es_events_event_id_key`. Either way nothing is written.
+/// fails on `es_events_event_id_key`. Either way nothing is written. An
+/// append left out because the stream was at another version, none of its
+/// event ids stored, answers the stream's version (its position and commit
+/// NULL), so its caller need not ask; the probe of the ids runs only then.
 const APPEND_MANY: &str = "
 WITH current AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM es_events WHERE stream_id = $1
@@ -46,7 +48,10 @@ WITH current AS (
     RETURNING position, stream_version
 )
 SELECT max(stream_version), max(position), pg_current_xact_id()::text::bigint
-FROM inserted HAVING count(*) > 0";
+FROM inserted HAVING count(*) > 0
+UNION ALL
+SELECT current.version, NULL, NULL FROM current
+WHERE NOT EXISTS (SELECT FROM inserted) AND NOT EXISTS (SELECT FROM es_events WHERE event_id = ANY($3))";
 
 /// The same for the most common case, one event, without arrays.
 const APPEND_ONE: &str = "
@@ -59,7 +64,10 @@ WITH current AS (
     WHERE $2::bigint IS NULL OR current.version = $2
     RETURNING position, stream_version, transaction_id
 )
-SELECT stream_version, position, transaction_id::text::bigint FROM inserted";
+SELECT stream_version, position, transaction_id::text::bigint FROM inserted
+UNION ALL
+SELECT current.version, NULL, NULL FROM current
+WHERE NOT EXISTS (SELECT FROM inserted) AND NOT EXISTS (SELECT FROM es_events WHERE event_id = $3)";
 
 pub(super) async fn append(
     executor: impl sqlx::PgExecutor<'_>,
@@ -68,7 +76,8 @@ pub(super) async fn append(
     events: &[NewEvent],
 ) -> Result<Appended, StoreError> {
     let expected = expected.required().map(to_i64);
-    let row: Result<Option<(i64, i64, i64)>, _> = if let [event] = events {
+    // The stream's version, and the position and commit of what was written (none: left out).
+    let row: Result<Option<(i64, Option<i64>, Option<i64>)>, _> = if let [event] = events {
         sqlx::query_as(APPEND_ONE)
             .bind(stream_id)
             .bind(expected)
@@ -97,10 +106,11 @@ pub(super) async fn append(
             .await
     };
     match row {
-        Ok(Some((version, position, commit))) => Ok(Appended::Done(AppendResult {
+        Ok(Some((version, Some(position), Some(commit)))) => Ok(Appended::Done(AppendResult {
             stream_version: version as u64,
             log_position: LogPosition { commit: commit as u64, position: position as u64 },
         })),
+        Ok(Some((version, _, _))) => Ok(Appended::Stale(version as u64)),
         Ok(None) => Ok(Appended::Rejected),
         Err(error) if is_append_race(&error) => Ok(Appended::Rejected),
         Err(error) => Err(error.into()),
@@ -617,6 +627,38 @@ mod tests {
             assert!(matches!(outcomes[0], Appended::Done(AppendResult { stream_version: 1, .. })));
             assert!(matches!(outcomes[1], Appended::Stale(2)));
             assert!(matches!(outcomes[2], Appended::Rejected));
+        })
+        .await;
+    }
+
+    /// A lone append (one event or several) answers as a batch does:
+    /// written, left out because its stream had moved on (with the stream's
+    /// version), or left out for a stored event id (the caller asks which
+    /// events), whatever its version.
+    #[tokio::test]
+    async fn a_lone_append_tells_whether_its_stream_moved_on() {
+        crate::testing::with_database(2, |pool| async move {
+            use crate::conformance::event;
+            let stored = event("Stored", serde_json::json!({}));
+            let first = [event("A", serde_json::json!({})), stored.clone()];
+            assert!(matches!(
+                append(&pool, "order-1", ExpectedVersion::NoStream, &first).await.unwrap(),
+                Appended::Done(_)
+            ));
+            let one = [event("B", serde_json::json!({}))];
+            let many = [event("C", serde_json::json!({})), event("D", serde_json::json!({}))];
+            for events in [&one[..], &many[..]] {
+                let outcome = append(&pool, "order-1", ExpectedVersion::Exact(1), events).await.unwrap();
+                assert!(matches!(outcome, Appended::Stale(2)), "{} events", events.len());
+            }
+            let again_one = [stored.clone()];
+            let again_many = [event("E", serde_json::json!({})), stored];
+            for events in [&again_one[..], &again_many[..]] {
+                let outcome = append(&pool, "order-1", ExpectedVersion::Exact(1), events).await.unwrap();
+                assert!(matches!(outcome, Appended::Rejected), "{} events", events.len());
+            }
+            let next = append(&pool, "order-1", ExpectedVersion::Exact(2), &one).await.unwrap();
+            assert!(matches!(next, Appended::Done(AppendResult { stream_version: 3, .. })));
         })
         .await;
     }
