@@ -77,7 +77,8 @@ pub(super) async fn append(
 ) -> Result<Appended, StoreError> {
     let expected = expected.required().map(to_i64);
     // The stream's version, and the position and commit of what was written (none: left out).
-    let row: Result<Option<(i64, Option<i64>, Option<i64>)>, _> = if let [event] = events {
+    type Row = (i64, Option<i64>, Option<i64>);
+    let row: Result<Option<Row>, _> = if let [event] = events {
         sqlx::query_as(APPEND_ONE)
             .bind(stream_id)
             .bind(expected)
