@@ -285,7 +285,7 @@ pub(crate) mod tests {
     /// the metric of decisions taken again counts it for its aggregate.
     #[tokio::test]
     async fn a_command_that_loses_the_race_for_its_version_is_decided_again_and_counted() {
-        let counters = crate::counted::Counters::default();
+        let counters = service_kit::metrics::Counters::default();
         let _recorder = metrics::set_default_local_recorder(&counters);
         let store = Arc::new(Counting::default());
         execute::<Inventory>(&*store, "inventory-SKU-1", &invocation(EventIds::Random), receive(5)).await.unwrap();

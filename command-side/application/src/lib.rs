@@ -16,8 +16,6 @@
 
 pub mod cached;
 pub mod commands;
-#[cfg(test)]
-mod counted;
 pub mod idempotency;
 mod inventory;
 mod orders;

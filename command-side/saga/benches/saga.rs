@@ -20,6 +20,11 @@
 //! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and
 //! writes the section "Saga capacity".
 //!
+//! Each run also reports, per order placed, the appends refused because
+//! their stream had moved on and the commands decided again after one, by
+//! aggregate (the services' own counters): near zero with one instance, the
+//! price of racing with several.
+//!
 //! Latency is `OrderConfirmed.recorded_at - OrderPlaced.recorded_at`, both
 //! stamped by the database. The saga takes four trips through the relay and
 //! JetStream (placed -> reserved -> ready for payment -> captured ->
@@ -84,12 +89,31 @@ const WINDOW_SECONDS: usize = 10;
 /// What the saga must hold: placed -> confirmed p99 under this many milliseconds.
 const TARGET_P99_MS: f64 = 100.0;
 
+/// What the services of the benchmark's process have counted so far (their
+/// metrics, as `GET /metrics` shows them): the appends refused because their
+/// stream had moved on, and the commands decided again after one, by
+/// aggregate (with several saga instances, the cost of their racing).
+fn contention() -> (u64, [u64; 3]) {
+    let text = service_kit::metrics::handle().render();
+    let counted = |name: &str, label: &str| -> u64 {
+        let series = format!("{name}{{{label}}} ");
+        let line = text.lines().find_map(|line| line.strip_prefix(series.as_str()));
+        line.and_then(|value| value.trim().parse::<f64>().ok()).map_or(0, |value| value as u64)
+    };
+    let refused = counted("event_store_appends_total", "outcome=\"conflict\"");
+    let decided_again = ["inventory", "order", "payment"]
+        .map(|aggregate| counted("application_commands_decided_again_total", &format!("aggregate=\"{aggregate}\"")));
+    (refused, decided_again)
+}
+
 /// What one run at a steady rate measured.
 struct Run {
     rate: u64,
     offered: f64,
     /// Placed -> confirmed: samples, p50, p99, max.
     saga: (usize, f64, f64, f64),
+    /// Per order placed: appends refused, and commands decided again (inventory / order / payment).
+    contention: String,
     /// The table's rows: the saga, its stages, the one-trip baseline.
     rows: String,
     window_p99s: String,
@@ -112,17 +136,19 @@ async fn main() {
     let shape = Shape::from_env();
     let run = run_at(*RATE, seconds, shape).await;
     println!(
-        "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms",
-        run.offered, run.rows, run.window_p99s
+        "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms\nper order: {}",
+        run.offered, run.rows, run.window_p99s, run.contention
     );
     // The shop's other shapes at the same rate, where a change's cost or
     // stall shows first: a hot item's commands queue for its turn; two
     // instances race for the same streams' versions.
-    let mut shapes = vec![format!("| {} | {:.0} | {} |", shape.describe(), run.offered, figures(run.saga))];
+    let shape_row = |shape: Shape, run: &Run| {
+        format!("| {} | {:.0} | {} | {} |", shape.describe(), run.offered, figures(run.saga), run.contention)
+    };
+    let mut shapes = vec![shape_row(shape, &run)];
     if shape == Shape::DEFAULT && !quick() {
         for other in [Shape { skus: 2, ..shape }, Shape { instances: 2, ..shape }] {
-            let other_run = run_at(*RATE, seconds, other).await;
-            let row = format!("| {} | {:.0} | {} |", other.describe(), other_run.offered, figures(other_run.saga));
+            let row = shape_row(other, &run_at(*RATE, seconds, other).await);
             println!("{row}");
             shapes.push(row);
         }
@@ -131,8 +157,12 @@ async fn main() {
         format!(
             "\n\nThe same rate and length, placed -> confirmed, with the orders over two items (each in about every \
              order: its commands queue for its turn) and with two saga instances on the same consumers (each with \
-             its own store and kept states, as two processes: they race for the items' and orders' versions):\n\n\
-             | shop | orders/s achieved | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n{}",
+             its own store and kept states, as two processes: they race for the items' and orders' versions). \
+             Per order placed: the appends refused because their stream had moved on \
+             (`event_store_appends_total{{outcome=\"conflict\"}}`) and the commands read and decided again after \
+             one, by aggregate (`application_commands_decided_again_total`):\n\n\
+             | shop | orders/s achieved | samples | p50 ms | p99 ms | max ms | per order: appends refused; decided \
+             again (inventory / order / payment) |\n|---|---:|---:|---:|---:|---:|---|\n{}",
             shapes.join("\n")
         )
     } else {
@@ -231,6 +261,7 @@ async fn run_at(rate: u64, seconds: usize, shape: Shape) -> Run {
         );
         let hops = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_hops(shop.clone(), hops.clone()));
+        let counted_before = contention();
 
         let (orders, offered) = place_in_own_process(&shop.api, rate, seconds, shape.skus).await;
         let measured: Vec<(Duration, Uuid)> = orders.iter().filter(|(at, _)| *at >= WARM_UP).copied().collect();
@@ -256,6 +287,18 @@ async fn run_at(rate: u64, seconds: usize, shape: Shape) -> Run {
                 stage.push(millis(at(pair[1]) - at(pair[0])));
             }
         }
+        let (refused, decided_again) = contention();
+        let per_order = |n: u64, before: u64| (n - before) as f64 / orders.len().max(1) as f64;
+        let decided_again: Vec<String> = decided_again
+            .iter()
+            .zip(counted_before.1)
+            .map(|(n, before)| format!("{:.2}", per_order(*n, before)))
+            .collect();
+        let contention = format!(
+            "{:.2} appends refused; {} decided again",
+            per_order(refused, counted_before.0),
+            decided_again.join(" / ")
+        );
         watcher.abort();
         // Aborted, it still holds the shop until it has been dropped.
         let _ = watcher.await;
@@ -275,7 +318,7 @@ async fn run_at(rate: u64, seconds: usize, shape: Shape) -> Run {
         let window_p99s: Vec<String> =
             windows.iter_mut().filter(|w| !w.is_empty()).map(|w| format!("{:.1}", summary(w).2)).collect();
         let window_p99s = window_p99s.join(" / ");
-        *out.lock().unwrap() = Some(Run { rate, offered, saga, rows, window_p99s, facts });
+        *out.lock().unwrap() = Some(Run { rate, offered, saga, contention, rows, window_p99s, facts });
         Arc::into_inner(shop).expect("every task is done with the shop").stop().await;
     })
     .await;

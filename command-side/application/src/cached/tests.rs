@@ -15,7 +15,7 @@ pub(super) fn reserve(order: u128) -> InventoryCommand {
 
 #[tokio::test]
 async fn a_kept_state_catches_up_with_what_others_appended() {
-    let counters = crate::counted::Counters::default();
+    let counters = service_kit::metrics::Counters::default();
     let _recorder = metrics::set_default_local_recorder(&counters);
     let store = MemoryEventStore::new();
     let cache = StateCache::new(10);

@@ -483,7 +483,7 @@ mod tests {
     /// go through together although the other keeps appending.
     #[tokio::test]
     async fn after_losing_a_race_to_another_process_groups_read_first() {
-        let counters = crate::counted::Counters::default();
+        let counters = service_kit::metrics::Counters::default();
         let _recorder = metrics::set_default_local_recorder(&counters);
         let store = crate::commands::tests::Counting::default();
         let cache = StateCache::new(10);
