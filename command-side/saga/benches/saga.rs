@@ -136,7 +136,7 @@ async fn main() {
     let shape = Shape::from_env();
     let run = run_at(*RATE, seconds, shape).await;
     println!(
-        "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms\nper order: {}",
+        "offered {:.0} orders/s\n{}\nsaga p99 per {WINDOW_SECONDS} s window: {} ms\nper order, appends refused; decided again (inventory / order / payment): {}",
         run.offered, run.rows, run.window_p99s, run.contention
     );
     // The shop's other shapes at the same rate, where a change's cost or
@@ -294,11 +294,7 @@ async fn run_at(rate: u64, seconds: usize, shape: Shape) -> Run {
             .zip(counted_before.1)
             .map(|(n, before)| format!("{:.2}", per_order(*n, before)))
             .collect();
-        let contention = format!(
-            "{:.2} appends refused; {} decided again",
-            per_order(refused, counted_before.0),
-            decided_again.join(" / ")
-        );
+        let contention = format!("{:.2}; {}", per_order(refused, counted_before.0), decided_again.join(" / "));
         watcher.abort();
         // Aborted, it still holds the shop until it has been dropped.
         let _ = watcher.await;
