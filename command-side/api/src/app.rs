@@ -117,8 +117,13 @@ async fn reseal_personal_data_keys(application: Application) {
     }
 }
 
+/// Every ten minutes, the first time ten minutes after start: a key
+/// expires a day after its request (by default), so nothing waits for the
+/// first pass, and a restart does not begin with it (nor does a test's API
+/// remove, at a moment of its own, keys the test is setting up).
 async fn forget_expired_keys(application: Application, ttl: Duration, shutdown: Shutdown) {
-    let mut every = tokio::time::interval(Duration::from_secs(600));
+    const EVERY: Duration = Duration::from_secs(600);
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     while !shutdown.is_requested() {
         every.tick().await;
         match application.forget_expired_keys(ttl).await {
