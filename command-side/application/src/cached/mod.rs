@@ -54,9 +54,8 @@ pub struct StateCache {
     /// Commands waiting for a stream's turn to be run with others
     /// ([`execute_joined`]), by stream: a `Vec<Joining<A>>`.
     joining: Mutex<HashMap<String, Box<dyn Any + Send>>>,
-    /// Streams where a decision on a kept or read state (one command's, or
-    /// a group's) lost the race for the version to another process: their
-    /// commands read what was appended first.
+    /// Streams where a group of commands lost the race for the version to
+    /// another process: their groups read what was appended first.
     raced: Mutex<std::collections::HashSet<String>>,
 }
 
@@ -151,20 +150,6 @@ impl StateCache {
         self.put::<A>(stream_id, appended, Arc::new(state));
     }
 
-    /// Remembers that another process appends to the stream too (at most
-    /// as many streams as states are kept).
-    fn raced(&self, stream_id: &str) {
-        let mut raced = self.raced.lock().unwrap_or_else(PoisonError::into_inner);
-        if raced.len() >= self.capacity {
-            raced.clear();
-        }
-        raced.insert(stream_id.to_owned());
-    }
-
-    fn has_raced(&self, stream_id: &str) -> bool {
-        self.raced.lock().unwrap_or_else(PoisonError::into_inner).contains(stream_id)
-    }
-
     pub fn len(&self) -> usize {
         let generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
         generations.recent.len() + generations.older.len()
@@ -211,14 +196,6 @@ where
     let mut unread = true;
     let (mut appended, mut state) =
         cache.take::<A>(stream_id).unwrap_or((Appended { stream_version: 0, position: 0 }, A::State::default()));
-    // On a stream another process appends to as well (a decision on a kept
-    // state lost the race for its version before: several saga instances
-    // sharing an item), the kept state is likely stale: read what was
-    // appended since first, rather than append, be refused, read and append.
-    if appended.stream_version > 0 && cache.has_raced(stream_id) {
-        catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;
-        unread = false;
-    }
     for _ in 0..invocation.max_attempts.max(1) {
         let mut decision = A::decide(&state, command.clone());
         if unread && !matches!(&decision, Ok(events) if !events.is_empty()) {
@@ -270,7 +247,6 @@ where
                 // A stream taken to be new was a guess; a state kept or read lost a race.
                 if !unread || appended.stream_version > 0 {
                     commands::decided_again::<A>();
-                    cache.raced(stream_id);
                 }
                 unread = false;
                 catch_up::<A>(store, stream_id, &mut appended, &mut state).await?;

@@ -31,32 +31,6 @@ async fn a_kept_state_catches_up_with_what_others_appended() {
     assert_eq!(counters.get("application_commands_decided_again_total", &[("aggregate", "inventory")]), 1);
 }
 
-/// Two processes writing one item: once a command of this one has lost the
-/// race for the item's version, the next reads what the other appended
-/// before it decides, and is written with one append instead of a refused
-/// one, a read and another.
-#[tokio::test]
-async fn after_losing_a_race_to_another_process_a_command_reads_first() {
-    let counters = service_kit::metrics::Counters::default();
-    let _recorder = metrics::set_default_local_recorder(&counters);
-    let store = crate::commands::tests::Counting::default();
-    let cache = StateCache::new(10);
-    let (stream, other) = ("inventory-SKU-1", &store.store);
-    let receive = InventoryCommand::Receive { sku: "SKU-1".into(), quantity: 5 };
-    execute::<Inventory>(&store, &cache, stream, &invocation(), receive).await.unwrap();
-    commands::execute::<Inventory>(other, stream, &invocation(), reserve(100)).await.unwrap();
-    execute::<Inventory>(&store, &cache, stream, &invocation(), reserve(1)).await.unwrap();
-    let decided_again = || counters.get("application_commands_decided_again_total", &[("aggregate", "inventory")]);
-    assert_eq!(decided_again(), 1, "lost the race once");
-
-    commands::execute::<Inventory>(other, stream, &invocation(), reserve(101)).await.unwrap();
-    let appends = store.appends.load(std::sync::atomic::Ordering::SeqCst);
-    let (appended, state) = execute::<Inventory>(&store, &cache, stream, &invocation(), reserve(2)).await.unwrap();
-    assert_eq!(store.appends.load(std::sync::atomic::Ordering::SeqCst) - appends, 1, "one append: read first");
-    assert_eq!(decided_again(), 1, "not refused again");
-    assert_eq!((appended.stream_version, state.reserved), (5, 4));
-}
-
 /// Ten reservations on one item at once: they take turns, so only the
 /// first reads the stream (this process kept nothing of it yet, so it
 /// first took it to be new), and none loses a race for its version

@@ -58,6 +58,20 @@ impl StateCache {
         }
         *queue
     }
+
+    /// Remembers that another process appends to the stream too (at most
+    /// as many streams as states are kept).
+    fn raced(&self, stream_id: &str) {
+        let mut raced = self.raced.lock().unwrap_or_else(PoisonError::into_inner);
+        if raced.len() >= self.capacity {
+            raced.clear();
+        }
+        raced.insert(stream_id.to_owned());
+    }
+
+    fn has_raced(&self, stream_id: &str) -> bool {
+        self.raced.lock().unwrap_or_else(PoisonError::into_inner).contains(stream_id)
+    }
 }
 
 /// Runs several domain-idempotent commands on one stream in one append (an
