@@ -1,5 +1,5 @@
-//! One durable JetStream pull consumer feeding one reaction (a saga
-//! participant, or the notifier).
+//! One durable JetStream pull consumer feeding one reaction (the saga
+//! participants that hear its subject, or the notifier).
 //!
 //! A message is acknowledged only after the reaction is done (for a
 //! participant: its append committed). Otherwise it is delivered again after
@@ -16,12 +16,17 @@
 //! handled one by one, as if they had come apart.
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesError;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
+use metrics::SharedString;
 use service_kit::nats::dead_letters;
 use service_kit::Shutdown;
 use tracing::Instrument;
@@ -41,8 +46,8 @@ pub const DEAD_LETTER_DELIVERIES: &str = dead_letters::DELIVERIES;
 /// What a consumer feeds its messages to.
 #[async_trait::async_trait]
 pub trait Reaction: Send + Sync {
-    /// Who reacts, in logs and metrics (`inventory`, `notifications`).
-    fn participant(&self) -> &'static str;
+    /// Who reacts, in logs and metrics (`inventory`, `inventory+deadline`, `notifications`).
+    fn participant(&self) -> &str;
 
     async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError>;
 
@@ -62,7 +67,8 @@ pub trait Reaction: Send + Sync {
 }
 
 /// One durable consumer: its name, the one subject it hears, how many
-/// messages it handles at once, and where a new one starts.
+/// messages it handles at once, where a new one starts, and the consumers
+/// of the same subject it takes over.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub name: String,
@@ -70,12 +76,17 @@ pub struct Subscription {
     pub event: (&'static str, &'static str),
     pub concurrency: usize,
     pub start: DeliverPolicy,
+    /// Consumers this one replaces (see [`open`]): when it is created, it
+    /// starts where the one furthest behind had acknowledged everything,
+    /// and they are deleted.
+    pub replaces: Vec<String>,
 }
 
 impl Subscription {
-    /// `<participant>-<EventType>`, e.g. `inventory-OrderPlaced`, from the start of the stream.
+    /// `<participant>-<EventType>`, e.g. `order-StockReserved`, from the start of the stream.
     pub fn new(participant: &str, event: (&'static str, &'static str), concurrency: usize) -> Self {
-        Self { name: format!("{participant}-{}", event.1), event, concurrency, start: DeliverPolicy::All }
+        let name = format!("{participant}-{}", event.1);
+        Self { name, event, concurrency, start: DeliverPolicy::All, replaces: Vec::new() }
     }
 }
 
@@ -87,24 +98,9 @@ pub async fn consume(
     reaction: &dyn Reaction,
     shutdown: &Shutdown,
 ) -> Result<(), SagaError> {
-    let Subscription { name, event: (category, event_type), concurrency, start } = subscription;
-    let concurrency = *concurrency;
+    let (name, concurrency) = (&subscription.name, subscription.concurrency);
     let stream = js.get_stream(&deliveries.events.stream).await.map_err(|e| SagaError::Nats(e.to_string()))?;
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: format!("{}.{category}.{event_type}", deliveries.events.subject_prefix),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: deliveries.ack_wait,
-                deliver_policy: *start,
-                max_ack_pending: (concurrency * 4) as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| SagaError::Nats(e.to_string()))?;
+    let consumer = open(&stream, deliveries, subscription).await?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(concurrency * 4)
@@ -117,8 +113,75 @@ pub async fn consume(
     // What has arrived, up to what may be pending: no wait for more.
     let batches = messages.take_until(shutdown.requested()).ready_chunks(concurrency * 4);
     let groups = batches.flat_map(|batch| futures_util::stream::iter(gather(reaction, name, batch)));
-    groups.for_each_concurrent(concurrency, |group| handle_group(js, reaction, deliveries, name, group)).await;
+    let context = Context { js, reaction, config: deliveries, consumer: name, who: shared(reaction.participant()) };
+    groups.for_each_concurrent(concurrency, |group| handle_group(&context, group)).await;
     Ok(())
+}
+
+/// The subscription's consumer, created if missing. A consumer created to
+/// replace others ([`Subscription::replaces`]) starts after the last
+/// message that the one furthest behind had acknowledged with all before
+/// it, so nothing any of them still had to handle is skipped (what some had
+/// handled comes again: reactions are idempotent); the replaced ones are
+/// then deleted. A process of an earlier version still pulling from one of
+/// them finds it gone (docs/operations.md, "Upgrading the saga").
+async fn open(
+    stream: &jetstream::stream::Stream,
+    deliveries: &Deliveries,
+    subscription: &Subscription,
+) -> Result<PullConsumer, SagaError> {
+    let Subscription { name, event: (category, event_type), concurrency, start, replaces } = subscription;
+    let nats = |e: &dyn std::fmt::Display| SagaError::Nats(e.to_string());
+    let mut floors = Vec::new();
+    for replaced in replaces {
+        match stream.consumer_info(replaced).await {
+            Ok(info) => floors.push((replaced, info.ack_floor.stream_sequence)),
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {}
+            Err(error) => return Err(nats(&error)),
+        }
+    }
+    let start = match floors.iter().map(|(_, floor)| floor).min() {
+        Some(floor) => DeliverPolicy::ByStartSequence { start_sequence: floor + 1 },
+        None => *start,
+    };
+    let exists = match stream.consumer_info(name).await {
+        Ok(_) => true,
+        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => false,
+        Err(error) => return Err(nats(&error)),
+    };
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: format!("{}.{category}.{event_type}", deliveries.events.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: deliveries.ack_wait,
+                deliver_policy: start,
+                max_ack_pending: (concurrency * 4) as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| nats(&e))?;
+    for (replaced, floor) in floors {
+        match stream.delete_consumer(replaced).await {
+            Ok(_) if exists => {
+                // A process stopped between creating this one and deleting it,
+                // or one of an earlier version made it again.
+                tracing::warn!(consumer = %name, replaced, floor, "deleted a replaced consumer that was left")
+            }
+            Ok(_) => tracing::info!(consumer = %name, replaced, from = floor + 1, "took over a replaced consumer"),
+            // Another instance, starting at the same time, deleted it first.
+            Err(error) if not_found(&error) => {}
+            Err(error) => tracing::warn!(consumer = %name, replaced, %error, "could not delete a replaced consumer"),
+        }
+    }
+    Ok(consumer)
+}
+
+fn not_found(error: &jetstream::stream::ConsumerError) -> bool {
+    matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
 }
 
 /// A message, and what it says.
@@ -168,18 +231,27 @@ fn gather(
     groups
 }
 
-async fn handle_group(
-    js: &jetstream::Context,
-    reaction: &dyn Reaction,
-    config: &Deliveries,
-    consumer: &str,
-    group: Group,
-) {
+/// What handling a message needs besides the message.
+struct Context<'a> {
+    js: &'a jetstream::Context,
+    reaction: &'a dyn Reaction,
+    config: &'a Deliveries,
+    consumer: &'a str,
+    /// Who reacts, as a label of the metrics (made once).
+    who: SharedString,
+}
+
+fn shared(text: &str) -> SharedString {
+    SharedString::from(Arc::<str>::from(text))
+}
+
+async fn handle_group(context: &Context<'_>, group: Group) {
+    let Context { reaction, who, .. } = context;
     let started = Instant::now();
     let mut done = false;
     if let (Some(key), [first, _, ..]) = (&group.key, group.deliveries.as_slice()) {
         let triggers: Vec<&Trigger> = group.deliveries.iter().filter_map(|d| d.trigger.as_ref().ok()).collect();
-        let participant = reaction.participant();
+        let participant = &**who;
         let correlation_id = header(&first.message, "Correlation-Id");
         let span = tracing::info_span!("saga", participant, stream = %key, correlation_id, together = triggers.len());
         service_kit::telemetry::continue_trace(&span, &header(&first.message, "traceparent"));
@@ -191,29 +263,22 @@ async fn handle_group(
             }
         };
         if done {
-            metrics::counter!("saga_messages_together_total", "participant" => participant)
+            metrics::counter!("saga_messages_together_total", "participant" => who.clone())
                 .increment(triggers.len() as u64);
         }
     }
     for delivery in group.deliveries {
         // Alone, each message's time is its own.
         let started = if done { started } else { Instant::now() };
-        handle(js, reaction, config, consumer, delivery, done, started).await;
+        handle(context, delivery, done, started).await;
     }
 }
 
 /// Reacts to the message (unless `done`: its reaction ran with others') and settles it.
-async fn handle(
-    js: &jetstream::Context,
-    reaction: &dyn Reaction,
-    config: &Deliveries,
-    consumer: &str,
-    delivery: Delivery,
-    done: bool,
-    started: Instant,
-) {
+async fn handle(context: &Context<'_>, delivery: Delivery, done: bool, started: Instant) {
+    let Context { js, reaction, config, consumer, who } = context;
     let Delivery { message, trigger } = delivery;
-    let participant = reaction.participant();
+    let participant = &**who;
     let delivered = message.info().map_or(1, |info| info.delivered);
     let correlation_id = header(&message, "Correlation-Id");
     let span = tracing::info_span!("saga", participant, subject = %message.subject, correlation_id, delivered);
@@ -249,8 +314,8 @@ async fn handle(
             }
         };
         tracing::debug!(verdict, "message settled");
-        metrics::counter!("saga_messages_total", "participant" => participant, "outcome" => verdict).increment(1);
-        metrics::histogram!("saga_message_seconds", "participant" => participant)
+        metrics::counter!("saga_messages_total", "participant" => who.clone(), "outcome" => verdict).increment(1);
+        metrics::histogram!("saga_message_seconds", "participant" => who.clone())
             .record(started.elapsed().as_secs_f64());
     }
     .instrument(span)

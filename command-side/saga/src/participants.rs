@@ -20,7 +20,7 @@ use domain::order::{CancelledBy, Order, OrderCommand, OrderEvent, OrderState};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentState, PaymentStatus};
 use domain::Aggregate;
 use event_store::StoreError;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -50,9 +50,10 @@ impl Participant {
         }
     }
 
-    /// The events it hears, as `(category, event type)`: one durable consumer
-    /// each, filtered to that one subject (NATS 2.9 takes a single filter
-    /// subject per consumer), so no participant is sent what it ignores.
+    /// The events it hears, as `(category, event type)`. Each is one subject,
+    /// with one durable consumer filtered to it (NATS 2.9 takes a single
+    /// filter subject per consumer), shared by every participant that hears
+    /// it ([`Hearing`]): no participant is sent what it ignores.
     pub fn subscriptions(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Inventory => &[
@@ -87,26 +88,91 @@ impl Participant {
     }
 }
 
-/// A participant with what it acts with: what its consumers feed.
+/// A subject and the participants that hear it. One durable consumer per
+/// subject feeds them all, so an event several participants hear (an
+/// order placed: the inventory and the deadline) is delivered once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hearing {
+    /// `(category, event type)`: the subject `<prefix>.<category>.<type>`.
+    pub event: (&'static str, &'static str),
+    pub participants: Vec<Participant>,
+}
+
+impl Hearing {
+    /// Every subject a participant hears, with who hears it, in the order
+    /// of [`Participant::ALL`].
+    pub fn all() -> Vec<Self> {
+        let mut hearings: Vec<Self> = Vec::new();
+        for participant in Participant::ALL {
+            for event in participant.subscriptions() {
+                match hearings.iter_mut().find(|hearing| hearing.event == *event) {
+                    Some(hearing) => hearing.participants.push(participant),
+                    None => hearings.push(Self { event: *event, participants: vec![participant] }),
+                }
+            }
+        }
+        hearings
+    }
+
+    /// Its durable consumer: the participants and the event type, e.g.
+    /// `order-StockReserved`, `inventory-deadline-OrderPlaced`.
+    pub fn consumer(&self) -> String {
+        format!("{}-{}", self.names().join("-"), self.event.1)
+    }
+
+    /// The consumers this one took over: until subjects were shared, each
+    /// participant had its own (`inventory-OrderPlaced` and
+    /// `deadline-OrderPlaced`). None for a subject one participant hears.
+    pub fn replaced(&self) -> Vec<String> {
+        if self.participants.len() < 2 {
+            return Vec::new();
+        }
+        self.names().iter().map(|name| format!("{name}-{}", self.event.1)).collect()
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.participants.iter().map(|participant| participant.name()).collect()
+    }
+}
+
+/// The participants that hear one subject, with what they act with: what
+/// that subject's consumer feeds. Each message is given to all of them at
+/// once and settled when all are done.
 pub struct Acting<'a> {
-    pub participant: Participant,
-    pub reactor: &'a Reactor,
+    participants: Vec<Participant>,
+    /// `inventory`, `inventory+deadline`: in logs and metrics.
+    who: String,
+    reactor: &'a Reactor,
+}
+
+impl<'a> Acting<'a> {
+    pub fn new(participants: Vec<Participant>, reactor: &'a Reactor) -> Self {
+        let who = participants.iter().map(|participant| participant.name()).collect::<Vec<_>>().join("+");
+        Self { participants, who, reactor }
+    }
 }
 
 #[async_trait::async_trait]
 impl Reaction for Acting<'_> {
-    fn participant(&self) -> &'static str {
-        self.participant.name()
+    fn participant(&self) -> &str {
+        &self.who
     }
 
     async fn react(&self, trigger: &Trigger) -> Result<(), ReactionError> {
-        self.participant.react(self.reactor, trigger).await
+        if let [participant] = self.participants.as_slice() {
+            return participant.react(self.reactor, trigger).await;
+        }
+        let reactions = self
+            .participants
+            .iter()
+            .map(|participant| async move { (*participant, participant.react(self.reactor, trigger).await) });
+        worst(join_all(reactions).await)
     }
 
     /// The order participant's reactions command the order: messages about
     /// one order in a batch are recorded in one append.
     fn together(&self, trigger: &Trigger) -> Option<String> {
-        if self.participant != Participant::Order {
+        if self.participants != [Participant::Order] {
             return None;
         }
         let (order_id, _) = order_command(trigger)?;
@@ -114,9 +180,36 @@ impl Reaction for Acting<'_> {
     }
 
     async fn react_together(&self, key: &str, triggers: &[&Trigger]) -> Result<bool, ReactionError> {
-        match self.participant {
-            Participant::Order => self.reactor.order_together(key, triggers).await,
+        match self.participants.as_slice() {
+            [Participant::Order] => self.reactor.order_together(key, triggers).await,
             _ => Ok(false),
+        }
+    }
+}
+
+/// What several participants' reactions to one message come to: the worst
+/// of them (a message that cannot be read, then a failure, then a wait),
+/// named by whose it was. The message is then delivered again to all of
+/// them; those that had acted find their events appended already (their
+/// commands' ids derive from the message) and append nothing.
+fn worst(outcomes: Vec<(Participant, Result<(), ReactionError>)>) -> Result<(), ReactionError> {
+    let rank = |error: &ReactionError| match error {
+        ReactionError::Malformed(_) => 3,
+        ReactionError::Failed(_) => 2,
+        ReactionError::Waiting(_) => 1,
+    };
+    let worst = outcomes
+        .into_iter()
+        .filter_map(|(participant, outcome)| outcome.err().map(|error| (participant, error)))
+        .max_by_key(|(_, error)| rank(error));
+    match worst {
+        None => Ok(()),
+        Some((_, error @ ReactionError::Malformed(_))) => Err(error),
+        Some((participant, ReactionError::Failed(reason))) => {
+            Err(ReactionError::Failed(format!("{}: {reason}", participant.name())))
+        }
+        Some((participant, ReactionError::Waiting(reason))) => {
+            Err(ReactionError::Waiting(format!("{}: {reason}", participant.name())))
         }
     }
 }
@@ -375,4 +468,54 @@ fn order_command(trigger: &Trigger) -> Option<(Uuid, OrderCommand)> {
         ),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_subject_has_one_consumer_for_everyone_who_hears_it() {
+        let hearings = Hearing::all();
+        let placed = hearings.iter().find(|h| h.event == ("order", "OrderPlaced")).unwrap();
+        assert_eq!(placed.participants, [Participant::Inventory, Participant::Deadline]);
+        assert_eq!(placed.consumer(), "inventory-deadline-OrderPlaced");
+        assert_eq!(placed.replaced(), ["inventory-OrderPlaced", "deadline-OrderPlaced"]);
+        let cancelled = hearings.iter().find(|h| h.event == ("order", "OrderCancelled")).unwrap();
+        assert_eq!(cancelled.consumer(), "inventory-payment-deadline-OrderCancelled");
+        let reserved = hearings.iter().find(|h| h.event == ("inventory", "StockReserved")).unwrap();
+        assert_eq!((reserved.consumer(), reserved.replaced()), ("order-StockReserved".to_owned(), vec![]));
+
+        // Every subject once, every participant's subjects covered.
+        let mut subjects: Vec<_> = hearings.iter().map(|h| h.event).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        assert_eq!(subjects.len(), hearings.len());
+        for participant in Participant::ALL {
+            for event in participant.subscriptions() {
+                assert!(hearings.iter().any(|h| h.event == *event && h.participants.contains(&participant)));
+            }
+        }
+    }
+
+    #[test]
+    fn several_reactions_come_to_the_worst_named_by_whose_it_was() {
+        use Participant::{Deadline, Inventory, Payment};
+        let waiting = || Err(ReactionError::Waiting("the gateway is away".into()));
+        let failed = || Err(ReactionError::Failed("refused".into()));
+        assert!(worst(vec![(Inventory, Ok(())), (Deadline, Ok(()))]).is_ok());
+        assert!(matches!(
+            worst(vec![(Inventory, Ok(())), (Payment, waiting())]),
+            Err(ReactionError::Waiting(reason)) if reason == "payment: the gateway is away"
+        ));
+        assert!(matches!(
+            worst(vec![(Inventory, failed()), (Payment, waiting()), (Deadline, Ok(()))]),
+            Err(ReactionError::Failed(reason)) if reason == "inventory: refused"
+        ));
+        let malformed = Trigger::parse("events.order.OrderPlaced", b"{not json").unwrap_err();
+        assert!(matches!(
+            worst(vec![(Payment, failed()), (Deadline, Err(ReactionError::Malformed(malformed)))]),
+            Err(ReactionError::Malformed(_))
+        ));
+    }
 }

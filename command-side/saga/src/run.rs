@@ -1,15 +1,16 @@
-//! Running the participants: one supervised consumer per (participant,
-//! event type heard), and the deadline watcher.
+//! Running the participants: one supervised consumer per event type heard
+//! (feeding every participant that hears it), and the deadline watcher.
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream};
 use service_kit::{supervise, Shutdown};
 
 use crate::config::{Deliveries, SagaConfig};
 use crate::consumer::{self, Subscription};
 use crate::deadline;
-use crate::participants::{Acting, Participant, Reactor};
+use crate::participants::{Acting, Hearing, Participant, Reactor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
@@ -46,21 +47,31 @@ pub async fn run(
     relay::ensure_stream(&js, &config.deliveries.events).await?;
     ensure_dead_letter_stream(&js, &config.deliveries).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    for participant in Participant::ALL {
-        let concurrency =
-            if participant == Participant::Payment { config.gateway_concurrency } else { config.concurrency };
-        for event in participant.subscriptions() {
-            let subscription = Subscription::new(participant.name(), *event, concurrency);
-            let (js, reactor, deliveries, shutdown) =
-                (js.clone(), reactor.clone(), config.deliveries.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let acting = Acting { participant, reactor: &reactor };
-                supervise(&subscription.name, &shutdown, RESTART_PAUSE, || {
-                    consumer::consume(&js, &deliveries, &subscription, &acting, &shutdown)
-                })
-                .await;
-            });
+    // A subject the payment hears is handled no more at once than the gateway may be asked.
+    let concurrency = |participant: &Participant| {
+        if *participant == Participant::Payment {
+            config.gateway_concurrency
+        } else {
+            config.concurrency
         }
+    };
+    for hearing in Hearing::all() {
+        let subscription = Subscription {
+            name: hearing.consumer(),
+            event: hearing.event,
+            concurrency: hearing.participants.iter().map(concurrency).min().unwrap_or(config.concurrency),
+            start: DeliverPolicy::All,
+            replaces: hearing.replaced(),
+        };
+        let (js, reactor, deliveries, shutdown) =
+            (js.clone(), reactor.clone(), config.deliveries.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let acting = Acting::new(hearing.participants, &reactor);
+            supervise(&subscription.name, &shutdown, RESTART_PAUSE, || {
+                consumer::consume(&js, &deliveries, &subscription, &acting, &shutdown)
+            })
+            .await;
+        });
     }
     let poll = config.deadline_poll;
     tasks.spawn(async move { deadline::watch(&reactor.app, &reactor.pool, poll, &shutdown).await });

@@ -73,7 +73,7 @@ pub(crate) struct ReplayedLetters {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
-    /// Only this consumer's (`inventory-OrderPlaced`, `notifications-OrderConfirmed`, ...).
+    /// Only this consumer's (`inventory-deadline-OrderPlaced`, `notifications-OrderConfirmed`, ...).
     #[param(pattern = "^[A-Za-z0-9_-]{1,100}$")]
     consumer: Option<String>,
     /// Only those after this sequence (the previous page's `next`).

@@ -14,8 +14,10 @@ async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     let client = system.client.clone();
     client.confirmed_order("SKU-D", 10, 3, 100).await;
 
-    // The order's OrderPlaced, as if the inventory participant had given up on it.
-    system.dead_letter_last_order_placed("inventory-OrderPlaced", "the database was away too long").await;
+    // The order's OrderPlaced, as if its consumer had given up on it (the inventory failing).
+    system
+        .dead_letter_last_order_placed("inventory-deadline-OrderPlaced", "inventory: the database was away too long")
+        .await;
     let js = async_nats::jetstream::new(async_nats::connect(system.nats.url()).await.unwrap());
     let events = js.get_stream(&system.stream).await.unwrap();
 
@@ -31,8 +33,8 @@ async fn a_replayed_dead_letter_is_handled_again_and_changes_nothing() {
     let replayed = client.call("POST", &replay, Value::Null).await;
     let stored_as = replayed["stored_as"].as_u64().unwrap();
 
-    // Every consumer of the subject takes it; the inventory participant's is the one that gave up.
-    let mut consumer: PullConsumer = events.get_consumer("inventory-OrderPlaced").await.unwrap();
+    // The subject's consumer (the inventory's and the deadline's) takes it again.
+    let mut consumer: PullConsumer = events.get_consumer("inventory-deadline-OrderPlaced").await.unwrap();
     let started = Instant::now();
     while consumer.info().await.unwrap().ack_floor.stream_sequence < stored_as {
         assert!(started.elapsed() < Duration::from_secs(30), "the replay was not handled");

@@ -101,7 +101,7 @@ async fn an_operator_signs_in_rebuilds_reads_a_story_and_replays_a_dead_letter()
     let system = System::start(Settings::default()).await;
     let client = system.client.clone();
     let order_id = client.confirmed_order("SKU-C", 10, 1, 700).await;
-    system.dead_letter_last_order_placed("inventory-OrderPlaced", "a test's dead letter").await;
+    system.dead_letter_last_order_placed("inventory-deadline-OrderPlaced", "a test's dead letter").await;
 
     let driver = Driver::start().await;
     let browser = browser(&driver).await;

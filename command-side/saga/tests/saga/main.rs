@@ -3,6 +3,7 @@
 //! JetStream. Each test has its own database, streams and consumers.
 
 mod shop;
+mod takeover;
 mod together;
 
 use std::time::Duration;

@@ -22,10 +22,17 @@ use uuid::Uuid;
 /// Writes down what it was asked to do. A reaction to the sku `GATE` waits
 /// for a permit (so that the messages after it pile up); the order `apart`
 /// cannot be handled together.
-struct Recording {
-    log: Mutex<Vec<String>>,
+pub(super) struct Recording {
+    pub(super) log: Mutex<Vec<String>>,
     gate: Semaphore,
     apart: Uuid,
+}
+
+impl Recording {
+    /// Handles every message but the sku `GATE`'s at once, together where it can.
+    pub(super) fn open() -> Self {
+        Self { log: Mutex::new(Vec::new()), gate: Semaphore::new(0), apart: Uuid::nil() }
+    }
 }
 
 fn reserved(trigger: &Trigger) -> (&str, Uuid) {
@@ -63,9 +70,9 @@ impl Reaction for Recording {
     }
 }
 
-const WITHIN: Duration = Duration::from_secs(20);
+pub(super) const WITHIN: Duration = Duration::from_secs(20);
 
-async fn publish(js: &jetstream::Context, prefix: &str, sku: &str, order_id: Uuid) {
+pub(super) async fn publish(js: &jetstream::Context, prefix: &str, sku: &str, order_id: Uuid) {
     let event = InventoryEvent::StockReserved { sku: sku.into(), order_id, quantity: 1 };
     let recorded = RecordedEvent {
         log_position: LogPosition { commit: 1, position: 1 },
