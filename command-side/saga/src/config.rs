@@ -77,8 +77,9 @@ pub struct SagaConfig {
     /// 4 held the saga benchmark to about 300 orders/s on two cores, 32 to
     /// about 400 (the same run).
     pub concurrency: usize,
-    /// `SAGA_GATEWAY_CONCURRENCY`: the same for the payment participant's
-    /// consumers, whose messages mostly wait on the payment gateway.
+    /// `SAGA_GATEWAY_CONCURRENCY`: the same for the consumers of the events
+    /// the payment participant hears, whose messages mostly wait on the
+    /// payment gateway (the lower of the two where others hear them too).
     pub gateway_concurrency: usize,
     /// How often a command is decided again after a concurrency conflict.
     pub command_max_attempts: u32,
