@@ -115,7 +115,10 @@ impl Hearing {
     }
 
     /// Its durable consumer: the participants and the event type, e.g.
-    /// `order-StockReserved`, `inventory-deadline-OrderPlaced`.
+    /// `order-StockReserved`, `inventory-deadline-OrderPlaced`. Deployed
+    /// systems hold these names: a participant that comes to hear a subject
+    /// renames its consumer, and the old name must then be among those the
+    /// new one replaces, or the new one starts from the stream's beginning.
     pub fn consumer(&self) -> String {
         format!("{}-{}", self.names().join("-"), self.event.1)
     }
@@ -485,6 +488,24 @@ mod tests {
         assert_eq!(cancelled.consumer(), "inventory-payment-deadline-OrderCancelled");
         let reserved = hearings.iter().find(|h| h.event == ("inventory", "StockReserved")).unwrap();
         assert_eq!((reserved.consumer(), reserved.replaced()), ("order-StockReserved".to_owned(), vec![]));
+
+        // The names deployed systems hold (see `Hearing::consumer`).
+        let names: Vec<String> = hearings.iter().map(Hearing::consumer).collect();
+        assert_eq!(
+            names,
+            [
+                "inventory-deadline-OrderPlaced",
+                "inventory-deadline-OrderRejected",
+                "inventory-payment-deadline-OrderCancelled",
+                "inventory-OrderShipped",
+                "order-StockReserved",
+                "order-StockReservationRejected",
+                "order-PaymentCaptured",
+                "order-PaymentDeclined",
+                "payment-OrderReadyForPayment",
+                "deadline-OrderConfirmed",
+            ]
+        );
 
         // Every subject once, every participant's subjects covered.
         let mut subjects: Vec<_> = hearings.iter().map(|h| h.event).collect();
