@@ -107,6 +107,8 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
             ("PROJECTIONS_OPS_ADDR", projections_ops.as_str()),
             ("QUERY_HTTP_ADDR", query_addr.as_str()),
             ("RELAY_STREAM", stream.as_str()),
+            // Small: JetStream reserves it of the shared server's storage, whatever a failed run leaves.
+            ("RELAY_STREAM_MAX_BYTES", "67108864"),
             ("RELAY_SUBJECT_PREFIX", &format!("proctest{id}")),
             ("SAGA_DEAD_LETTER_STREAM", dead_letters.as_str()),
             ("PAYMENT_GATEWAY_URL", gateway_url.as_str()),

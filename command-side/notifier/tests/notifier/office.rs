@@ -69,6 +69,8 @@ where
             ("DATABASE_URL", &database_url),
             ("NATS_URL", &nats_url),
             ("RELAY_STREAM", &stream),
+            // Small: JetStream reserves it of the shared server's storage (see the saga's tests).
+            ("RELAY_STREAM_MAX_BYTES", "67108864"),
             ("RELAY_SUBJECT_PREFIX", &prefix),
             ("SAGA_DEAD_LETTER_STREAM", &dead_letters),
             ("SAGA_RETRY_DELAY", "100ms"),

@@ -34,6 +34,9 @@ where
         subject_prefix: format!("relaytest{id}"),
         batch_size: 20,
         standby_poll: Duration::from_millis(100),
+        // Small: JetStream reserves a stream's max_bytes of the shared server's
+        // storage, and streams that failed runs leave must not use it up.
+        max_bytes: 64 << 20,
         ..RelayConfig::default()
     };
     let stream = config.stream.clone();

@@ -88,6 +88,9 @@ where
         stream: format!("SAGATEST_{id}"),
         subject_prefix: format!("sagatest{id}"),
         standby_poll: Duration::from_millis(100),
+        // Small: JetStream reserves a stream's max_bytes of the shared server's
+        // storage, and streams that failed runs leave must not use it up.
+        max_bytes: 64 << 20,
         ..RelayConfig::default()
     };
     let gateway_config = GatewayConfig {

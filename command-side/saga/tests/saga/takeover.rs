@@ -90,6 +90,9 @@ async fn a_consumer_replacing_others_starts_where_the_one_furthest_behind_was() 
     let events = RelayConfig {
         stream: format!("TAKEOVER_{id}"),
         subject_prefix: format!("takeover{id}"),
+        // Small: JetStream reserves a stream's max_bytes of the shared server's
+        // storage, and streams that failed runs leave must not use it up.
+        max_bytes: 64 << 20,
         ..RelayConfig::default()
     };
     relay::ensure_stream(&js, &events).await.unwrap();

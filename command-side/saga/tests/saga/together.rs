@@ -133,6 +133,9 @@ async fn messages_about_one_stream_that_arrive_together_are_handled_together() {
     let events = RelayConfig {
         stream: format!("TOGETHER_{id}"),
         subject_prefix: format!("together{id}"),
+        // Small: JetStream reserves a stream's max_bytes of the shared server's
+        // storage, and streams that failed runs leave must not use it up.
+        max_bytes: 64 << 20,
         ..RelayConfig::default()
     };
     relay::ensure_stream(&js, &events).await.unwrap();
