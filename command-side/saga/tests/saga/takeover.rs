@@ -15,7 +15,7 @@ use saga::consumer::{self, Subscription};
 use service_kit::Shutdown;
 use uuid::Uuid;
 
-use super::together::{publish, Recording, WITHIN};
+use super::together::{publish, stream_of_its_own, Recording, WITHIN};
 
 const AHEAD: &str = "ahead-StockReserved";
 const BEHIND: &str = "behind-StockReserved";
@@ -83,19 +83,7 @@ async fn consume_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_replacing_others_starts_where_the_one_furthest_behind_was() {
-    service_kit::telemetry::init_for_tests();
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
-    let js = jetstream::new(async_nats::connect(url.as_str()).await.expect("NATS must be running (see README)"));
-    let id = Uuid::new_v4().simple().to_string();
-    let events = RelayConfig {
-        stream: format!("TAKEOVER_{id}"),
-        subject_prefix: format!("takeover{id}"),
-        // Small: JetStream reserves a stream's max_bytes of the shared server's
-        // storage, and streams that failed runs leave must not use it up.
-        max_bytes: 64 << 20,
-        ..RelayConfig::default()
-    };
-    relay::ensure_stream(&js, &events).await.unwrap();
+    let (js, events) = stream_of_its_own("TAKEOVER").await;
     for n in 0..8 {
         publish(&js, &events.subject_prefix, &format!("S{n}"), Uuid::new_v4()).await;
     }

@@ -124,21 +124,28 @@ async fn round(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_about_one_stream_that_arrive_together_are_handled_together() {
+/// A connection to NATS and an events stream of the test's own (`<NAME>_<id>`);
+/// the test deletes it.
+pub(super) async fn stream_of_its_own(name: &str) -> (jetstream::Context, RelayConfig) {
     service_kit::telemetry::init_for_tests();
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
     let js = jetstream::new(async_nats::connect(url.as_str()).await.expect("NATS must be running (see README)"));
     let id = Uuid::new_v4().simple().to_string();
     let events = RelayConfig {
-        stream: format!("TOGETHER_{id}"),
-        subject_prefix: format!("together{id}"),
+        stream: format!("{name}_{id}"),
+        subject_prefix: format!("{}{id}", name.to_lowercase()),
         // Small: JetStream reserves a stream's max_bytes of the shared server's
         // storage, and streams that failed runs leave must not use it up.
         max_bytes: 64 << 20,
         ..RelayConfig::default()
     };
     relay::ensure_stream(&js, &events).await.unwrap();
+    (js, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_about_one_stream_that_arrive_together_are_handled_together() {
+    let (js, events) = stream_of_its_own("TOGETHER").await;
     let deliveries = saga::Deliveries::new(events.clone());
     // One message at a time: the gate holds the consumer.
     let subscription = Subscription::new("test", ("inventory", "StockReserved"), 1);
