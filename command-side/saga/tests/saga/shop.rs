@@ -88,9 +88,11 @@ where
         stream: format!("SAGATEST_{id}"),
         subject_prefix: format!("sagatest{id}"),
         standby_poll: Duration::from_millis(100),
-        // Small: JetStream reserves a stream's max_bytes of the shared server's
-        // storage, and streams that failed runs leave must not use it up.
-        max_bytes: 64 << 20,
+        // JetStream reserves a stream's max_bytes of the shared server's
+        // storage, and streams that failed runs leave must not use it up: 1 GiB,
+        // not the default 10, yet room for the saga benchmark (which uses this
+        // shop) at its highest rates, about 1 KB a message.
+        max_bytes: 1 << 30,
         ..RelayConfig::default()
     };
     let gateway_config = GatewayConfig {
