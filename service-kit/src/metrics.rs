@@ -1,7 +1,7 @@
 //! Prometheus metrics: the `metrics` crate's macros record into one
 //! recorder per process (`metrics-exporter-prometheus`), which `GET /metrics`
 //! renders in the Prometheus text format. [`Counters`] counts in memory
-//! instead, for tests and benchmarks.
+//! instead, for tests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

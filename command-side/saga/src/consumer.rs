@@ -144,11 +144,13 @@ async fn open(
         Some(floor) => DeliverPolicy::ByStartSequence { start_sequence: floor + 1 },
         None => *start,
     };
-    let exists = match stream.consumer_info(name).await {
-        Ok(_) => true,
-        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => false,
-        Err(error) => return Err(nats(&error)),
-    };
+    // Whether this one was there already: asked only where there is something to take over.
+    let exists = !floors.is_empty()
+        && match stream.consumer_info(name).await {
+            Ok(_) => true,
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => false,
+            Err(error) => return Err(nats(&error)),
+        };
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
             name,
