@@ -33,16 +33,21 @@ pub async fn track(deadlines: &Deadlines, trigger: &Trigger) -> Result<(), React
             deadlines.change(|reply| Change::Arm(arm, reply)).await?;
         }
         OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderRejected { .. } | OrderEvent::OrderCancelled { .. } => {
-            let armed = deadlines.change(|reply| Change::Disarm(*order_id, reply)).await?;
-            // Per delivery: a redelivered final event counts again (rare; a gauge of trends, not a ledger).
+            // Counted once per order, by the delivery whose disarm removed its
+            // row: not again when the event is delivered again (a participant
+            // beside this one waiting on the gateway), nor for a confirmed
+            // order cancelled later (its row went at its confirmation).
+            let Some(placed_at) = deadlines.change(|reply| Change::Disarm(*order_id, reply)).await? else {
+                return Ok(());
+            };
             let outcome = match event {
                 OrderEvent::OrderConfirmed { .. } => "confirmed",
                 OrderEvent::OrderRejected { .. } => "rejected",
                 _ => "cancelled",
             };
             metrics::counter!("saga_orders_finished_total", "outcome" => outcome).increment(1);
-            // Once per order (the delivery that disarmed it): placed to its end, as the events date them.
-            if let Some(Some(placed_at)) = armed {
+            // Placed to its end, as the events date them.
+            if let Some(placed_at) = placed_at {
                 let took = (trigger.recorded.recorded_at - placed_at).to_std().unwrap_or_default();
                 metrics::histogram!("saga_order_seconds", "outcome" => outcome).record(took.as_secs_f64());
             }
@@ -364,13 +369,24 @@ pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx:
     let mut expired = 0;
     for (order_id, correlation_id, attempts, now) in due {
         match expire(app, order_id, &correlation_id, now).await {
-            Ok(None) => {
+            // The order's end is counted by whichever removes its row: this,
+            // or the deadline participant on the `OrderCancelled`.
+            Ok(Expiry::Expired) => {
+                metrics::counter!("saga_deadlines_expired_total").increment(1);
+                expired += 1;
                 if disarm(pool, order_id).await?.is_some() {
-                    metrics::counter!("saga_deadlines_expired_total").increment(1);
-                    expired += 1;
+                    metrics::counter!("saga_orders_finished_total", "outcome" => "cancelled").increment(1);
                 }
             }
-            Ok(Some(deadline)) => {
+            // A row armed again after its order ended (its `OrderPlaced`
+            // delivered again after the final event's disarm, which counted
+            // the order's end), or a row whose removal failed after this
+            // watcher expired its order (the expiry was counted then).
+            Ok(Expiry::EndedBefore) => {
+                tracing::debug!(%order_id, "a deadline left for an order that had ended: removed");
+                disarm(pool, order_id).await?;
+            }
+            Ok(Expiry::Pending(deadline)) => {
                 tracing::info!(%order_id, %deadline, "the order is pending until its own, later deadline");
                 reschedule(pool, order_id, deadline, 0).await?;
             }
@@ -389,13 +405,31 @@ pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx:
     Ok(expired)
 }
 
-/// Expires the order as of `now`; answers its deadline if it is still pending.
+/// What expiring an order found.
+enum Expiry {
+    /// This expiry cancelled the order.
+    Expired,
+    /// The order was no longer pending: nothing was done.
+    EndedBefore,
+    /// The order is pending until this, its own later deadline.
+    Pending(DateTime<Utc>),
+}
+
+/// Expires the order as of `now`, if it is still pending. Its state is read
+/// first (expiries are rare: orders past their deadline), so that only an
+/// order this expiry ends is counted as expired.
 async fn expire(
     app: &Application,
     order_id: Uuid,
     correlation_id: &str,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, ExecuteError> {
+) -> Result<Expiry, ExecuteError> {
+    let stream_id = Order::stream_id(order_id);
+    if let OrderState::Placed(order) = app.load::<Order>(&stream_id).await? {
+        if order.status != OrderStatus::Pending {
+            return Ok(Expiry::EndedBefore);
+        }
+    }
     let invocation = Invocation {
         metadata: Metadata {
             correlation_id: correlation_id.to_owned(),
@@ -407,10 +441,12 @@ async fn expire(
         expected_version: None,
         max_attempts: app.settings().max_attempts,
     };
-    let order = app.react::<Order>(&invocation, &Order::stream_id(order_id), OrderCommand::Expire { now }).await?;
+    let order = app.react::<Order>(&invocation, &stream_id, OrderCommand::Expire { now }).await?;
     Ok(match &*order {
-        OrderState::Placed(order) if order.status == OrderStatus::Pending => Some(order.deadline),
-        _ => None,
+        OrderState::Placed(order) if order.status == OrderStatus::Pending => Expiry::Pending(order.deadline),
+        OrderState::Placed(order) if order.status == OrderStatus::Cancelled => Expiry::Expired,
+        // Ended another way since it was read.
+        _ => Expiry::EndedBefore,
     })
 }
 
@@ -532,6 +568,69 @@ mod tests {
             assert_eq!(rows, expected, "the placed orders armed, the finished and the fleeting one not");
         })
         .await;
+    }
+
+    /// The deadline participant's view of an order's event.
+    fn trigger(order_id: Uuid, event: OrderEvent) -> Trigger {
+        let recorded = event_store::RecordedEvent {
+            log_position: event_store::LogPosition { commit: 1, position: 1 },
+            event_id: Uuid::new_v4(),
+            stream_id: Order::stream_id(order_id),
+            stream_version: 1,
+            event_type: domain::EventPayload::event_type(&event).into(),
+            schema_version: 1,
+            payload: serde_json::Value::Null,
+            metadata: Metadata { correlation_id: order_id.to_string(), ..Metadata::default() },
+            recorded_at: Utc::now(),
+        };
+        Trigger { recorded, event: Fact::Order { order_id, event } }
+    }
+
+    fn placed(order_id: Uuid) -> OrderEvent {
+        let now = Utc::now();
+        OrderEvent::OrderPlaced {
+            order_id,
+            customer_id: "c".into(),
+            currency: "EUR".into(),
+            payment_token: "tok_visa".into(),
+            lines: Vec::new(),
+            total_cents: 0,
+            placed_at: now,
+            deadline: now + chrono::Duration::minutes(15),
+            contact_email: None,
+        }
+    }
+
+    /// An order's end is counted once, by the delivery whose disarm removed
+    /// its deadline: not again when its final event is delivered again (as
+    /// it is while a participant beside the deadline waits on the gateway),
+    /// and not for a confirmed order cancelled later.
+    #[tokio::test]
+    async fn an_order_s_end_is_counted_once_however_often_its_final_event_arrives() {
+        let counters = service_kit::metrics::Counters::default();
+        let _recorder = metrics::set_default_local_recorder(&counters);
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            let (confirmed, cancelled) = (Uuid::new_v4(), Uuid::new_v4());
+            for order_id in [confirmed, cancelled] {
+                track(&deadlines, &trigger(order_id, placed(order_id))).await.unwrap();
+            }
+            let cancel = || OrderEvent::OrderCancelled {
+                reason: "changed my mind".into(),
+                by: domain::order::CancelledBy::Customer,
+                payment_refund_due: false,
+            };
+            for _ in 0..3 {
+                track(&deadlines, &trigger(confirmed, OrderEvent::OrderConfirmed { provider_ref: "p".into() }))
+                    .await
+                    .unwrap();
+                track(&deadlines, &trigger(cancelled, cancel())).await.unwrap();
+            }
+            track(&deadlines, &trigger(confirmed, cancel())).await.unwrap();
+        })
+        .await;
+        let finished = |outcome| counters.get("saga_orders_finished_total", &[("outcome", outcome)]);
+        assert_eq!((finished("confirmed"), finished("cancelled")), (1, 1));
     }
 
     /// A batch that fails fails for each of its callers, and nothing of it

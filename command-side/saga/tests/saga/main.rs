@@ -708,6 +708,45 @@ async fn a_deadline_row_stays_while_its_order_is_pending() {
     .await;
 }
 
+/// The watcher counts what it ends: a pending order past its deadline is
+/// expired and counted once; a row left for an order that had ended already
+/// (armed again when its `OrderPlaced` was delivered again after its final
+/// event's disarm, which counted its end) is removed and counted as
+/// neither.
+#[tokio::test]
+async fn the_watcher_counts_only_the_orders_it_expires() {
+    use application::commands::{execute, EventIds, Invocation};
+    use domain::order::{Order, OrderCommand};
+    use domain::Aggregate;
+    use saga::deadline::expire_due;
+    let counters = service_kit::metrics::Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    migrations::testing::with_database(4, |pool| async move {
+        let store = event_store::PgEventStore::new(pool.clone());
+        let due = place_directly(&store, chrono::Duration::milliseconds(1)).await;
+        let ended = place_directly(&store, chrono::Duration::milliseconds(1)).await;
+        let cancel = OrderCommand::Cancel { reason: "changed my mind".into(), by: CancelledBy::Customer };
+        let invocation = Invocation {
+            metadata: Metadata::default(),
+            ids: EventIds::Random,
+            expected_version: None,
+            max_attempts: 5,
+        };
+        execute::<Order>(&store, &Order::stream_id(ended), &invocation, cancel).await.unwrap();
+        for order_id in [due, ended] {
+            arm(&pool, order_id, "now()").await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        assert_eq!(expire_due(&app_over(&store, &pool), &pool).await.unwrap(), 1);
+        assert_eq!(status_of(&store, due).await, OrderStatus::Cancelled);
+        assert!(!armed(&pool, due).await && !armed(&pool, ended).await, "both rows removed");
+    })
+    .await;
+    assert_eq!(counters.get("saga_deadlines_expired_total", &[]), 1);
+    assert_eq!(counters.get("saga_orders_finished_total", &[("outcome", "cancelled")]), 1);
+}
+
 /// More rows that keep failing than one poll looks at come first: the
 /// order due after them is still expired.
 #[tokio::test]
