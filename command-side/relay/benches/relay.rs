@@ -31,6 +31,10 @@ fn config(name: &str) -> RelayConfig {
     RelayConfig {
         stream: format!("BENCH_{name}_{id}"),
         subject_prefix: format!("bench{name}{id}"),
+        // JetStream sets a stream's max_bytes aside from the server's storage
+        // until the stream is deleted (a killed run leaves it): 1 GiB holds a
+        // full run's 200,000 events, where the production default is 10 GiB.
+        max_bytes: 1 << 30,
         ..Default::default()
     }
 }
