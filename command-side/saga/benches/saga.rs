@@ -16,6 +16,13 @@
 //! instead of one, each with its own store and state cache, as separate
 //! processes would (they race for the items' versions).
 //!
+//! `BENCH_LOG=<filter>` (e.g. `info`) has the services log as they do in
+//! production, JSON on stderr with their spans: without it they record
+//! nothing, which leaves out about 6% of their CPU (docs/performance.md,
+//! "2026-12-05"). The gateway simulator's two lines per order at `info`
+//! (its access line and its `charge`; `payment_gateway=warn` drops the
+//! latter) have no counterpart in a deployment.
+//!
 //! `BENCH_CAPACITY=1` searches instead for the highest rate whose p99 stays
 //! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and
 //! writes the section "Saga capacity".
@@ -128,6 +135,10 @@ async fn main() {
     if let Ok(api) = std::env::var(LOAD_API) {
         return generate_load(&api).await;
     }
+    let _telemetry = std::env::var("BENCH_LOG").ok().map(|filter| {
+        let _ = service_kit::telemetry::parse_level(&filter).unwrap_or_else(|e| panic!("BENCH_LOG: {e}"));
+        service_kit::telemetry::init("saga-bench", &filter, service_kit::telemetry::LogFormat::Json)
+    });
     let seconds = std::env::var("BENCH_SECONDS")
         .map_or(if quick() { 10 } else { 30 }, |s| s.parse().expect("BENCH_SECONDS: seconds of load"));
     if std::env::var_os("BENCH_CAPACITY").is_some_and(|v| v != "0") {
