@@ -136,7 +136,9 @@ async fn main() {
         return generate_load(&api).await;
     }
     let _telemetry = std::env::var("BENCH_LOG").ok().map(|filter| {
-        let _ = service_kit::telemetry::parse_level(&filter).unwrap_or_else(|e| panic!("BENCH_LOG: {e}"));
+        if let Err(error) = service_kit::telemetry::parse_level(&filter) {
+            panic!("BENCH_LOG: {error}");
+        }
         service_kit::telemetry::init("saga-bench", &filter, service_kit::telemetry::LogFormat::Json)
     });
     let seconds = std::env::var("BENCH_SECONDS")
