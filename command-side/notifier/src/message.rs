@@ -160,6 +160,7 @@ mod tests {
             status,
             reserved: BTreeSet::new(),
             ready_for_payment: true,
+            cancelled_by: None,
             contact_email: None,
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::order::{Order, OrderCommand, OrderEvent, OrderState, OrderStatus};
+use domain::order::{CancelledBy, Order, OrderCommand, OrderEvent, OrderState, OrderStatus};
 use domain::{Aggregate, DomainError};
 use event_store::Metadata;
 use sqlx::PgPool;
@@ -343,8 +343,46 @@ pub async fn watch(app: &Application, pool: &PgPool, poll: Duration, shutdown: &
 /// Most rows looked at in one poll.
 const BATCH: i64 = 500;
 
+/// How long the rows a watcher claims are its own: another watcher (another
+/// saga instance) passes over them meanwhile. One that dies holding rows
+/// leaves them due again this much later; one slower than this shares its
+/// rows with another, which is harmless, as `Expire` is.
+const CLAIM: Duration = Duration::from_secs(60);
+
 /// Longest a failing row waits before it is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// A due row, claimed by this watcher.
+#[derive(Debug, sqlx::FromRow)]
+struct Due {
+    order_id: Uuid,
+    correlation_id: String,
+    attempts: i32,
+    /// The database's clock when the row was claimed.
+    now: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due rows, earliest first: each is made due again
+/// `lease` later, in one short statement, so that every other watcher passes
+/// over it while this one expires it (rows another watcher is claiming at
+/// that moment are skipped, not waited for). What is done with a row then
+/// (removed, rescheduled) replaces the claim.
+async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Due>, sqlx::Error> {
+    let mut due: Vec<Due> = sqlx::query_as(
+        "WITH due AS (SELECT order_id, due_at FROM saga_deadlines WHERE due_at <= now() \
+                      ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE saga_deadlines d SET due_at = now() + make_interval(secs => $2) FROM due \
+         WHERE d.order_id = due.order_id \
+         RETURNING d.order_id, d.correlation_id, d.attempts, now() AS now, due.due_at",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    due.sort_unstable_by_key(|row| row.due_at);
+    Ok(due)
+}
 
 /// Runs `Expire` on every order whose deadline row is due; answers how many
 /// it expired.
@@ -353,21 +391,19 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// same `now()` is the `Expire` command's clock, so a saga host whose clock
 /// is behind cannot find a due order not yet expired.
 ///
+/// Each saga instance runs a watcher; a row is expired by the one that
+/// claimed it (see [`claim_due`]), so with several instances no order is
+/// expired, or counted, twice.
+///
 /// A row goes only once its order is no longer pending. An order still
 /// pending after `Expire` (its own deadline, in the order's events, is later
 /// than the row's) keeps its row, due at the order's deadline. A row whose
 /// expiry fails is tried again later, after a delay that grows with its
 /// attempts, so it never holds up the rows behind it.
 pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx::Error> {
-    let due: Vec<(Uuid, String, i32, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT order_id, correlation_id, attempts, now() FROM saga_deadlines WHERE due_at <= now() \
-         ORDER BY due_at LIMIT $1",
-    )
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await?;
+    let due = claim_due(pool, BATCH, CLAIM).await?;
     let mut expired = 0;
-    for (order_id, correlation_id, attempts, now) in due {
+    for Due { order_id, correlation_id, attempts, now, .. } in due {
         match expire(app, order_id, &correlation_id, now).await {
             // The order's end is counted by whichever removes its row: this,
             // or the deadline participant on the `OrderCancelled`.
@@ -380,8 +416,9 @@ pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx:
             }
             // A row armed again after its order ended (its `OrderPlaced`
             // delivered again after the final event's disarm, which counted
-            // the order's end), or a row whose removal failed after this
-            // watcher expired its order (the expiry was counted then).
+            // the order's end), a row whose removal failed after a watcher
+            // expired its order (the expiry was counted then), or an order
+            // its customer cancelled while this watcher expired it.
             Ok(Expiry::EndedBefore) => {
                 tracing::debug!(%order_id, "a deadline left for an order that had ended: removed");
                 disarm(pool, order_id).await?;
@@ -409,7 +446,8 @@ pub async fn expire_due(app: &Application, pool: &PgPool) -> Result<usize, sqlx:
 enum Expiry {
     /// This expiry cancelled the order.
     Expired,
-    /// The order was no longer pending: nothing was done.
+    /// The order had ended, or was ended by someone else meanwhile: this
+    /// expiry did nothing.
     EndedBefore,
     /// The order is pending until this, its own later deadline.
     Pending(DateTime<Utc>),
@@ -442,12 +480,20 @@ async fn expire(
         max_attempts: app.settings().max_attempts,
     };
     let order = app.react::<Order>(&invocation, &stream_id, OrderCommand::Expire { now }).await?;
-    Ok(match &*order {
-        OrderState::Placed(order) if order.status == OrderStatus::Pending => Expiry::Pending(order.deadline),
-        OrderState::Placed(order) if order.status == OrderStatus::Cancelled => Expiry::Expired,
-        // Ended another way since it was read.
-        _ => Expiry::EndedBefore,
-    })
+    Ok(Expiry::after(&order))
+}
+
+impl Expiry {
+    /// What an `Expire` did, by the order's state after it: a cancellation
+    /// by anyone but the deadline (a customer's, in the moment between the
+    /// read above and the command) is not this expiry's.
+    fn after(order: &OrderState) -> Self {
+        match order {
+            OrderState::Placed(order) if order.status == OrderStatus::Pending => Self::Pending(order.deadline),
+            OrderState::Placed(order) if order.cancelled_by == Some(CancelledBy::Deadline) => Self::Expired,
+            _ => Self::EndedBefore,
+        }
+    }
 }
 
 async fn reschedule(pool: &PgPool, order_id: Uuid, due_at: DateTime<Utc>, attempts: i32) -> Result<(), sqlx::Error> {
@@ -617,7 +663,7 @@ mod tests {
             }
             let cancel = || OrderEvent::OrderCancelled {
                 reason: "changed my mind".into(),
-                by: domain::order::CancelledBy::Customer,
+                by: CancelledBy::Customer,
                 payment_refund_due: false,
             };
             for _ in 0..3 {
@@ -631,6 +677,64 @@ mod tests {
         .await;
         let finished = |outcome| counters.get("saga_orders_finished_total", &[("outcome", outcome)]);
         assert_eq!((finished("confirmed"), finished("cancelled")), (1, 1));
+    }
+
+    /// A due row is one watcher's while its claim lasts: another watcher
+    /// (another saga instance) claiming at the same time, or after it, gets
+    /// none of it; once the claim has lapsed (its watcher died) the row is
+    /// due again. Rows not yet due are never claimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_due_row_is_claimed_by_one_watcher_until_its_claim_lapses() {
+        migrations::testing::with_database(4, |pool| async move {
+            let deadlines = Deadlines::start(pool.clone());
+            let due: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+            let later = Uuid::new_v4();
+            for order_id in due.iter().chain([&later]) {
+                deadlines.change(|reply| Change::Arm(arm_of(*order_id), reply)).await.unwrap();
+            }
+            sqlx::query("UPDATE saga_deadlines SET due_at = now() - interval '1 second' WHERE order_id <> $1")
+                .bind(later)
+                .execute(&pool)
+                .await
+                .unwrap();
+
+            let (one, other) = tokio::join!(
+                claim_due(&pool, BATCH, Duration::from_secs(60)),
+                claim_due(&pool, BATCH, Duration::from_secs(60))
+            );
+            let mut claimed: Vec<Uuid> = one.unwrap().into_iter().chain(other.unwrap()).map(|d| d.order_id).collect();
+            claimed.sort();
+            let mut expected = due.clone();
+            expected.sort();
+            assert_eq!(claimed, expected, "each due row claimed once, by one of the two");
+            assert!(claim_due(&pool, BATCH, Duration::from_secs(60)).await.unwrap().is_empty(), "claimed already");
+
+            sqlx::query("UPDATE saga_deadlines SET due_at = now() - interval '1 second' WHERE order_id <> $1")
+                .bind(later)
+                .execute(&pool)
+                .await
+                .unwrap();
+            let lapsed = claim_due(&pool, 10, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(lapsed.len(), 10, "a lapsed claim's rows are due again, up to the limit");
+            assert!(lapsed.windows(2).all(|w| w[0].due_at <= w[1].due_at), "earliest first");
+        })
+        .await;
+    }
+
+    /// An `Expire` counts as this expiry's only if the deadline cancelled
+    /// the order: a customer's cancellation just before it (after the
+    /// watcher read the order as pending) is not counted as an expiry.
+    #[test]
+    fn only_the_deadline_s_cancellation_is_an_expiry() {
+        use domain::Aggregate;
+        let order_id = Uuid::new_v4();
+        let cancelled = |by| OrderEvent::OrderCancelled { reason: "r".into(), by, payment_refund_due: false };
+        let after = |events: &[OrderEvent]| Expiry::after(&Order::fold(events));
+        assert!(matches!(after(&[placed(order_id)]), Expiry::Pending(_)));
+        assert!(matches!(after(&[placed(order_id), cancelled(CancelledBy::Deadline)]), Expiry::Expired));
+        assert!(matches!(after(&[placed(order_id), cancelled(CancelledBy::Customer)]), Expiry::EndedBefore));
+        let confirmed = OrderEvent::OrderConfirmed { provider_ref: "p".into() };
+        assert!(matches!(after(&[placed(order_id), confirmed]), Expiry::EndedBefore));
     }
 
     /// A batch that fails fails for each of its callers, and nothing of it

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::events::{OrderEvent, OrderLine};
+use super::events::{CancelledBy, OrderEvent, OrderLine};
 use crate::personal::Sealed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,8 @@ pub struct PlacedOrder {
     /// Skus whose reservation the order has recorded.
     pub reserved: BTreeSet<String>,
     pub ready_for_payment: bool,
+    /// Who cancelled it, once it is cancelled.
+    pub cancelled_by: Option<CancelledBy>,
     /// The address the customer gave for notifications, sealed (ADR 0014).
     pub contact_email: Option<Sealed>,
 }
@@ -95,6 +97,7 @@ pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
             status: OrderStatus::Pending,
             reserved: BTreeSet::new(),
             ready_for_payment: false,
+            cancelled_by: None,
             contact_email: contact_email.clone(),
         }),
         (OrderState::Placed(mut order), event) => {
@@ -107,7 +110,10 @@ pub fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
                 OrderEvent::OrderConfirmed { .. } => order.status = OrderStatus::Confirmed,
                 OrderEvent::OrderShipped { .. } => order.status = OrderStatus::Shipped,
                 OrderEvent::OrderRejected { .. } => order.status = OrderStatus::Rejected,
-                OrderEvent::OrderCancelled { .. } => order.status = OrderStatus::Cancelled,
+                OrderEvent::OrderCancelled { by, .. } => {
+                    order.status = OrderStatus::Cancelled;
+                    order.cancelled_by = Some(*by);
+                }
             }
             OrderState::Placed(order)
         }

@@ -272,6 +272,24 @@ fn an_order_still_pending_at_its_deadline_is_cancelled() {
     assert!(matches!(due.as_slice(), [OrderEvent::OrderCancelled { by: CancelledBy::Deadline, .. }]));
 }
 
+/// The state says who ended a cancelled order, and a later cancellation by
+/// someone else (which decides nothing) does not change it: the deadline
+/// watcher tells its own expiry from a customer's cancel by it.
+#[test]
+fn a_cancelled_order_remembers_who_cancelled_it() {
+    let cancelled_by = |history: &[OrderEvent]| match Order::fold(history) {
+        OrderState::Placed(order) => order.cancelled_by,
+        OrderState::NotPlaced => panic!("placed"),
+    };
+    assert_eq!(cancelled_by(&[placed()]), None);
+    let expired = when(&[placed()], OrderCommand::Expire { now: t0() + Duration::days(1) }).unwrap();
+    assert_eq!(cancelled_by(&[vec![placed()], expired].concat()), Some(CancelledBy::Deadline));
+    let by_customer = [vec![placed()], when(&[placed()], cancel(CancelledBy::Customer)).unwrap()].concat();
+    assert_eq!(cancelled_by(&by_customer), Some(CancelledBy::Customer));
+    let late = OrderCommand::Expire { now: t0() + Duration::days(1) };
+    assert_eq!(when(&by_customer, late), Ok(vec![]));
+}
+
 #[test]
 fn the_deadline_does_not_touch_a_confirmed_order() {
     let history = [placed(), reserved("SKU-1"), reserved("SKU-2"), ready(), confirmed()];
