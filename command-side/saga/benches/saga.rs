@@ -19,7 +19,7 @@
 //! `BENCH_LOG=<filter>` (e.g. `info`) has the services log as they do in
 //! production, JSON on stderr with their spans: without it they record
 //! nothing, which leaves out about 6% of their CPU (docs/performance.md,
-//! "2026-12-05"). The gateway simulator's two lines per order at `info`
+//! "Where the cost is now"). The gateway simulator's two lines per order at `info`
 //! (its access line and its `charge`; `payment_gateway=warn` drops the
 //! latter) have no counterpart in a deployment.
 //!
