@@ -344,9 +344,10 @@ pub async fn watch(app: &Application, pool: &PgPool, poll: Duration, shutdown: &
 const BATCH: i64 = 500;
 
 /// How long the rows a watcher claims are its own: another watcher (another
-/// saga instance) passes over them meanwhile. One that dies holding rows
-/// leaves them due again this much later; one slower than this shares its
-/// rows with another, which is harmless, as `Expire` is.
+/// saga instance) passes over them meanwhile. One that dies holding rows,
+/// or whose poll ends on a database error, leaves them due again this much
+/// later; one slower than this shares its rows with another, which is
+/// harmless, as `Expire` is.
 const CLAIM: Duration = Duration::from_secs(60);
 
 /// Longest a failing row waits before it is tried again.

@@ -747,6 +747,35 @@ async fn the_watcher_counts_only_the_orders_it_expires() {
     assert_eq!(counters.get("saga_orders_finished_total", &[("outcome", "cancelled")]), 1);
 }
 
+/// Two saga instances' watchers polling at once: each due order is
+/// expired by one of them, and counted once.
+#[tokio::test]
+async fn two_watchers_expire_each_due_order_once() {
+    use saga::deadline::expire_due;
+    let counters = service_kit::metrics::Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    migrations::testing::with_database(8, |pool| async move {
+        let store = event_store::PgEventStore::new(pool.clone());
+        let mut orders = Vec::new();
+        for _ in 0..60 {
+            let order_id = place_directly(&store, chrono::Duration::milliseconds(1)).await;
+            arm(&pool, order_id, "now()").await;
+            orders.push(order_id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Each watcher with a store and kept states of its own, as in two processes.
+        let (app, other) = (app_over(&store, &pool), app_over(&event_store::PgEventStore::new(pool.clone()), &pool));
+        let (one, two) = tokio::join!(expire_due(&app, &pool), expire_due(&other, &pool));
+        assert_eq!(one.unwrap() + two.unwrap(), orders.len(), "each order expired by one watcher");
+        for order_id in orders {
+            assert_eq!(status_of(&store, order_id).await, OrderStatus::Cancelled);
+            assert!(!armed(&pool, order_id).await);
+        }
+    })
+    .await;
+    assert_eq!(counters.get("saga_deadlines_expired_total", &[]), 60);
+}
+
 /// More rows that keep failing than one poll looks at come first: the
 /// order due after them is still expired.
 #[tokio::test]
