@@ -19,9 +19,9 @@
 //! `BENCH_LOG=<filter>` (e.g. `info`) has the services log as they do in
 //! production, JSON on stderr with their spans: without it they record
 //! nothing, which leaves out about 6% of their CPU (docs/performance.md,
-//! "Where the cost is now"). The gateway simulator's two lines per order at `info`
-//! (its access line and its `charge`; `payment_gateway=warn` drops the
-//! latter) have no counterpart in a deployment.
+//! "Where the cost is now"). The gateway simulator's two lines per order at
+//! `info` (its access line and its `charge`; `payment_gateway=warn` drops
+//! the latter) have no counterpart in a deployment.
 //!
 //! `BENCH_CAPACITY=1` searches instead for the highest rate whose p99 stays
 //! under 100 ms (runs of up to 15 s from `BENCH_FROM`, 100/s by default) and

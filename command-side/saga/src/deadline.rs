@@ -710,14 +710,29 @@ mod tests {
             assert_eq!(claimed, expected, "each due row claimed once, by one of the two");
             assert!(claim_due(&pool, BATCH, Duration::from_secs(60)).await.unwrap().is_empty(), "claimed already");
 
-            sqlx::query("UPDATE saga_deadlines SET due_at = now() - interval '1 second' WHERE order_id <> $1")
-                .bind(later)
-                .execute(&pool)
-                .await
-                .unwrap();
+            // The claims lapse, each row due at a moment of its own in the last second.
+            sqlx::query(
+                "UPDATE saga_deadlines d SET due_at = now() - r.n * interval '1 ms' \
+                 FROM (SELECT order_id, row_number() OVER (ORDER BY md5(order_id::text)) AS n \
+                       FROM saga_deadlines WHERE order_id <> $1) r \
+                 WHERE d.order_id = r.order_id",
+            )
+            .bind(later)
+            .execute(&pool)
+            .await
+            .unwrap();
+            let earliest: Vec<Uuid> =
+                sqlx::query_scalar("SELECT order_id FROM saga_deadlines WHERE order_id <> $1 ORDER BY due_at LIMIT 10")
+                    .bind(later)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
             let lapsed = claim_due(&pool, 10, Duration::from_secs(60)).await.unwrap();
-            assert_eq!(lapsed.len(), 10, "a lapsed claim's rows are due again, up to the limit");
-            assert!(lapsed.windows(2).all(|w| w[0].due_at <= w[1].due_at), "earliest first");
+            let lapsed: Vec<Uuid> = lapsed.iter().map(|d| d.order_id).collect();
+            assert_eq!(
+                lapsed, earliest,
+                "a lapsed claim's rows are due again: the earliest, up to the limit, in order"
+            );
         })
         .await;
     }
