@@ -4,6 +4,7 @@
 //! between: load again and decide again, a bounded number of times, unless
 //! the client pinned the version with `If-Match`.
 
+use chrono::{DateTime, Utc};
 use domain::{Aggregate, DomainError, EventPayload};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreError};
 use uuid::Uuid;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 use crate::snapshots;
 
 /// How the events of one command get their ids.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventIds {
     /// Fresh ids, ordered by time (UUIDv7): a new event's id, and a new
     /// order's stream (`order-<id>`, and its payment's), go in at the end of
@@ -19,16 +20,36 @@ pub enum EventIds {
     /// them, which on a log larger than memory means a read from disk per
     /// index and append (docs/performance.md, "A long log").
     Random,
-    /// Ids derived from this namespace (an idempotency key): the same request
-    /// always produces the same ids, so a replay can be recognised.
+    /// Ids derived from this namespace (UUIDv5): the same request always
+    /// produces the same ids, so a replay can be recognised.
     Derived(Uuid),
+    /// Ids hashed from this namespace as for [`EventIds::Derived`], with
+    /// this time (Unix milliseconds) in their first 48 bits, where a UUIDv7
+    /// keeps its own (so UUIDv8s): the same on every replay, and in time
+    /// order like fresh ones. See [`EventIds::derived`].
+    DerivedAt(Uuid, u64),
 }
 
 impl EventIds {
+    /// Ids for what `source` caused (a saga's reaction to an event, a
+    /// request under an idempotency key's generation), derived from
+    /// `namespace`, as of `at`, the stored time of `source`.
+    ///
+    /// In time order when `source` is (a UUIDv7, or a v8 derived here):
+    /// ids derived before this existed came from sources of other versions
+    /// (v4 and v5), which keep deriving UUIDv5s, so what they caused is
+    /// still recognised when they are replayed after an upgrade.
+    pub fn derived(source: Uuid, namespace: Uuid, at: DateTime<Utc>) -> Self {
+        match source.get_version_num() {
+            7 | 8 => Self::DerivedAt(namespace, u64::try_from(at.timestamp_millis()).unwrap_or(0)),
+            _ => Self::Derived(namespace),
+        }
+    }
+
     fn id(self, index: usize) -> Uuid {
         match self {
             Self::Random => Uuid::now_v7(),
-            Self::Derived(namespace) => Uuid::new_v5(&namespace, format!("event/{index}").as_bytes()),
+            derived => derived.derive(&format!("event/{index}")),
         }
     }
 
@@ -37,6 +58,11 @@ impl EventIds {
         match self {
             Self::Random => Uuid::now_v7(),
             Self::Derived(namespace) => Uuid::new_v5(&namespace, name.as_bytes()),
+            Self::DerivedAt(namespace, millis) => {
+                let mut bytes = *Uuid::new_v5(&namespace, name.as_bytes()).as_bytes();
+                bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+                uuid::Builder::from_custom_bytes(bytes).into_uuid()
+            }
         }
     }
 }
@@ -223,7 +249,9 @@ pub(crate) fn decode<A: Aggregate>(stored: &RecordedEvent) -> Result<A::Event, E
 /// With derived ids, the stream holding the first id means this very
 /// request was applied before (its response was lost): answer as then.
 fn already_applied(history: &[RecordedEvent], ids: EventIds) -> Option<Appended> {
-    let EventIds::Derived(_) = ids else { return None };
+    if let EventIds::Random = ids {
+        return None;
+    }
     let first = history.iter().position(|e| e.event_id == ids.id(0))?;
     let last = history[first..].iter().enumerate().take_while(|(i, e)| e.event_id == ids.id(*i)).last()?.1;
     Some(Appended { stream_version: last.stream_version, position: last.log_position.position })
@@ -256,6 +284,38 @@ pub(crate) mod tests {
         let namespace = Uuid::from_u128(0x42);
         assert_eq!(EventIds::Derived(namespace).id(3), Uuid::new_v5(&namespace, b"event/3"));
         assert_eq!(EventIds::Derived(namespace).derive("order"), Uuid::new_v5(&namespace, b"order"));
+        // What a v4 or v5 source (one from before ids in time order) caused.
+        let at = Utc::now();
+        for source in [Uuid::new_v4(), Uuid::new_v5(&namespace, b"source")] {
+            assert_eq!(EventIds::derived(source, namespace, at), EventIds::Derived(namespace));
+        }
+    }
+
+    /// What a source in time order causes gets ids in time order as of the
+    /// source's stored time, and the same ids every time it is replayed;
+    /// those ids are in time order themselves, so what they cause is too.
+    #[test]
+    fn ids_derived_from_a_source_in_time_order_keep_its_time_and_stay_the_same() {
+        let namespace = Uuid::from_u128(0x42);
+        let at = DateTime::parse_from_rfc3339("2026-12-05T08:00:00.123456Z").unwrap().to_utc();
+        let source = Uuid::now_v7();
+        let ids = EventIds::derived(source, namespace, at);
+        let first: Vec<Uuid> = (0..4).map(|i| ids.id(i)).chain([ids.derive("order")]).collect();
+        assert_eq!(first, (0..4).map(|i| ids.id(i)).chain([ids.derive("order")]).collect::<Vec<_>>(), "replayed");
+        for id in &first {
+            assert_eq!(id.get_version_num(), 8, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id.as_u128() >> 80, at.timestamp_millis() as u128, "the source's time leads: {id}");
+        }
+        assert_eq!(first.iter().collect::<std::collections::HashSet<_>>().len(), first.len(), "distinct");
+        // The hash bits are the v5 id's: another namespace, other ids.
+        let other = EventIds::derived(source, Uuid::from_u128(0x43), at);
+        assert!((0..4).all(|i| other.id(i) != ids.id(i)));
+        // A later source's ids come after, and an id derived here derives in time order too.
+        let later = EventIds::derived(source, namespace, at + chrono::Duration::milliseconds(1));
+        let latest = *first.iter().max().unwrap();
+        assert!((0..4).all(|i| later.id(i) > latest));
+        assert!(matches!(EventIds::derived(first[0], namespace, at), EventIds::DerivedAt(..)));
     }
 
     fn receive(quantity: i64) -> InventoryCommand {
@@ -290,13 +350,14 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_replayed_request_with_derived_ids_answers_as_the_first_time() {
-        let store = MemoryEventStore::new();
-        let ids = EventIds::Derived(Uuid::from_u128(9));
-        let first = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
-        execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(1)).await.unwrap();
-        let again = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
-        assert_eq!(again, first);
-        assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2);
+        for ids in [EventIds::Derived(Uuid::from_u128(9)), EventIds::DerivedAt(Uuid::from_u128(9), 1_764_900_000_000)] {
+            let store = MemoryEventStore::new();
+            let first = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
+            execute::<Inventory>(&store, "inventory-SKU-1", &invocation(EventIds::Random), receive(1)).await.unwrap();
+            let again = execute::<Inventory>(&store, "inventory-SKU-1", &invocation(ids), receive(5)).await.unwrap();
+            assert_eq!(again, first, "{ids:?}");
+            assert_eq!(store.read_stream("inventory-SKU-1", 1).await.unwrap().len(), 2, "{ids:?}");
+        }
     }
 
     /// Another writer appends between the command's read and its append:

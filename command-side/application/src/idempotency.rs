@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::outcome::Refusal;
+use crate::EventIds;
 
 /// How long a claim holds before another request may take it over.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -72,11 +73,12 @@ pub enum Saved<T> {
 }
 
 /// A claim on a key: the request holding it runs, as of `requested_at`, with
-/// ids derived from `namespace`.
+/// these ids (derived from the key's generation, in time order as of
+/// `requested_at` for generations drawn as UUIDv7s).
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub requested_at: DateTime<Utc>,
-    pub namespace: Uuid,
+    pub ids: EventIds,
     holder: Uuid,
 }
 
@@ -131,17 +133,15 @@ pub async fn try_processing<T: DeserializeOwned>(
 ) -> Result<NextAction<T>, KeyError> {
     let deadline = tokio::time::Instant::now() + wait;
     let lease = |(requested_at, generation): (DateTime<Utc>, Option<Uuid>), holder| {
-        NextAction::StartProcessing(Lease {
-            requested_at,
-            namespace: namespace(principal, &key.key, generation),
-            holder,
-        })
+        let namespace = namespace(principal, &key.key, generation);
+        let ids = generation.map_or(EventIds::Derived(namespace), |g| EventIds::derived(g, namespace, requested_at));
+        NextAction::StartProcessing(Lease { requested_at, ids, holder })
     };
     loop {
         let holder = Uuid::new_v4();
         let claimed: Option<(DateTime<Utc>, Option<Uuid>)> = sqlx::query_as(
             "INSERT INTO http_idempotency_keys (principal, key, fingerprint, lease_until, generation, holder) \
-             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', gen_random_uuid(), $5) \
+             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $6, $5) \
              ON CONFLICT (principal, key) DO NOTHING RETURNING requested_at, generation",
         )
         .bind(principal)
@@ -149,6 +149,8 @@ pub async fn try_processing<T: DeserializeOwned>(
         .bind(&key.fingerprint)
         .bind(LEASE.as_millis() as f64)
         .bind(holder)
+        // A UUIDv7: the request's ids are derived in time order (EventIds::derived).
+        .bind(Uuid::now_v7())
         .fetch_optional(pool)
         .await?;
         if let Some(claimed) = claimed {

@@ -233,8 +233,7 @@ impl Application {
                 }
             }
         };
-        let (now, ids) =
-            lease.as_ref().map_or((Utc::now(), EventIds::Random), |l| (l.requested_at, EventIds::Derived(l.namespace)));
+        let (now, ids) = lease.as_ref().map_or((Utc::now(), EventIds::Random), |l| (l.requested_at, l.ids));
         let invocation = Invocation {
             metadata: Metadata {
                 correlation_id: request.correlation_id.clone(),

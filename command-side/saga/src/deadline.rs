@@ -464,11 +464,13 @@ async fn expire(
     now: DateTime<Utc>,
 ) -> Result<Expiry, ExecuteError> {
     let stream_id = Order::stream_id(order_id);
-    if let OrderState::Placed(order) = app.load::<Order>(&stream_id).await? {
-        if order.status != OrderStatus::Pending {
-            return Ok(Expiry::EndedBefore);
-        }
-    }
+    // The expiry's ids are in time order as of the order's own deadline (the
+    // same every time), when the order's id is.
+    let at = match app.load::<Order>(&stream_id).await? {
+        OrderState::Placed(order) if order.status != OrderStatus::Pending => return Ok(Expiry::EndedBefore),
+        OrderState::Placed(order) => order.deadline,
+        OrderState::NotPlaced => now,
+    };
     let invocation = Invocation {
         metadata: Metadata {
             correlation_id: correlation_id.to_owned(),
@@ -476,7 +478,7 @@ async fn expire(
             actor: "saga:deadline".into(),
             trace_context: String::new(),
         },
-        ids: EventIds::Derived(Uuid::new_v5(&order_id, b"deadline/expire")),
+        ids: EventIds::derived(order_id, Uuid::new_v5(&order_id, b"deadline/expire"), at),
         expected_version: None,
         max_attempts: app.settings().max_attempts,
     };

@@ -67,7 +67,8 @@ impl Trigger {
 
     /// How a participant runs a command because of this event: the same
     /// correlation id, this event as the cause, and event ids derived from
-    /// this event's id and `purpose`, so a redelivery appends nothing new.
+    /// this event's id and `purpose`, so a redelivery appends nothing new
+    /// (in time order, as of this event's, when this event's id is).
     pub fn invocation(&self, actor: &str, purpose: &str, max_attempts: u32) -> Invocation {
         Invocation {
             metadata: Metadata {
@@ -77,7 +78,11 @@ impl Trigger {
                 // The participant's span continues the trace of the event that caused it.
                 trace_context: service_kit::telemetry::traceparent(&tracing::Span::current()),
             },
-            ids: EventIds::Derived(Uuid::new_v5(&self.recorded.event_id, format!("{actor}/{purpose}").as_bytes())),
+            ids: EventIds::derived(
+                self.recorded.event_id,
+                Uuid::new_v5(&self.recorded.event_id, format!("{actor}/{purpose}").as_bytes()),
+                self.recorded.recorded_at,
+            ),
             expected_version: None,
             max_attempts,
         }
@@ -160,5 +165,23 @@ mod tests {
         assert_ne!(a.ids.derive("x"), b.ids.derive("x"));
         assert_eq!(a.metadata.causation_id, event.event_id.to_string());
         assert_eq!((a.metadata.correlation_id.as_str(), a.metadata.actor.as_str()), ("corr", "saga:inventory"));
+        // A trigger from before ids in time order (not v7 or v8) derives as it always did.
+        let namespace = Uuid::new_v5(&event.event_id, b"inventory/reserve/SKU-1");
+        assert_eq!(a.ids.derive("x"), Uuid::new_v5(&namespace, b"x"));
+    }
+
+    /// A trigger with an id in time order (a fresh order's events, and every
+    /// event the saga derives from one) gives ids in time order as of the
+    /// time it was stored, the same when it is delivered again.
+    #[test]
+    fn a_trigger_in_time_order_derives_ids_in_time_order() {
+        let payload = json!({"provider_ref": "ch"});
+        let mut event = recorded("order-00000000-0000-0000-0000-000000000001", "OrderConfirmed", payload);
+        event.event_id = Uuid::now_v7();
+        let delivered = || Trigger::parse("events.order.OrderConfirmed", &body(&event)).unwrap();
+        let id = delivered().invocation("payment", "capture", 5).ids.derive("event/0");
+        assert_eq!(id, delivered().invocation("payment", "capture", 5).ids.derive("event/0"), "delivered again");
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.as_u128() >> 80, event.recorded_at.timestamp_millis() as u128);
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use application::idempotency::{self, Key, NextAction, Saved};
+use application::EventIds;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -140,13 +141,14 @@ async fn only_the_holder_of_a_claim_records_or_releases_it() {
             async move { idempotency::try_processing::<Value>(&pool, "p", &key, wait).await }
         };
         let Ok(NextAction::StartProcessing(first)) = claim(wait).await else { panic!("the first claims") };
+        assert!(matches!(first.ids, EventIds::DerivedAt(..)), "a key claimed now derives ids in time order");
         // The first request outlives its lease; a retry takes the key over.
         sqlx::query("UPDATE http_idempotency_keys SET lease_until = now() - interval '1 second'")
             .execute(&pool)
             .await
             .unwrap();
         let Ok(NextAction::StartProcessing(second)) = claim(wait).await else { panic!("a retry takes over") };
-        assert_eq!(second.namespace, first.namespace, "a takeover derives the same ids");
+        assert_eq!(second.ids, first.ids, "a takeover derives the same ids");
 
         let answer = |n: u64| Saved::Accepted(json!({ "n": n }));
         assert!(!idempotency::release(&pool, "p", &key, &first).await.unwrap(), "the first may not give it back");
@@ -157,6 +159,28 @@ async fn only_the_holder_of_a_claim_records_or_releases_it() {
             Ok(NextAction::ReturnSaved(saved)) => assert_eq!(saved, answer(2)),
             other => panic!("expected the holder's outcome, got {other:?}"),
         }
+    })
+    .await;
+}
+
+/// A key claimed before its generation was drawn in time order (a v4), its
+/// first request dead: the retry derives the ids the first one did (v5), so
+/// whatever the first one appended is recognised.
+#[tokio::test]
+async fn a_key_claimed_before_ids_in_time_order_derives_them_as_before() {
+    migrations::testing::with_database(2, |pool| async move {
+        let key = Key { key: "k".into(), fingerprint: b"request".to_vec() };
+        sqlx::query(
+            "INSERT INTO http_idempotency_keys (principal, key, fingerprint, lease_until, generation) \
+             VALUES ('p', 'k', $1, now() - interval '1 second', gen_random_uuid())",
+        )
+        .bind(&key.fingerprint)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let taken = idempotency::try_processing::<Value>(&pool, "p", &key, Duration::from_secs(1)).await;
+        let Ok(NextAction::StartProcessing(taken)) = taken else { panic!("the retry takes the key over") };
+        assert!(matches!(taken.ids, EventIds::Derived(_)), "{:?}", taken.ids);
     })
     .await;
 }

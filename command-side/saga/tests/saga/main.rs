@@ -90,6 +90,20 @@ async fn an_order_with_stock_and_a_good_card_is_confirmed() {
         assert_eq!(payment_events[0].metadata.actor, "saga:payment");
         let ready = order_events.iter().find(|e| e.event_type == "OrderReadyForPayment").unwrap();
         assert_eq!(payment_events[0].metadata.causation_id, ready.event_id.to_string());
+
+        // Every id in time order: the order's fresh (v7), the rest derived
+        // from it by the saga (v8), each no earlier than the event it reacts to.
+        let reserved = shop.events("inventory-SKU-A").await.into_iter().filter(|e| e.event_type == "StockReserved");
+        let chain: Vec<_> = order_events.iter().chain(&payment_events).cloned().chain(reserved).collect();
+        assert_eq!(order_events[0].event_id.get_version_num(), 7);
+        for event in &chain[1..] {
+            assert_eq!(event.event_id.get_version_num(), 8, "{} {}", event.event_type, event.event_id);
+        }
+        let by_id: std::collections::HashMap<_, _> = chain.iter().map(|e| (e.event_id.to_string(), e)).collect();
+        for event in &chain[1..] {
+            let cause = by_id.get(&event.metadata.causation_id).map_or(order_events[0].event_id, |c| c.event_id);
+            assert!(event.event_id.as_u128() >> 80 >= cause.as_u128() >> 80, "{} {}", event.event_type, event.event_id);
+        }
         shop.stop().await;
     })
     .await;
@@ -599,7 +613,7 @@ async fn place_directly(store: &event_store::PgEventStore, deadline: chrono::Dur
     use application::commands::{execute, EventIds, Invocation};
     use domain::order::{LineInput, Order, OrderCommand, PlaceOrder};
     use domain::Aggregate;
-    let order_id = Uuid::new_v4();
+    let order_id = Uuid::now_v7(); // as the API draws them
     let now = chrono::Utc::now();
     let place = OrderCommand::Place(PlaceOrder {
         order_id,
@@ -679,6 +693,10 @@ async fn the_database_clock_that_finds_a_deadline_due_also_expires_the_order() {
         assert_eq!(expire_due(&app_over(&store, &pool), &skewed).await.unwrap(), 1);
         assert_eq!(status_of(&store, order_id).await, OrderStatus::Cancelled);
         assert!(!armed(&pool, order_id).await);
+        // The expiry's id is in time order, as of the order's deadline.
+        let cancelled = store.read_stream(&format!("order-{order_id}"), 2).await.unwrap();
+        let id = cancelled[0].event_id;
+        assert_eq!((id.get_version_num(), id.as_u128() >> 80), (8, placed.0.timestamp_millis() as u128));
         skewed.close().await;
     })
     .await;
