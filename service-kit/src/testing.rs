@@ -93,6 +93,45 @@ impl Drop for NatsServer {
     }
 }
 
+/// How old a test's stream on the shared NATS server must be before a later
+/// test run takes it for one a killed run left (the databases' rule too).
+#[cfg(feature = "nats")]
+const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
+
+/// Deletes the streams that test runs killed before their clean-up left on
+/// the shared NATS server: named `<prefix>_..._<hex id>` with one of
+/// `prefixes`, and created more than three hours ago. Each holds a
+/// reservation of the server's JetStream storage (its `max_bytes`), so
+/// enough of them would refuse every new test's stream. Best effort: a
+/// server that does not answer within seconds is left as it is.
+#[cfg(feature = "nats")]
+pub async fn drop_stale_streams(js: &async_nats::jetstream::Context, prefixes: &[&str]) {
+    drop_streams_older_than(js, prefixes, STALE_AFTER).await;
+}
+
+/// [`drop_stale_streams`], for streams created more than `age` ago.
+#[cfg(feature = "nats")]
+pub async fn drop_streams_older_than(js: &async_nats::jetstream::Context, prefixes: &[&str], age: Duration) {
+    use futures_util::TryStreamExt;
+    let listed = tokio::time::timeout(Duration::from_secs(5), js.streams().try_collect::<Vec<_>>()).await;
+    let Ok(Ok(streams)) = listed else { return };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    for info in streams {
+        let name = &info.config.name;
+        let created = u64::try_from(info.created.unix_timestamp()).unwrap_or(u64::MAX);
+        if is_test_stream(name, prefixes) && now.saturating_sub(created) >= age.as_secs() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), js.delete_stream(name)).await;
+        }
+    }
+}
+
+/// `<prefix>_<hex id>` or `<prefix>_<name>_<hex id>`, the id at least 12 hex digits.
+#[cfg(feature = "nats")]
+fn is_test_stream(name: &str, prefixes: &[&str]) -> bool {
+    let (Some((prefix, _)), Some((_, id))) = (name.split_once('_'), name.rsplit_once('_')) else { return false };
+    prefixes.contains(&prefix) && id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A bearer token signed with `secret` (HS256) for `sub` with `scope`,
 /// valid for ten minutes, as the services expect them (issuer and
 /// audience `order-system`).
@@ -284,5 +323,51 @@ pub mod smtp {
             .and_then(|(_, rest)| rest.split_once('>'))
             .map(|(a, _)| a.to_owned())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(all(test, feature = "nats"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_streams_are_told_by_their_prefix_and_hex_id() {
+        let prefixes = ["SAGATEST", "BENCH"];
+        assert!(is_test_stream("SAGATEST_0123456789abcdef0123456789abcdef", &prefixes));
+        assert!(is_test_stream("BENCH_relay_0123456789ab", &prefixes));
+        for other in [
+            "EVENTS",
+            "SAGATEST",
+            "SAGATEST_orders",
+            "SAGATEST_0123",
+            "EVENTS_0123456789abcdef",
+            "SAGATEST-0123456789ab",
+        ] {
+            assert!(!is_test_stream(other, &prefixes), "{other}");
+        }
+    }
+
+    /// On a server of its own: only the streams of the given prefixes with
+    /// test ids go, and none younger than the age given.
+    #[tokio::test]
+    async fn only_old_enough_test_streams_are_dropped() {
+        let server = NatsServer::start();
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let names = ["T_0123456789abcdef", "T_kept", "U_0123456789abcdef", "T_bench_fedcba9876543210"];
+        for name in names {
+            js.create_stream(async_nats::jetstream::stream::Config { name: name.into(), ..Default::default() })
+                .await
+                .unwrap();
+        }
+        let left = || async {
+            use futures_util::TryStreamExt;
+            let mut names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+            names.sort();
+            names
+        };
+        drop_streams_older_than(&js, &["T"], Duration::from_secs(3600)).await;
+        assert_eq!(left().await.len(), 4, "none is an hour old");
+        drop_streams_older_than(&js, &["T"], Duration::ZERO).await;
+        assert_eq!(left().await, ["T_kept", "U_0123456789abcdef"]);
     }
 }

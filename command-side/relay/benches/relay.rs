@@ -66,6 +66,7 @@ async fn main() {
     let events: usize = if quick() { 20_000 } else { 200_000 };
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
     let js = jetstream::new(async_nats::connect(&url).await.expect("NATS must be running"));
+    service_kit::testing::drop_stale_streams(&js, &["BENCH"]).await;
     with_database(8, |pool| async move {
         let store = PgEventStore::new(pool.clone());
         for chunk in 0..events / 100 {

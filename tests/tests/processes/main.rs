@@ -89,6 +89,9 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         let gateway_task = tokio::spawn(gateway.run_until(service_kit::Shutdown::never()));
 
         let id = Uuid::new_v4().simple().to_string();
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
+        let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+        service_kit::testing::drop_stale_streams(&js, &["PROCTEST", "PROCDLQ"]).await;
         let (collector_url, exports) = collector().await;
         let (stream, dead_letters) = (format!("PROCTEST_{id}"), format!("PROCDLQ_{id}"));
         let mut ports = Ports::default();
@@ -273,8 +276,6 @@ async fn orders_complete_once_when_the_saga_process_is_killed_and_started_again(
         drop((saga, relay_process, api_process, projections_process, query_process));
         let _ = std::fs::remove_dir_all(&logs);
         gateway_task.abort();
-        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
-        let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
         for name in [&stream, &dead_letters] {
             let _ = js.delete_stream(name).await;
         }

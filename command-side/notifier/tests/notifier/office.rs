@@ -48,6 +48,7 @@ where
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
     let nats = async_nats::connect(nats_url.as_str()).await.expect("NATS must be running (see README)");
     let js = jetstream::new(nats);
+    service_kit::testing::drop_stale_streams(&js, &["NOTIFY", "NOTIFYDLQ"]).await;
     let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
     let (stream, prefix, dead_letters) = (format!("NOTIFY_{id}"), format!("n{id}"), format!("NOTIFYDLQ_{id}"));
     let cleanup = js.clone();

@@ -28,6 +28,7 @@ where
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
     let client = async_nats::connect(&url).await.expect("NATS must be running (see README)");
     let js = jetstream::new(client);
+    service_kit::testing::drop_stale_streams(&js, &["RELAYTEST"]).await;
     let id = Uuid::new_v4().simple().to_string();
     let config = RelayConfig {
         stream: format!("RELAYTEST_{id}"),

@@ -82,6 +82,7 @@ where
         .await
         .expect("NATS must be running (see README)");
     let js = jetstream::new(client);
+    service_kit::testing::drop_stale_streams(&js, &["SAGATEST", "SAGADLQ"]).await;
     let cleanup = js.clone();
     let id = Uuid::new_v4().simple().to_string();
     let events = RelayConfig {

@@ -130,6 +130,7 @@ pub(super) async fn stream_of_its_own(name: &str) -> (jetstream::Context, RelayC
     service_kit::telemetry::init_for_tests();
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_NATS_URL.into());
     let js = jetstream::new(async_nats::connect(url.as_str()).await.expect("NATS must be running (see README)"));
+    service_kit::testing::drop_stale_streams(&js, &[name]).await;
     let id = Uuid::new_v4().simple().to_string();
     let events = RelayConfig {
         stream: format!("{name}_{id}"),
