@@ -364,6 +364,27 @@ mod postgres {
         elsewhere
     }
 
+    /// Sessions of the test's database in a transaction that has written
+    /// (it holds a transaction id), between statements.
+    const HOLDING: &str = "state = 'idle in transaction' AND backend_xid IS NOT NULL";
+    /// Sessions of the test's database waiting for a lock (a row another
+    /// transaction wrote and has not committed).
+    const WAITING: &str = "wait_event_type = 'Lock'";
+
+    async fn sessions(pool: &sqlx::PgPool, condition: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}");
+        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+    }
+
+    async fn sessions_at_least(pool: &sqlx::PgPool, condition: &str, n: i64) {
+        event_store::testing::eventually(
+            Duration::from_secs(10),
+            &format!("{n} sessions where {condition}"),
+            || async { (sessions(pool, condition).await >= n).then_some(()) },
+        )
+        .await;
+    }
+
     /// A store with one append writer, for tests that need to know how appends are grouped.
     fn one_writer(pool: sqlx::PgPool) -> PgEventStore {
         let group_commit = GroupCommitConfig { writers: 1, ..GroupCommitConfig::default() };
@@ -375,21 +396,26 @@ mod postgres {
     /// (The first blocked append finds nothing in flight and is written by
     /// its caller; the second is the writer's.)
     async fn occupy_the_writer(store: &PgEventStore, hold: Duration) -> tokio::task::JoinHandle<()> {
+        // Each step waits until the database shows it taken, not for a fixed
+        // time: on a loaded machine a step can take longer than any sleep.
+        // (Another transaction the test holds open must be holding already.)
+        let pool = store.pool().clone();
+        let (holding, waiting) = (sessions(&pool, HOLDING).await, sessions(&pool, WAITING).await);
         let harness = PgHarness(store.clone());
         let holder = tokio::spawn(async move {
             let row = vec![event("Held", json!({}))];
             harness.append_held_open("order-blocker", ExpectedVersion::NoStream, row, hold, true).await.unwrap();
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        sessions_at_least(&pool, HOLDING, holding + 1).await;
         let mut blocked = Vec::new();
-        for _ in 0..2 {
+        for n in 1..=2 {
             let store = store.clone();
             blocked.push(tokio::spawn(async move {
                 let lost =
                     store.append("order-blocker", ExpectedVersion::NoStream, vec![event("Late", json!({}))]).await;
                 assert!(matches!(lost, Err(StoreError::WrongExpectedVersion { .. })), "{lost:?}");
             }));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            sessions_at_least(&pool, WAITING, waiting + n).await;
         }
         tokio::spawn(async move {
             holder.await.unwrap();
@@ -489,6 +515,8 @@ mod postgres {
                     .append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true)
                     .await
             });
+            // Written and held before the writer is occupied (which counts the sessions holding).
+            sessions_at_least(store.pool(), HOLDING, 1).await;
             let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
             let append = |stream: &str, expected: ExpectedVersion| {
                 let (store, stream) = (store.clone(), stream.to_owned());
@@ -570,7 +598,7 @@ mod postgres {
                 .collect();
             busy.await.unwrap();
             // The batch has written order-a and waits for this transaction's order-b.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            sessions_at_least(&pool, WAITING, 1).await;
             sqlx::query(insert).bind("order-a").execute(&mut *other).await.unwrap();
             other.rollback().await.unwrap();
 
