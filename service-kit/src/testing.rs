@@ -93,20 +93,16 @@ impl Drop for NatsServer {
     }
 }
 
-/// How old a test's stream on the shared NATS server must be before a later
-/// test run takes it for one a killed run left (the databases' rule too).
-#[cfg(feature = "nats")]
-const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
-
 /// Deletes the streams that test runs killed before their clean-up left on
 /// the shared NATS server: named `<prefix>_..._<hex id>` with one of
-/// `prefixes`, and created more than three hours ago. Each holds a
+/// `prefixes`, and created longer ago than the test databases' limit
+/// (`event_store::testing::STALE_AFTER`, three hours). Each holds a
 /// reservation of the server's JetStream storage (its `max_bytes`), so
 /// enough of them would refuse every new test's stream. Best effort: a
 /// server that does not answer within seconds is left as it is.
 #[cfg(feature = "nats")]
 pub async fn drop_stale_streams(js: &async_nats::jetstream::Context, prefixes: &[&str]) {
-    drop_streams_older_than(js, prefixes, STALE_AFTER).await;
+    drop_streams_older_than(js, prefixes, event_store::testing::STALE_AFTER).await;
 }
 
 /// [`drop_stale_streams`], for streams created more than `age` ago.

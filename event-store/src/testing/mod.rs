@@ -24,8 +24,10 @@ use crate::{AppendResult, EventStore, ExpectedVersion, NewEvent, PgEventStore, S
 
 /// Test databases are named `estest_<unix seconds>_<random>`.
 const PREFIX: &str = "estest_";
-/// Test databases older than this are left over from a killed run and are dropped.
-const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
+/// Test databases (and the shared NATS server's test streams, see
+/// `service_kit::testing::drop_stale_streams`) older than this are left over
+/// from a killed run and are dropped.
+pub const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
 
 fn server_options() -> PgConnectOptions {
     let url = std::env::var("DATABASE_URL")
