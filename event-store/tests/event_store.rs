@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use event_store::conformance::{self, assert_quiet, event, take};
 use event_store::postgres::GroupCommitConfig;
-use event_store::testing::{with_database, Harness, PgHarness, PlainHarness};
+use event_store::testing::{with_database, Harness, HeldAppend, PgHarness, PlainHarness};
 use event_store::{Backend, EventStore, ExpectedVersion, MemoryEventStore, PgEventStore, PgStoreConfig, StoreError};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -214,13 +214,8 @@ mod postgres {
             assert_eq!(take(&mut subscription, 1).await[0].stream_id, "order-before");
 
             // The slow append takes its position first, then others commit after it.
-            let slow = tokio::spawn(async move {
-                let batch = vec![event("Slow", json!({}))];
-                harness
-                    .append_held_open("order-slow", ExpectedVersion::NoStream, batch, Duration::from_secs(30), true)
-                    .await
-            });
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let slow =
+                harness.hold_open("order-slow", ExpectedVersion::NoStream, &[event("Slow", json!({}))]).await.unwrap();
             for i in 0..5 {
                 let stream = format!("order-fast{i}");
                 store.append(&stream, ExpectedVersion::NoStream, vec![event("Fast", json!({}))]).await.unwrap();
@@ -229,7 +224,7 @@ mod postgres {
             let stats = store.stats().await.unwrap();
             assert_eq!(stats.held_back_events, 5, "the horizon lag is visible: {stats:?}");
 
-            let slow_position = slow.await.unwrap().unwrap().unwrap().log_position;
+            let slow_position = slow.commit().await.unwrap().log_position;
             let committed_at = Instant::now();
             let delivered = take(&mut subscription, 6).await;
             let waited = committed_at.elapsed();
@@ -364,25 +359,32 @@ mod postgres {
         elsewhere
     }
 
-    /// Sessions of the test's database in a transaction that has written
-    /// (it holds a transaction id), between statements.
-    const HOLDING: &str = "state = 'idle in transaction' AND backend_xid IS NOT NULL";
     /// Sessions of the test's database waiting for a lock (a row another
     /// transaction wrote and has not committed).
-    const WAITING: &str = "wait_event_type = 'Lock'";
-
-    async fn sessions(pool: &sqlx::PgPool, condition: &str) -> i64 {
-        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}");
-        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+    async fn sessions_waiting(pool: &sqlx::PgPool) -> i64 {
+        let sql =
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
     }
 
-    async fn sessions_at_least(pool: &sqlx::PgPool, condition: &str, n: i64) {
+    async fn sessions_waiting_at_least(pool: &sqlx::PgPool, n: i64) {
         event_store::testing::eventually(
             Duration::from_secs(10),
-            &format!("{n} sessions where {condition}"),
-            || async { (sessions(pool, condition).await >= n).then_some(()) },
+            &format!("{n} sessions waiting for a lock"),
+            || async { (sessions_waiting(pool).await >= n).then_some(()) },
         )
         .await;
+    }
+
+    /// Waits until `n` appends of the store are in flight (queued behind a
+    /// busy writer, or being written), and a moment more: an append is
+    /// counted just before it enters the queue.
+    async fn in_flight_at_least(store: &PgEventStore, n: usize) {
+        event_store::testing::eventually(Duration::from_secs(10), &format!("{n} appends in flight"), || async {
+            (store.appends_in_flight() >= n).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     /// A store with one append writer, for tests that need to know how appends are grouped.
@@ -391,22 +393,38 @@ mod postgres {
         PgEventStore::with_config(pool, PgStoreConfig { group_commit, ..PgStoreConfig::default() })
     }
 
-    /// Holds the store's only writer (or one of two) busy for `hold`: its append to
-    /// `order-blocker` waits on another transaction's uncommitted row there.
-    /// (The first blocked append finds nothing in flight and is written by
-    /// its caller; the second is the writer's.)
-    async fn occupy_the_writer(store: &PgEventStore, hold: Duration) -> tokio::task::JoinHandle<()> {
+    /// The store's only writer (or one of two), busy until the test releases
+    /// it: its append to `order-blocker` waits on another transaction's
+    /// uncommitted row there. (The first blocked append finds nothing in
+    /// flight and is written by its caller; the second is the writer's.)
+    struct Occupied {
+        holder: HeldAppend,
+        blocked: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    /// The appends an occupied writer keeps in flight: the writer's blocked
+    /// one and the one its caller writes.
+    const OCCUPYING: usize = 2;
+
+    impl Occupied {
+        /// Commits the held row; the blocked appends then find their stream
+        /// taken and fail, and the writer takes what queued meanwhile.
+        async fn release(self) {
+            self.holder.commit().await.unwrap();
+            for blocked in self.blocked {
+                blocked.await.unwrap();
+            }
+        }
+    }
+
+    async fn occupy_the_writer(store: &PgEventStore) -> Occupied {
         // Each step waits until the database shows it taken, not for a fixed
         // time: on a loaded machine a step can take longer than any sleep.
-        // (Another transaction the test holds open must be holding already.)
         let pool = store.pool().clone();
-        let (holding, waiting) = (sessions(&pool, HOLDING).await, sessions(&pool, WAITING).await);
-        let harness = PgHarness(store.clone());
-        let holder = tokio::spawn(async move {
-            let row = vec![event("Held", json!({}))];
-            harness.append_held_open("order-blocker", ExpectedVersion::NoStream, row, hold, true).await.unwrap();
-        });
-        sessions_at_least(&pool, HOLDING, holding + 1).await;
+        let waiting = sessions_waiting(&pool).await;
+        let held = [event("Held", json!({}))];
+        let holder =
+            PgHarness(store.clone()).hold_open("order-blocker", ExpectedVersion::NoStream, &held).await.unwrap();
         let mut blocked = Vec::new();
         for n in 1..=2 {
             let store = store.clone();
@@ -415,14 +433,9 @@ mod postgres {
                     store.append("order-blocker", ExpectedVersion::NoStream, vec![event("Late", json!({}))]).await;
                 assert!(matches!(lost, Err(StoreError::WrongExpectedVersion { .. })), "{lost:?}");
             }));
-            sessions_at_least(&pool, WAITING, waiting + n).await;
+            sessions_waiting_at_least(&pool, waiting + n).await;
         }
-        tokio::spawn(async move {
-            holder.await.unwrap();
-            for blocked in blocked {
-                blocked.await.unwrap();
-            }
-        })
+        Occupied { holder, blocked }
     }
 
     /// Appends that queue up while the writer is busy go in one statement
@@ -438,7 +451,7 @@ mod postgres {
             let original =
                 store.append("order-existing", ExpectedVersion::NoStream, vec![stored.clone()]).await.unwrap();
 
-            let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
+            let busy = occupy_the_writer(&store).await;
             let append = |stream: String, expected: ExpectedVersion, events| {
                 let store = store.clone();
                 tokio::spawn(async move { store.append(&stream, expected, events).await })
@@ -455,7 +468,8 @@ mod postgres {
             let stale = append("order-existing".into(), ExpectedVersion::NoStream, vec![event("Again", json!({}))]);
             let replay = append("order-existing".into(), ExpectedVersion::Exact(0), vec![stored]);
             let any = append("order-any".into(), ExpectedVersion::Any, vec![event("C", json!({}))]);
-            busy.await.unwrap();
+            in_flight_at_least(&store, OCCUPYING + 43).await;
+            busy.release().await;
 
             let mut commits = std::collections::HashSet::new();
             for task in fresh {
@@ -491,12 +505,12 @@ mod postgres {
     async fn a_stuck_statement_holds_up_the_other_appends_only_briefly() {
         with_database(POOL_SIZE, |pool| async move {
             let store = PgEventStore::new(pool);
-            let stuck = occupy_the_writer(&store, Duration::from_secs(3)).await;
+            let stuck = occupy_the_writer(&store).await;
             let free = store.append("order-free", ExpectedVersion::NoStream, vec![event("Free", json!({}))]).await;
             assert_eq!(free.unwrap().stream_version, 1);
             let blocker = store.read_stream("order-blocker", 1).await.unwrap();
             assert!(blocker.is_empty(), "order-free waited for the stuck statement to commit instead of the relief");
-            stuck.await.unwrap();
+            stuck.release().await;
         })
         .await;
     }
@@ -508,16 +522,10 @@ mod postgres {
     async fn a_batch_that_loses_a_race_is_written_append_by_append() {
         with_database(POOL_SIZE, |pool| async move {
             let store = one_writer(pool);
-            let harness = PgHarness(store.clone());
-            let racer = tokio::spawn(async move {
-                let row = vec![event("First", json!({}))];
-                harness
-                    .append_held_open("order-raced", ExpectedVersion::NoStream, row, Duration::from_secs(2), true)
-                    .await
-            });
-            // Written and held before the writer is occupied (which counts the sessions holding).
-            sessions_at_least(store.pool(), HOLDING, 1).await;
-            let busy = occupy_the_writer(&store, Duration::from_secs(1)).await;
+            let first = [event("First", json!({}))];
+            let racer =
+                PgHarness(store.clone()).hold_open("order-raced", ExpectedVersion::NoStream, &first).await.unwrap();
+            let busy = occupy_the_writer(&store).await;
             let append = |stream: &str, expected: ExpectedVersion| {
                 let (store, stream) = (store.clone(), stream.to_owned());
                 tokio::spawn(async move { store.append(&stream, expected, vec![event("E", json!({}))]).await })
@@ -525,8 +533,11 @@ mod postgres {
             let raced = append("order-raced", ExpectedVersion::NoStream);
             let others: Vec<_> =
                 (0..5).map(|i| append(&format!("order-other-{i}"), ExpectedVersion::NoStream)).collect();
-            busy.await.unwrap();
-            assert!(racer.await.unwrap().unwrap().is_some());
+            in_flight_at_least(&store, OCCUPYING + 6).await;
+            busy.release().await;
+            // The batch waits for the racer's row; the racer commits it.
+            sessions_waiting_at_least(store.pool(), 1).await;
+            racer.commit().await.unwrap();
 
             let raced = raced.await.unwrap();
             assert!(matches!(raced, Err(StoreError::WrongExpectedVersion { actual: 1, .. })), "{raced:?}");
@@ -548,7 +559,7 @@ mod postgres {
     async fn a_batch_writes_its_streams_in_the_order_of_their_ids() {
         with_database(POOL_SIZE, |pool| async move {
             let store = one_writer(pool);
-            let busy = occupy_the_writer(&store, Duration::from_secs(2)).await;
+            let busy = occupy_the_writer(&store).await;
             let mut appends = Vec::new();
             for stream in ["order-z", "order-m", "order-a", "order-q"] {
                 let store = store.clone();
@@ -558,7 +569,8 @@ mod postgres {
                 }));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            busy.await.unwrap();
+            in_flight_at_least(&store, OCCUPYING + 4).await;
+            busy.release().await;
             let mut written = Vec::new();
             for append in appends {
                 written.push(append.await.unwrap());
@@ -586,7 +598,7 @@ mod postgres {
             sqlx::query("SET LOCAL deadlock_timeout = '20s'").execute(&mut *other).await.unwrap();
             sqlx::query(insert).bind("order-b").execute(&mut *other).await.unwrap();
 
-            let busy = occupy_the_writer(&store, Duration::from_secs(2)).await;
+            let busy = occupy_the_writer(&store).await;
             let appends: Vec<_> = ["order-a", "order-b"]
                 .into_iter()
                 .map(|stream| {
@@ -596,10 +608,18 @@ mod postgres {
                     })
                 })
                 .collect();
-            busy.await.unwrap();
+            in_flight_at_least(&store, OCCUPYING + 2).await;
+            busy.release().await;
             // The batch has written order-a and waits for this transaction's order-b.
-            sessions_at_least(&pool, WAITING, 1).await;
-            sqlx::query(insert).bind("order-a").execute(&mut *other).await.unwrap();
+            sessions_waiting_at_least(&pool, 1).await;
+            // This insert waits for the batch's order-a: a deadlock, which
+            // aborts the batch. Then it races the split's own append of
+            // order-a: it takes the row first, or finds it committed (this
+            // session woke later); either way this transaction rolls back.
+            match sqlx::query(insert).bind("order-a").execute(&mut *other).await {
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("23505") => {}
+                outcome => _ = outcome.unwrap(),
+            }
             other.rollback().await.unwrap();
 
             for append in appends {

@@ -124,6 +124,11 @@ impl GroupCommit {
         Self { queue, in_flight: AtomicUsize::new(0), kept, _writers: writers }
     }
 
+    #[cfg(feature = "testing")]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Writes the append at once if nothing else is in flight; else queues
     /// it and waits for the outcome of its batch.
     pub async fn append(

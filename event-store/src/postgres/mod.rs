@@ -133,6 +133,13 @@ impl PgEventStore {
         &self.inner.pool
     }
 
+    /// Appends of this store queued or being written now: how a test knows
+    /// that the appends it started have reached the group commit's queue.
+    #[cfg(feature = "testing")]
+    pub fn appends_in_flight(&self) -> usize {
+        self.inner.writers.get().map_or(0, group::GroupCommit::in_flight)
+    }
+
     /// Applies the event store's pending migrations (its own schema only).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.inner.pool).await

@@ -206,6 +206,53 @@ impl<H: Harness> Harness for SharedHarness<H> {
 
 pub struct PgHarness(pub PgEventStore);
 
+/// An append written inside a transaction that stays open until the test
+/// commits it or lets it go (dropped, it rolls back): until then its rows
+/// hold up any other append to its stream, and its position holds the log
+/// back.
+pub struct HeldAppend {
+    transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+    result: AppendResult,
+}
+
+impl HeldAppend {
+    pub async fn commit(self) -> Result<AppendResult, StoreError> {
+        self.transaction.commit().await?;
+        Ok(self.result)
+    }
+
+    pub async fn roll_back(self) -> Result<(), StoreError> {
+        Ok(self.transaction.rollback().await?)
+    }
+}
+
+impl PgHarness {
+    /// Writes the append in a transaction of its own and returns with it
+    /// open: the test decides when it ends, so it can hold other appends up
+    /// for exactly as long as it needs, however slow the machine.
+    pub async fn hold_open(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<HeldAppend, StoreError> {
+        // A racing append that takes the same version aborts this
+        // transaction: start it again, as a writer would.
+        loop {
+            let mut transaction = self.0.pool().begin().await?;
+            match crate::postgres::append_within(&mut transaction, stream_id, expected, events).await? {
+                Some(result) => return Ok(HeldAppend { transaction, result }),
+                None => {
+                    transaction.rollback().await?;
+                    if expected != ExpectedVersion::Any {
+                        return Err(StoreError::InvalidAppend("the held-open append was refused".into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Harness for PgHarness {
     fn store(&self) -> Arc<dyn EventStore> {
@@ -220,25 +267,12 @@ impl Harness for PgHarness {
         hold: Duration,
         commit: bool,
     ) -> Result<Option<AppendResult>, StoreError> {
-        // A racing append that takes the same version aborts this
-        // transaction: start it again, as a writer would.
-        loop {
-            let mut tx = self.0.pool().begin().await?;
-            let Some(result) = crate::postgres::append_within(&mut tx, stream_id, expected, &events).await? else {
-                tx.rollback().await?;
-                if expected != ExpectedVersion::Any {
-                    return Err(StoreError::InvalidAppend("the held-open append was refused".into()));
-                }
-                continue;
-            };
-            tokio::time::sleep(hold).await;
-            return if commit {
-                tx.commit().await?;
-                Ok(Some(result))
-            } else {
-                tx.rollback().await?;
-                Ok(None)
-            };
+        let held = self.hold_open(stream_id, expected, &events).await?;
+        tokio::time::sleep(hold).await;
+        if commit {
+            held.commit().await.map(Some)
+        } else {
+            held.roll_back().await.map(|()| None)
         }
     }
 }
