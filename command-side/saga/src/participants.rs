@@ -28,7 +28,7 @@ use super::consumer::Reaction;
 use super::deadline::{self, Deadlines};
 use super::gateway::{ChargeOutcome, Gateway, GatewayError};
 use super::trigger::{Fact, Malformed, Trigger};
-use application::{Application, ExecuteError};
+use application::{Application, ExecuteError, Invocation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Participant {
@@ -278,8 +278,12 @@ impl Reactor {
         A::Command: Clone,
         A::State: Send + Sync + 'static,
     {
-        let invocation = trigger.invocation(actor, purpose, self.app.settings().max_attempts);
-        Ok(self.app.react::<A>(&invocation, stream_id, command).await?)
+        Ok(self.app.react::<A>(&self.invocation(trigger, actor, purpose), stream_id, command).await?)
+    }
+
+    /// The command `actor` gives for `trigger`, as this process retries it.
+    fn invocation(&self, trigger: &Trigger, actor: &str, purpose: &str) -> Invocation {
+        trigger.invocation(actor, purpose, self.app.settings().max_attempts)
     }
 
     /// An item's command, in one append with the item's other commands that
@@ -292,7 +296,7 @@ impl Reactor {
         stream_id: &str,
         command: InventoryCommand,
     ) -> Result<(), ReactionError> {
-        let invocation = trigger.invocation("inventory", purpose, self.app.settings().max_attempts);
+        let invocation = self.invocation(trigger, "inventory", purpose);
         let together = self.app.react_joined::<Inventory>(&invocation, stream_id, command).await?;
         if together > 1 {
             metrics::counter!("saga_commands_joined_total", "participant" => "inventory").increment(1);
@@ -345,11 +349,10 @@ impl Reactor {
     /// (its lines reported reserved, in one batch), in one append; `false`
     /// where they are to be run one by one (see `Application::react_together`).
     async fn order_together(&self, stream_id: &str, triggers: &[&Trigger]) -> Result<bool, ReactionError> {
-        let max_attempts = self.app.settings().max_attempts;
         let mut commands = Vec::with_capacity(triggers.len());
         for trigger in triggers {
             let Some((_, command)) = order_command(trigger) else { return Ok(false) };
-            commands.push((trigger.invocation("order", "record", max_attempts), command));
+            commands.push((self.invocation(trigger, "order", "record"), command));
         }
         Ok(self.app.react_together::<Order>(stream_id, &commands).await?)
     }
