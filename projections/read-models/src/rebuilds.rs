@@ -11,11 +11,15 @@ use uuid::Uuid;
 use crate::checkpoints::position_of;
 
 /// Asks for a rebuild of `name`. A rebuild already requested or running is
-/// left as it is.
+/// left as it is; one that ended (done or failed) is requested anew, with
+/// nothing of the last run's progress, times or error left to show.
 pub async fn request(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO projection_rebuilds (name, state) VALUES ($1, 'requested') \
-         ON CONFLICT (name) DO UPDATE SET state = 'requested', requested_at = now(), updated_at = now() \
+         ON CONFLICT (name) DO UPDATE SET state = 'requested', commit_id = 0, position = 0, events_done = 0, \
+             events_total = 0, requested_at = now(), started_at = NULL, run_started_at = NULL, \
+             run_events_from = 0, finished_at = NULL, failed_event_id = NULL, failed_position = NULL, \
+             error = NULL, updated_at = now() \
          WHERE projection_rebuilds.state NOT IN ('requested', 'running')",
     )
     .bind(name)

@@ -296,6 +296,26 @@ async fn a_rebuild_asked_for_on_the_admin_api_runs_in_the_projections_service_an
         assert_eq!(snapshot(&app.pool, "rm_orders", "order_id").await, built_live);
         let others = admin["projections"].as_array().unwrap().iter().filter(|p| p["name"] != "orders");
         assert!(others.into_iter().all(|p| p["rebuild"].is_null()));
+
+        // Asked for again, it starts from nothing: no progress, times or
+        // error of the last run show, and it counts the log once more.
+        let again = app.client.post(format!("{}/v1/admin/projections/orders/rebuild", app.base)).send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        let body: Value = again.json().await.unwrap();
+        assert_eq!(body["finished_at"], Value::Null, "{body}");
+        if body["state"] == "requested" {
+            assert_eq!((body["events_done"].as_u64(), body["started_at"].as_str()), (Some(0), None), "{body}");
+        }
+        let rebuilt_again = |admin: &Value| {
+            admin["projections"].as_array().unwrap().iter().any(|p| {
+                p["name"] == "orders"
+                    && p["rebuild"]["state"] == "done"
+                    && p["rebuild"]["requested_at"] == body["requested_at"]
+            })
+        };
+        let admin = admin_until(&app, "the second rebuild is done", rebuilt_again).await;
+        let orders = admin["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+        assert_eq!(orders["rebuild"]["events_done"], events, "{orders}");
         projecting.fire();
     })
     .await;
