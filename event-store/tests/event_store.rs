@@ -274,7 +274,7 @@ mod postgres {
                 (stats.held_back_events == 0 && stats.blocker.is_none()).then_some(())
             })
             .await;
-            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+            assert_eq!(log_of(&store, 1).await.len(), 1);
         })
         .await;
     }
@@ -307,7 +307,7 @@ mod postgres {
         sqlx::query("ROLLBACK PREPARED 'forgotten'").execute(&mut elsewhere).await.unwrap();
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.held_back_events, stats.blocker), (0, None));
-        assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+        assert_eq!(log_of(&store, 1).await.len(), 1);
         pool.close().await;
     }
 
@@ -319,7 +319,7 @@ mod postgres {
         with_database(4, |pool| async move {
             let store = PgEventStore::new(pool);
             store.append("order-1", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
-            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+            assert_eq!(log_of(&store, 1).await.len(), 1);
             assert_eq!(store.stats().await.unwrap().held_back_events, 0);
         })
         .await;
@@ -349,6 +349,17 @@ mod postgres {
 
     /// A session of the shared database (not the test's own) in a
     /// transaction that holds an xid, open until the caller rolls it back.
+    /// The log once it shows `n` events. A transaction of the test's database
+    /// that the test did not open (autovacuum's analyze writes statistics)
+    /// can hold the log back a moment, so an append is not always readable
+    /// the instant it returns: a test that reads right after appending waits.
+    async fn log_of(store: &PgEventStore, n: usize) -> Vec<event_store::RecordedEvent> {
+        eventually(Duration::from_secs(10), &format!("{n} events in the log"), || async {
+            Some(store.read_all(None, 100).await.unwrap()).filter(|log| log.len() >= n)
+        })
+        .await
+    }
+
     async fn transaction_open_elsewhere() -> sqlx::PgConnection {
         use sqlx::Connection;
         let url = std::env::var("DATABASE_URL").unwrap();
@@ -483,9 +494,7 @@ mod postgres {
             assert_eq!(replay.await.unwrap().unwrap(), original, "a replay answers the original result");
             assert_eq!(any.await.unwrap().unwrap().stream_version, 1);
 
-            // Another transaction of the cluster (autovacuum's, say) may hold the log back a moment.
-            let readable = || async { Some(store.read_all(None, 1000).await.unwrap()).filter(|log| log.len() >= 83) };
-            let log = event_store::testing::eventually(Duration::from_secs(10), "the whole log", readable).await;
+            let log = log_of(&store, 83).await;
             assert_eq!(log.len(), 1 + 1 + 80 + 1, "the first, the blocker's, 40 x 2, order-any");
             assert_eq!(store.read_stream("order-existing", 1).await.unwrap().len(), 1);
             for i in 0..40 {
@@ -678,7 +687,7 @@ mod postgres {
                 harness.append_held_open("order-x", ExpectedVersion::Any, batch, Duration::ZERO, false).await.unwrap();
             assert_eq!(rolled_back, None);
             store.append("order-x", ExpectedVersion::NoStream, vec![event("Kept", json!({}))]).await.unwrap();
-            let log = store.read_all(None, 10).await.unwrap();
+            let log = log_of(&store, 1).await;
             assert_eq!(log.len(), 1);
             assert_eq!(log[0].event_type, "Kept");
             assert_eq!(log[0].stream_version, 1);
@@ -742,7 +751,7 @@ mod postgres {
                     Err(other) => panic!("after {failures} failures: {other:?}"),
                 }
             }
-            let written = store.read_all(None, 100).await.unwrap();
+            let written = log_of(&store, 6).await;
             assert_eq!(written.len(), 6, "five before, one after; a failed append wrote nothing");
         })
         .await;
@@ -757,7 +766,7 @@ mod postgres {
             let own = own.await.unwrap();
             let store = PgEventStore::new(own.clone());
             store.append("order-kept", ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
-            assert_eq!(store.read_all(None, 10).await.unwrap().len(), 1);
+            assert_eq!(log_of(&store, 1).await.len(), 1);
             tokio::time::timeout(Duration::from_secs(10), own.close()).await.expect("the pool closes");
             drop(store);
         })
