@@ -86,10 +86,9 @@ impl App {
         tracing::info!(addr = %self.local_addr(), "query API listening");
         let gauges = http::record_metrics(self.state);
         let ops = tokio::spawn(self.ops.run(self.checks, shutdown.clone()));
-        // The peer address keys rate limits when auth is off.
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        // The peer address (ConnectInfo) keys rate limits when auth is off.
         let served =
-            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
+            service_kit::http::serve(self.listener, self.router, async move { shutdown.requested().await }).await;
         gauges.abort();
         let _ = ops.await;
         served

@@ -232,7 +232,7 @@ impl OpsServer {
     pub async fn run(self, checks: Vec<Check>, shutdown: Shutdown) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ops endpoints listening (/health/live, /health/ready, /metrics)");
         let router = crate::http::layers(router(checks), Duration::from_secs(10));
-        axum::serve(self.listener, router).with_graceful_shutdown(async move { shutdown.requested().await }).await
+        crate::http::serve(self.listener, router, async move { shutdown.requested().await }).await
     }
 }
 

@@ -86,10 +86,9 @@ impl App {
         let janitor = tokio::spawn(forget_expired_keys(self.application, self.idempotency_key_ttl, shutdown.clone()));
         let ops = tokio::spawn(self.ops.run(self.checks, shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
-        // The peer address keys rate limits when auth is off.
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        // The peer address (ConnectInfo) keys rate limits when auth is off.
         let served =
-            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await;
+            service_kit::http::serve(self.listener, self.router, async move { shutdown.requested().await }).await;
         janitor.abort();
         resealing.abort();
         let _ = ops.await;

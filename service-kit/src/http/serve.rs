@@ -1,0 +1,246 @@
+//! Serving a router over TCP as `axum::serve` does (HTTP/1 and HTTP/2, the
+//! peer's address as `ConnectInfo`, graceful shutdown), with one difference:
+//! each connection's task is polled again in place when it woke itself
+//! during its own poll.
+//!
+//! Hyper runs a connection and the handler of its request in one task, and
+//! they signal each other through the request body's channel (the handler
+//! asks for the body, the connection reads it and hands it over): each
+//! signal wakes the task that is running. Tokio takes a task woken while it
+//! runs for one that yields: it queues it again and wakes another worker
+//! thread to take it, which at low concurrency finds nothing and sleeps
+//! again. On the command API at one connection (perf's `sched_wakeup` with
+//! call chains) that was 0.8 wake-ups of the other worker per request;
+//! polled again in place, the API's threads sleep 2.4 times per request
+//! instead of 4.0 (the floor is 2: for the request, for PostgreSQL's
+//! answer), and its CPU per request is 11-17% lower (docs/perf/log.md,
+//! "2026-12-05 (11:45-12:30)").
+
+use std::future::Future;
+use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// open connections finish their requests (as `axum::serve(..)
+/// .with_graceful_shutdown(..)` with `into_make_service_with_connect_info`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // As axum::serve: the one receiver of `stop` is dropped when shutdown is
+    // asked for, so every holder of its sender sees it closed; the
+    // connections hold receivers of `done` until they end.
+    let (stop, stop_rx) = watch::channel(());
+    let (done_tx, done) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(stop_rx);
+    });
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // As axum::serve: a connection that failed before it was
+                // accepted is passed over; any other failure (out of file
+                // descriptors, say) is tried again a second later.
+                Err(error) if matches!(error.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "accepting a connection failed; trying again in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = stop.closed() => break,
+        };
+        let service = router.clone().map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote_addr));
+            request.map(axum::body::Body::new)
+        });
+        let service = TowerToHyperService::new(service);
+        let (stop, done) = (stop.clone(), done.clone());
+        tokio::spawn(InPlace::new(async move {
+            let builder = Builder::new(TokioExecutor::new());
+            let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::trace!(%error, "connection ended");
+                        }
+                        break;
+                    }
+                    () = stop.closed(), if !stopping => {
+                        connection.as_mut().graceful_shutdown();
+                        stopping = true;
+                    }
+                }
+            }
+            drop(done);
+        }));
+    }
+    drop(done);
+    drop(listener);
+    done_tx.closed().await;
+    Ok(())
+}
+
+/// A task's future, polled again at once (up to [`AGAIN`] times) when it
+/// woke itself during its poll, instead of being handed back to the
+/// scheduler as a task that yields. A wake-up from elsewhere, or after the
+/// poll, goes to the task's waker as usual; one that comes during the poll
+/// from another thread is taken as the task's own (it is polled again:
+/// nothing is lost).
+struct InPlace<F> {
+    future: Pin<Box<F>>,
+    waker: Arc<Relay>,
+}
+
+/// How many times in a row a future may be polled again in place; after
+/// that its wake-up goes to the scheduler (a future that keeps waking
+/// itself is yielding on purpose, or out of tokio's budget).
+const AGAIN: usize = 4;
+
+/// The waker the future sees: while it is polled, a wake-up is noted;
+/// otherwise it is passed on to the task's waker.
+struct Relay {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: Mutex<Waker>,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+        } else {
+            self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future> InPlace<F> {
+    fn new(future: F) -> Self {
+        let task = Waker::noop().clone();
+        let waker =
+            Arc::new(Relay { polling: AtomicBool::new(false), woken: AtomicBool::new(false), task: Mutex::new(task) });
+        Self { future: Box::pin(future), waker }
+    }
+}
+
+impl<F: Future> Future for InPlace<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        {
+            let mut task = self.waker.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !task.will_wake(cx.waker()) {
+                task.clone_from(cx.waker());
+            }
+        }
+        let relay = Waker::from(self.waker.clone());
+        let mut inner = Context::from_waker(&relay);
+        for _ in 0..AGAIN {
+            self.waker.woken.store(false, Ordering::SeqCst);
+            self.waker.polling.store(true, Ordering::SeqCst);
+            let polled = self.future.as_mut().poll(&mut inner);
+            self.waker.polling.store(false, Ordering::SeqCst);
+            if polled.is_ready() || !self.waker.woken.load(Ordering::SeqCst) {
+                return polled;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts the wake-ups the scheduler would get.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes itself `times` times during its polls, then is ready; keeps the
+    /// last waker it was given.
+    struct WakesItself {
+        times: usize,
+        polls: usize,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Future for WakesItself {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.polls > self.times {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    fn poll_once<F: Future>(future: &mut InPlace<F>, scheduler: &Arc<Counted>) -> Poll<F::Output> {
+        let waker = Waker::from(scheduler.clone());
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again_without_the_scheduler() {
+        let scheduler = Arc::new(Counted::default());
+        let mut future = InPlace::new(WakesItself { times: 2, polls: 0, waker: Arc::default() });
+        assert_eq!(poll_once(&mut future, &scheduler), Poll::Ready(3));
+        assert_eq!(scheduler.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_is_handed_back_to_the_scheduler() {
+        let scheduler = Arc::new(Counted::default());
+        let mut future = InPlace::new(WakesItself { times: 100, polls: 0, waker: Arc::default() });
+        assert_eq!(poll_once(&mut future, &scheduler), Poll::Pending);
+        assert_eq!(future.future.polls, AGAIN);
+        assert_eq!(scheduler.0.load(Ordering::SeqCst), 1, "woken once, to be polled again");
+    }
+
+    #[test]
+    fn a_wake_up_after_the_poll_goes_to_the_scheduler() {
+        let scheduler = Arc::new(Counted::default());
+        let waker = Arc::new(Mutex::new(None));
+        let mut future = InPlace::new(WakesItself { times: 100, polls: 100, waker: waker.clone() });
+        // Ready at once: nothing woke it during the poll.
+        assert_eq!(poll_once(&mut future, &scheduler), Poll::Ready(101));
+        let kept = waker.lock().unwrap().take().expect("the future kept its waker");
+        kept.wake_by_ref();
+        kept.wake();
+        assert_eq!(scheduler.0.load(Ordering::SeqCst), 2);
+    }
+}
