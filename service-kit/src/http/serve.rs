@@ -14,7 +14,7 @@
 //! polled again in place, the API's threads sleep 2.4 times per request
 //! instead of 4.0 (the floor is 2: for the request, for PostgreSQL's
 //! answer), and its CPU per request is 11-17% lower (docs/perf/log.md,
-//! "2026-12-05 (11:45-12:30)").
+//! "2026-12-05 (11:50-12:20)").
 
 use std::future::Future;
 use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
