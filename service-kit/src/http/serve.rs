@@ -11,10 +11,9 @@
 //! thread to take it, which at low concurrency finds nothing and sleeps
 //! again. On the command API at one connection (perf's `sched_wakeup` with
 //! call chains) that was 0.8 wake-ups of the other worker per request;
-//! polled again in place, the API's threads sleep 2.4 times per request
-//! instead of 4.0 (the floor is 2: for the request, for PostgreSQL's
-//! answer), and its CPU per request is 11-17% lower (docs/perf/log.md,
-//! "2026-12-05 (11:50-12:20)").
+//! polled again in place, the API's threads are switched out 2.4 times per
+//! request instead of 4.0, and its CPU per request is 11-17% lower
+//! (docs/perf/log.md, "2026-12-05 (11:50-12:20)").
 
 use std::future::Future;
 use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
