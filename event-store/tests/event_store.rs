@@ -347,8 +347,6 @@ mod postgres {
         sqlx::query("ROLLBACK").execute(&mut elsewhere).await.unwrap();
     }
 
-    /// A session of the shared database (not the test's own) in a
-    /// transaction that holds an xid, open until the caller rolls it back.
     /// The log once it shows `n` events. A transaction of the test's database
     /// that the test did not open (autovacuum's analyze writes statistics)
     /// can hold the log back a moment, so an append is not always readable
@@ -360,6 +358,8 @@ mod postgres {
         .await
     }
 
+    /// A session of the shared database (not the test's own) in a
+    /// transaction that holds an xid, open until the caller rolls it back.
     async fn transaction_open_elsewhere() -> sqlx::PgConnection {
         use sqlx::Connection;
         let url = std::env::var("DATABASE_URL").unwrap();
@@ -379,11 +379,9 @@ mod postgres {
     }
 
     async fn sessions_waiting_at_least(pool: &sqlx::PgPool, n: i64) {
-        event_store::testing::eventually(
-            Duration::from_secs(10),
-            &format!("{n} sessions waiting for a lock"),
-            || async { (sessions_waiting(pool).await >= n).then_some(()) },
-        )
+        eventually(Duration::from_secs(10), &format!("{n} sessions waiting for a lock"), || async {
+            (sessions_waiting(pool).await >= n).then_some(())
+        })
         .await;
     }
 
@@ -391,7 +389,7 @@ mod postgres {
     /// busy writer, or being written), and a moment more: an append is
     /// counted just before it enters the queue.
     async fn in_flight_at_least(store: &PgEventStore, n: usize) {
-        event_store::testing::eventually(Duration::from_secs(10), &format!("{n} appends in flight"), || async {
+        eventually(Duration::from_secs(10), &format!("{n} appends in flight"), || async {
             (store.appends_in_flight() >= n).then_some(())
         })
         .await;

@@ -19,11 +19,12 @@ use std::future::Future;
 use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -115,10 +116,11 @@ const AGAIN: usize = 4;
 
 /// The waker the future sees: while it is polled, a wake-up is noted;
 /// otherwise it is passed on to the task's waker.
+#[derive(Default)]
 struct Relay {
     polling: AtomicBool,
     woken: AtomicBool,
-    task: Mutex<Waker>,
+    task: AtomicWaker,
 }
 
 impl Wake for Relay {
@@ -130,17 +132,14 @@ impl Wake for Relay {
         if self.polling.load(Ordering::SeqCst) {
             self.woken.store(true, Ordering::SeqCst);
         } else {
-            self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).wake_by_ref();
+            self.task.wake();
         }
     }
 }
 
 impl<F: Future> InPlace<F> {
     fn new(future: F) -> Self {
-        let task = Waker::noop().clone();
-        let waker =
-            Arc::new(Relay { polling: AtomicBool::new(false), woken: AtomicBool::new(false), task: Mutex::new(task) });
-        Self { future: Box::pin(future), waker }
+        Self { future: Box::pin(future), waker: Arc::default() }
     }
 }
 
@@ -148,12 +147,7 @@ impl<F: Future> Future for InPlace<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        {
-            let mut task = self.waker.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !task.will_wake(cx.waker()) {
-                task.clone_from(cx.waker());
-            }
-        }
+        self.waker.task.register(cx.waker());
         let relay = Waker::from(self.waker.clone());
         let mut inner = Context::from_waker(&relay);
         for _ in 0..AGAIN {
@@ -173,6 +167,7 @@ impl<F: Future> Future for InPlace<F> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
 
     use super::*;
 
@@ -230,16 +225,30 @@ mod tests {
         assert_eq!(scheduler.0.load(Ordering::SeqCst), 1, "woken once, to be polled again");
     }
 
+    /// Pending until woken, keeping the waker it was given.
+    struct Parked(Arc<Mutex<Option<Waker>>>);
+
+    impl Future for Parked {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            *self.0.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
     #[test]
     fn a_wake_up_after_the_poll_goes_to_the_scheduler() {
         let scheduler = Arc::new(Counted::default());
-        let waker = Arc::new(Mutex::new(None));
-        let mut future = InPlace::new(WakesItself { times: 100, polls: 100, waker: waker.clone() });
-        // Ready at once: nothing woke it during the poll.
-        assert_eq!(poll_once(&mut future, &scheduler), Poll::Ready(101));
-        let kept = waker.lock().unwrap().take().expect("the future kept its waker");
-        kept.wake_by_ref();
-        kept.wake();
-        assert_eq!(scheduler.0.load(Ordering::SeqCst), 2);
+        let kept = Arc::new(Mutex::new(None));
+        let mut future = InPlace::new(Parked(kept.clone()));
+        for polls in 1..=2 {
+            assert_eq!(poll_once(&mut future, &scheduler), Poll::Pending);
+            assert_eq!(scheduler.0.load(Ordering::SeqCst), polls - 1, "nothing woke it during the poll");
+            // From another thread, as the IO driver would.
+            let waker = kept.lock().unwrap().take().expect("the future kept its waker");
+            std::thread::spawn(move || waker.wake()).join().unwrap();
+            assert_eq!(scheduler.0.load(Ordering::SeqCst), polls, "each wake-up after a poll reaches the scheduler");
+        }
     }
 }
