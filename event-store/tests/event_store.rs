@@ -717,6 +717,77 @@ mod postgres {
         .await;
     }
 
+    /// The NOTIFYs a store sends, as a LISTEN of the test's own hears them.
+    async fn notifications(pool: &sqlx::PgPool) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await.unwrap();
+        listener.listen(event_store::postgres::CHANNEL).await.unwrap();
+        let (heard, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while listener.recv().await.is_ok() {
+                if heard.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        receiver
+    }
+
+    async fn next_notify(heard: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>, within: Duration) -> Instant {
+        tokio::time::timeout(within, heard.recv()).await.expect("no NOTIFY came").unwrap()
+    }
+
+    /// At most one NOTIFY a pause (`notify_interval`): an append after a
+    /// quiet spell is announced at once; appends during the pause by the
+    /// append that ends it, at once, or, if none comes, at the end of a
+    /// second pause; and with nothing to announce, nothing is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_are_announced_at_most_one_notify_a_pause_and_at_most_two_pauses_late() {
+        with_database(4, |pool| async move {
+            let pause = Duration::from_secs(2);
+            let config = PgStoreConfig { notify_interval: pause, ..Default::default() };
+            let store = PgEventStore::with_config(pool.clone(), config);
+            let mut heard = notifications(&pool).await;
+            let mut streams = 0;
+            let mut append = || {
+                streams += 1;
+                let (store, stream) = (store.clone(), format!("order-{streams}"));
+                async move {
+                    store.append(&stream, ExpectedVersion::NoStream, vec![event("Happened", json!({}))]).await.unwrap();
+                    Instant::now()
+                }
+            };
+
+            let after_quiet = append().await;
+            let first = next_notify(&mut heard, pause * 5).await;
+            assert!(first - after_quiet < pause / 2, "a first append announced after {:?}", first - after_quiet);
+            for _ in 0..5 {
+                append().await; // during the pause
+            }
+            tokio::time::sleep_until((first + pause + Duration::from_millis(500)).into()).await;
+            let ending_the_pause = append().await;
+            let second = next_notify(&mut heard, pause * 5).await;
+            assert!(second > ending_the_pause, "the appends during the pause were announced before it ended");
+            assert!(
+                second - ending_the_pause < pause / 2,
+                "the append after the pause announced after {:?}",
+                second - ending_the_pause
+            );
+
+            let mut last = second;
+            for _ in 0..3 {
+                last = append().await; // during the pause, and nothing after them
+            }
+            let third = next_notify(&mut heard, pause * 5).await;
+            assert!(third - second > pause / 2, "two NOTIFYs {:?} apart", third - second);
+            assert!(third - last < pause * 2 + pause / 2, "appends announced {:?} late", third - last);
+            assert!(
+                tokio::time::timeout(pause * 3 / 2, heard.recv()).await.is_err(),
+                "a NOTIFY with no append to announce"
+            );
+        })
+        .await;
+    }
+
     /// Appends keep their connection out of the pool between statements (no
     /// check of a connection given back: half the round trips). When the
     /// database drops those connections (a restart, an administrator), the

@@ -72,7 +72,10 @@ pub struct PgStoreConfig {
     /// Longest time one store operation may take before it fails as unavailable.
     pub operation_timeout: Duration,
     /// Shortest time between two NOTIFYs: appends in between share one.
-    /// Subscribers in other processes learn of an append up to this late.
+    /// An append after a quiet spell is announced at once; one during the
+    /// pause after a NOTIFY by the first append after the pause, and at
+    /// most twice this late (subscribers in other processes learn of it
+    /// then; a lost NOTIFY is covered by their polling).
     pub notify_interval: Duration,
     pub subscription: SubscriptionConfig,
     pub group_commit: GroupCommitConfig,

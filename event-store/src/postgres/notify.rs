@@ -2,8 +2,9 @@
 //! after appends, one LISTENs and wakes this process's subscriptions.
 //! Both stop when the store is dropped.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
@@ -22,42 +23,103 @@ impl Drop for TaskGuard {
 }
 
 pub(super) struct Notifier {
-    pending: Arc<Notify>,
+    shared: Arc<Shared>,
     _task: TaskGuard,
 }
 
-impl Notifier {
-    pub fn start(pool: PgPool, min_interval: Duration) -> Self {
-        let pending = Arc::new(Notify::new());
-        let task = tokio::spawn(notify_loop(pool, pending.clone(), min_interval));
-        Self { pending, _task: TaskGuard(task) }
+/// What the appends tell the NOTIFY task.
+struct Shared {
+    /// Wakes the task for an append after the pause.
+    wake: Notify,
+    /// Appends came during the pause and wait for a NOTIFY.
+    deferred: AtomicBool,
+    /// When the pause after the last NOTIFY ends, in nanoseconds after `epoch`.
+    pause_ends: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Asks for a NOTIFY; signals that arrive while one is being sent share the next one.
-    pub fn signal(&self) {
-        self.pending.notify_one();
+    fn pause_over(&self, now: Instant) -> bool {
+        self.nanos(now) >= self.pause_ends.load(Ordering::Acquire)
     }
 }
 
-/// Sends the NOTIFYs, at most one per `min_interval`, on a connection of its
-/// own with `synchronous_commit` off: a NOTIFY transaction takes a
-/// transaction id, and its commit need not wait for a disk flush (a lost
-/// notification is covered by polling).
-async fn notify_loop(pool: PgPool, pending: Arc<Notify>, min_interval: Duration) {
+impl Notifier {
+    pub fn start(pool: PgPool, pause: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            wake: Notify::new(),
+            deferred: AtomicBool::new(false),
+            pause_ends: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let task = tokio::spawn(notify_loop(pool, shared.clone(), pause));
+        Self { shared, _task: TaskGuard(task) }
+    }
+
+    /// Asks for a NOTIFY: at once after the pause, else noted for the next.
+    pub fn signal(&self) {
+        let shared = &*self.shared;
+        if shared.pause_over(Instant::now()) {
+            shared.wake.notify_one();
+        } else {
+            shared.deferred.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Sends the NOTIFYs, on a connection of its own with `synchronous_commit`
+/// off: a NOTIFY transaction takes a transaction id, and its commit need not
+/// wait for a disk flush (a lost notification is covered by polling).
+///
+/// After a NOTIFY comes a pause of `pause`: an append during it is announced
+/// by the NOTIFY of the first append after it, or, if none comes, at the end
+/// of a second pause; an append after it, at once. So there is at most one
+/// NOTIFY a pause, an append is announced at most two pauses late, and under
+/// steady load the task never waits on a timer: the append that ends the
+/// pause wakes it (from the appending task, so on the same thread), where a
+/// timer at the end of each pause would wake the process once more, and
+/// often a second thread with it, for every NOTIFY.
+async fn notify_loop(pool: PgPool, shared: Arc<Shared>, pause: Duration) {
     let mut connection: Option<PgConnection> = None;
+    // The end of the second pause after the last NOTIFY, while it may be needed.
+    let mut last_call: Option<Instant> = None;
     loop {
-        pending.notified().await;
+        match last_call {
+            Some(at) => tokio::select! {
+                () = shared.wake.notified() => {}
+                () = tokio::time::sleep_until(at.into()) => {
+                    last_call = None;
+                    if !shared.deferred.load(Ordering::Acquire) {
+                        continue;
+                    }
+                }
+            },
+            None => shared.wake.notified().await,
+        }
+        if !shared.pause_over(Instant::now()) {
+            // Asked while the last NOTIFY was going out: it may not cover that append.
+            shared.deferred.store(true, Ordering::Release);
+            continue;
+        }
+        // Before the NOTIFY: an append noted after this is announced by the next.
+        shared.deferred.store(false, Ordering::Release);
         if connection.is_none() {
             connection = connect_for_notify(&pool).await;
         }
-        let Some(conn) = connection.as_mut() else { continue };
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await {
-            // Subscribers elsewhere fall back to polling; nothing is lost.
-            tracing::debug!(%error, "could not send the append notification");
-            connection = None;
+        if let Some(conn) = connection.as_mut() {
+            if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await {
+                // Subscribers elsewhere fall back to polling; nothing is lost.
+                tracing::debug!(%error, "could not send the append notification");
+                connection = None;
+            }
         }
-        // Appends during the pause share the next notification.
-        tokio::time::sleep(min_interval).await;
+        let now = Instant::now();
+        shared.pause_ends.store(shared.nanos(now + pause), Ordering::Release);
+        last_call = Some(now + 2 * pause);
     }
 }
 
