@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -116,11 +116,34 @@ const AGAIN: usize = 4;
 
 /// The waker the future sees: while it is polled, a wake-up is noted;
 /// otherwise it is passed on to the task's waker.
+///
+/// The state is one atomic, so that a wake-up and the end of a poll cannot
+/// interleave: a wake-up either marks the poll under way (and the poller,
+/// ending it, sees the mark) or finds it ended and wakes the task. (With two
+/// flags, "polling?" then "mark woken", a wake-up from another thread could
+/// read "polling", the poll end and find no mark, and the mark come too
+/// late: the task slept for good, a connection hung.)
 #[derive(Default)]
 struct Relay {
-    polling: AtomicBool,
-    woken: AtomicBool,
+    state: AtomicU8,
     task: AtomicWaker,
+}
+
+/// [`Relay::state`]: not being polled (the default), polled, polled and woken meanwhile.
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl Relay {
+    /// Starts a poll.
+    fn polling(&self) {
+        self.state.store(POLLING, Ordering::SeqCst);
+    }
+
+    /// Ends a poll: whether the future was woken during it.
+    fn polled(&self) -> bool {
+        self.state.swap(IDLE, Ordering::SeqCst) == WOKEN
+    }
 }
 
 impl Wake for Relay {
@@ -129,9 +152,8 @@ impl Wake for Relay {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::SeqCst) {
-            self.woken.store(true, Ordering::SeqCst);
-        } else {
+        // Marked if a poll is under way (or already marked); else the task's waker.
+        if let Err(IDLE) = self.state.compare_exchange(POLLING, WOKEN, Ordering::SeqCst, Ordering::SeqCst) {
             self.task.wake();
         }
     }
@@ -151,11 +173,9 @@ impl<F: Future> Future for InPlace<F> {
         let relay = Waker::from(self.waker.clone());
         let mut inner = Context::from_waker(&relay);
         for _ in 0..AGAIN {
-            self.waker.woken.store(false, Ordering::SeqCst);
-            self.waker.polling.store(true, Ordering::SeqCst);
+            self.waker.polling();
             let polled = self.future.as_mut().poll(&mut inner);
-            self.waker.polling.store(false, Ordering::SeqCst);
-            if polled.is_ready() || !self.waker.woken.load(Ordering::SeqCst) {
+            if !self.waker.polled() || polled.is_ready() {
                 return polled;
             }
         }
@@ -166,7 +186,7 @@ impl<F: Future> Future for InPlace<F> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::Mutex;
 
     use super::*;
@@ -250,5 +270,76 @@ mod tests {
             std::thread::spawn(move || waker.wake()).join().unwrap();
             assert_eq!(scheduler.0.load(Ordering::SeqCst), polls, "each wake-up after a poll reaches the scheduler");
         }
+    }
+
+    /// Hands its waker to another thread at every poll and stays pending,
+    /// spinning a little after each hand-over so that the other thread's
+    /// wake-up lands anywhere around the end of the poll.
+    struct HandsOver {
+        to: Arc<HandOver>,
+        spin: usize,
+    }
+
+    /// One waker at a time from the polling thread to the waking one.
+    #[derive(Default)]
+    struct HandOver {
+        waker: Mutex<Option<Waker>>,
+        full: AtomicBool,
+        handed: AtomicUsize,
+        woken: AtomicUsize,
+        stop: AtomicBool,
+    }
+
+    impl Future for HandsOver {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            while self.to.full.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            *self.to.waker.lock().unwrap() = Some(cx.waker().clone());
+            self.to.handed.fetch_add(1, Ordering::SeqCst);
+            self.to.full.store(true, Ordering::SeqCst);
+            for _ in 0..self.spin {
+                std::hint::spin_loop();
+            }
+            Poll::Pending
+        }
+    }
+
+    /// A wake-up from another thread is never lost, wherever it lands
+    /// against the end of a poll: it is taken in place, or it reaches the
+    /// scheduler (the IO driver wakes a connection's task from whichever
+    /// thread holds it).
+    #[test]
+    fn a_wake_up_from_another_thread_as_the_poll_ends_is_never_lost() {
+        let hand_over = Arc::new(HandOver::default());
+        let waking = {
+            let from = hand_over.clone();
+            std::thread::spawn(move || {
+                while !from.stop.load(Ordering::SeqCst) {
+                    if from.full.load(Ordering::SeqCst) {
+                        let waker = from.waker.lock().unwrap().take().unwrap();
+                        from.full.store(false, Ordering::SeqCst);
+                        waker.wake();
+                        from.woken.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::thread::yield_now(); // spinning, but not against a test sharing its core
+                }
+            })
+        };
+        let scheduler = Arc::new(Counted::default());
+        let mut future = InPlace::new(HandsOver { to: hand_over.clone(), spin: 0 });
+        for round in 0..20_000 {
+            future.future.spin = round % 200;
+            let before = scheduler.0.load(Ordering::SeqCst);
+            assert_eq!(poll_once(&mut future, &scheduler), Poll::Pending);
+            while hand_over.woken.load(Ordering::SeqCst) < hand_over.handed.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            assert!(scheduler.0.load(Ordering::SeqCst) > before, "round {round}: the last wake-up was lost");
+        }
+        hand_over.stop.store(true, Ordering::SeqCst);
+        waking.join().unwrap();
     }
 }
