@@ -14,6 +14,13 @@
 # a sleep and a wake-up). The figures are the medians of ROUNDS (default 3)
 # rounds; the ratio is taken within each pair.
 #
+# A third API runs beside them as a floor: `command-side/api/examples/floor.rs`,
+# a bare axum server that writes the same order as one prepared INSERT and
+# answers (no authentication, decision, concurrency check, NOTIFY, log line or
+# metrics), measured in the same rounds, after the other two. It says what
+# any command API on axum, sqlx and PostgreSQL costs on the machine in that
+# hour, so the ratios to it are the current code's overhead over the stack.
+#
 #   scripts/bench-api-cpu.sh [BASE_COMMIT]   (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
 # The earlier commit is built once, from a worktree of its own, into
@@ -29,17 +36,17 @@ levels=(1 8 32)
 source scripts/lib/command-api.sh
 # shellcheck source=scripts/lib/benchmarks.sh
 source scripts/lib/benchmarks.sh
-# During a round both APIs run, each on a scratch database of its own:
-# their pids, ports, databases and scratch directories, by "base" and "now".
+# During a round the three APIs run, each on a scratch database of its own:
+# their pids, ports, databases and scratch directories, by "base", "now" and "floor".
 declare -A pid_of port_of db_of work_of
 clean_up() {
   stop_command_api
-  stop_both
+  stop_all
   remove_worktree
 }
 trap clean_up EXIT
 
-cargo build --quiet --release -p command-api --bin command-api -p service-kit --bin mint-token
+cargo build --quiet --release -p command-api --bin command-api --example floor -p service-kit --bin mint-token
 base_bin=target/base-$base/release/command-api
 if [[ ! -x $base_bin ]]; then
   echo "building the command API of $base into target/base-$base (once)" >&2
@@ -47,18 +54,19 @@ if [[ ! -x $base_bin ]]; then
     cargo build --quiet --release -p command-api --bin command-api
 fi
 
-start_both() {
+start_all() {
   local which binary
-  for which in base now; do
+  for which in base now floor; do
     binary=target/release/command-api
     if [[ $which == base ]]; then binary=$base_bin; fi
+    if [[ $which == floor ]]; then binary=target/release/examples/floor; fi
     start_command_api "$binary" target/release/mint-token
     pid_of[$which]=$api port_of[$which]=$port db_of[$which]=$db work_of[$which]=$work
     api="" db="" work=""
     wrk -t1 -c8 -d2s -s "${work_of[$which]}/post.lua" "http://127.0.0.1:${port_of[$which]}/v1/orders" >/dev/null
   done
 }
-stop_both() {
+stop_all() {
   local which
   for which in "${!pid_of[@]}"; do
     api=${pid_of[$which]} db=${db_of[$which]} work=${work_of[$which]}
@@ -84,11 +92,11 @@ measure() {
 # The voluntary context switches so far of the threads of process $1.
 switches() { cat "/proc/$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 
-declare -A rate cpu switched ratios
+declare -A rate cpu switched ratios floor_ratios
 for round in $(seq "$rounds"); do
-  order=(base now)
-  if ((round % 2 == 0)); then order=(now base); fi
-  start_both
+  order=(base now floor)
+  if ((round % 2 == 0)); then order=(now base floor); fi
+  start_all
   for clients in "${levels[@]}"; do
     for which in "${order[@]}"; do
       read -r r ms s < <(measure "$which" "$clients")
@@ -99,12 +107,14 @@ for round in $(seq "$rounds"); do
     done
     now_ms=$(awk '{print $NF}' <<<"${cpu[now,$clients]}")
     base_ms=$(awk '{print $NF}' <<<"${cpu[base,$clients]}")
+    floor_ms=$(awk '{print $NF}' <<<"${cpu[floor,$clients]}")
     ratios[$clients]+="$(awk -v a="$now_ms" -v b="$base_ms" 'BEGIN {printf "%.2f", a / b}') "
+    floor_ratios[$clients]+="$(awk -v a="$now_ms" -v b="$floor_ms" 'BEGIN {printf "%.2f", a / b}') "
   done
-  stop_both
+  stop_all
 done
 
-rows=""
+rows="" floor_rows=""
 for clients in "${levels[@]}"; do
   cells=""
   for which in base now; do
@@ -114,6 +124,9 @@ for clients in "${levels[@]}"; do
   done
   each=$(tr ' ' '\n' <<<"${ratios[$clients]}" | grep . | paste -sd ' ' | sed 's/ /, /g')
   rows+="| $clients | $cells$(median_of "${ratios[$clients]}") ($each) |"$'\n'
+  each=$(tr ' ' '\n' <<<"${floor_ratios[$clients]}" | grep . | paste -sd ' ' | sed 's/ /, /g')
+  floor_rows+="| $clients | $(median_of "${rate[floor,$clients]}") | $(median_of "${cpu[floor,$clients]}") | "
+  floor_rows+="$(median_of "${switched[floor,$clients]}") | $(median_of "${floor_ratios[$clients]}") ($each) |"$'\n'
 done
 section="## The command API's CPU per request, against the code before issue #15
 
@@ -123,7 +136,12 @@ section="## The command API's CPU per request, against the code before issue #15
 
 | connections | $base requests/s | $base CPU ms per request | $base switches per request | now requests/s | now CPU ms per request | now switches per request | CPU now / $base (each round) |
 |---:|---:|---:|---:|---:|---:|---:|---|
-$rows"
+$rows
+The floor, measured in the same rounds after the two (\`command-side/api/examples/floor.rs\`): a bare axum server that reads the same body and writes the order as one prepared \`INSERT\` into \`es_events\`, with sqlx's pool, and answers 202; no authentication, idempotency, decision, concurrency check, NOTIFY, log line or metrics. What any command API on axum, sqlx and PostgreSQL costs on this machine in this hour.
+
+| connections | floor requests/s | floor CPU ms per request | floor switches per request | CPU now / floor (each round) |
+|---:|---:|---:|---:|---|
+$floor_rows"
 echo "$section"
 if [[ ${BENCH_QUICK:-0} == 0 ]]; then
   write_bench_section api-cpu "$section"
