@@ -17,9 +17,10 @@
 # A third API runs beside them as a floor: `command-side/api/examples/floor.rs`,
 # a bare axum server that writes the same order as one prepared INSERT and
 # answers (no authentication, decision, concurrency check, NOTIFY, log line or
-# metrics), measured in the same rounds, after the other two. It says what
-# any command API on axum, sqlx and PostgreSQL costs on the machine in that
-# hour, so the ratios to it are the current code's overhead over the stack.
+# metrics), measured in the same rounds, after the other two. It says what a
+# command API written the plain way on axum, sqlx and PostgreSQL costs on the
+# machine in that hour, so the ratios to it are the current code's cost over
+# that stack's.
 #
 #   scripts/bench-api-cpu.sh [BASE_COMMIT]   (BENCH_QUICK=1: print only, leave BENCHMARKS.md alone)
 #
@@ -137,7 +138,7 @@ section="## The command API's CPU per request, against the code before issue #15
 | connections | $base requests/s | $base CPU ms per request | $base switches per request | now requests/s | now CPU ms per request | now switches per request | CPU now / $base (each round) |
 |---:|---:|---:|---:|---:|---:|---:|---|
 $rows
-The floor, measured in the same rounds after the two (\`command-side/api/examples/floor.rs\`): a bare axum server that reads the same body and writes the order as one prepared \`INSERT\` into \`es_events\`, with sqlx's pool, and answers 202; no authentication, idempotency, decision, concurrency check, NOTIFY, log line or metrics. What any command API on axum, sqlx and PostgreSQL costs on this machine in this hour.
+The floor, measured in the same rounds after the two (\`command-side/api/examples/floor.rs\`): a bare axum server that reads the same body and writes the order as one prepared \`INSERT\` into \`es_events\`, with sqlx's pool, and answers 202; no authentication, idempotency, decision, concurrency check, NOTIFY, log line or metrics. What a command API written the plain way on axum, sqlx and PostgreSQL costs on this machine in this hour.
 
 | connections | floor requests/s | floor CPU ms per request | floor switches per request | CPU now / floor (each round) |
 |---:|---:|---:|---:|---|

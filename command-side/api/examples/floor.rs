@@ -3,8 +3,8 @@
 //! `OrderPlaced`-sized row into `es_events` with one prepared `INSERT`, and
 //! answers 202. No authentication, idempotency, decision, concurrency check,
 //! NOTIFY, log line or metrics. `scripts/bench-api-cpu.sh` measures its CPU
-//! per request beside the command API's, as the least any command API over
-//! axum, sqlx and PostgreSQL can cost on the machine in that hour.
+//! per request beside the command API's, as what a command API written the
+//! plain way on axum, sqlx and PostgreSQL costs on the machine in that hour.
 //!
 //! Takes `DATABASE_URL` and `COMMAND_HTTP_ADDR`; serves `/health/ready`.
 
