@@ -90,6 +90,16 @@ measure() {
   awk -v r="$rate" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" -v s="$switched" \
     'BEGIN {printf "%d %.4f %.2f\n", r, t * 1000 / hz / n, s / n}'
 }
+# Stops the run, saying so, when the API $1 is no longer running (its exit
+# status tells a panic, 101, from an error, 1, or a signal, 128 + n).
+alive() {
+  local pid=${pid_of[$1]} status=0
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" || status=$?
+    echo "the $1 API (pid $pid) has exited, with status $status; API_LOG=<path> keeps its log" >&2
+    exit 1
+  fi
+}
 # The voluntary context switches so far of the threads of process $1.
 switches() { cat "/proc/$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 
@@ -100,7 +110,9 @@ for round in $(seq "$rounds"); do
   start_all
   for clients in "${levels[@]}"; do
     for which in "${order[@]}"; do
+      alive "$which"
       read -r r ms s < <(measure "$which" "$clients")
+      alive "$which"
       rate[$which,$clients]+="$r "
       cpu[$which,$clients]+="$ms "
       switched[$which,$clients]+="$s "
