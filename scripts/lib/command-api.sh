@@ -14,7 +14,12 @@
 start_command_api() {
   local binary=$1 mint=$2 token
   db=command_api_${$}_${RANDOM}
-  port=$((20000 + RANDOM % 20000))
+  # Under the kernel's ephemeral ports (32768 and up), where the other
+  # APIs' ops endpoints (port 0) and every client socket take theirs: an API
+  # whose port was taken there would exit, while another API's ops endpoint
+  # on that port could answer the readiness check below (one way a run could
+  # stop as one did on 2026-12-05, on an API gone before its measurement).
+  port=$((20000 + RANDOM % 12000))
   work=$(mktemp -d)
   export JWT_SECRET=scripts-secret-of-at-least-32-bytes-long
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db"
@@ -24,6 +29,7 @@ start_command_api() {
   api=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$port/health/ready" >/dev/null || { echo "the command API did not become ready on port $port" >&2; return 1; }
+  kill -0 "$api" 2>/dev/null || { echo "the command API exited at start (port $port taken?)" >&2; return 1; }
   token=$("$mint" c-42)
   cat > "$work/post.lua" <<LUA
 wrk.method = "POST"
